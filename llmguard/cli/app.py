@@ -1,0 +1,58 @@
+"""The root Typer application: global flags, groups and top-level verbs."""
+
+from __future__ import annotations
+
+import signal
+from typing import Annotated
+
+import typer
+
+from llmguard import __version__
+from llmguard.cli import checkpoint_tools, realign
+from llmguard.cli.output import state
+from llmguard.errors import EXIT_CODES
+
+_EPILOG = "Exit codes: " + "; ".join(f"{code} {what}" for code, what in EXIT_CODES.items()) + "."
+
+app = typer.Typer(
+    name="llmguard",
+    help="Realign, audit for watermarks, and judge fine-tuned LLM checkpoints.",
+    epilog=_EPILOG,
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"llmguard {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or log lines on stderr.")] = False,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="Show tracebacks on errors.")] = 0,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Realign, audit for watermarks, and judge fine-tuned LLM checkpoints."""
+    state.quiet = quiet
+    state.verbose = verbose
+
+
+checkpoint_tools.register(app)
+app.add_typer(realign.app, name="realign", rich_help_panel="Groups")
+
+
+def _sigterm_as_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> None:
+    """Console-script entry point: SIGTERM behaves like Ctrl-C (clean up, exit 130)."""
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    app(prog_name="llmguard")

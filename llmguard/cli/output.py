@@ -1,0 +1,117 @@
+"""Output conventions shared by every verb (SPEC §1).
+
+- results on stdout (a Rich table, or JSON with ``--json``);
+- progress, logs and warnings on stderr, silenced by ``-q`` or when stderr is not a TTY;
+- ``NO_COLOR`` honoured (Rich reads it);
+- a user-caused error is one line on stderr plus the documented exit code.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
+
+import typer
+from rich.console import Console
+
+from llmguard.errors import LLMGuardError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class CliState:
+    """Global flags set by the root callback (``-q``, ``-v``)."""
+
+    quiet: bool = False
+    verbose: int = 0
+
+
+state = CliState()
+
+stdout = Console(highlight=False, soft_wrap=True)
+stderr = Console(stderr=True, highlight=False)
+
+
+def progress_enabled() -> bool:
+    """Progress bars only for a human watching stderr."""
+    return not state.quiet and stderr.is_terminal
+
+
+def info(message: str) -> None:
+    """A log line on stderr, dropped with ``-q``."""
+    if not state.quiet:
+        stderr.print(message)
+
+
+def warn(message: str) -> None:
+    """A warning on stderr (shown even when quiet: it may change how results are read)."""
+    stderr.print(f"[yellow]warning:[/yellow] {message}")
+
+
+def emit_json(payload: Any) -> None:
+    """One JSON document on stdout, nothing else."""
+    sys.stdout.write(json.dumps(payload, indent=2, default=_json_default) + "\n")
+    sys.stdout.flush()
+
+
+def emit_jsonl(record: Any) -> None:
+    """One JSON record per line on stdout (for streams)."""
+    sys.stdout.write(json.dumps(record, default=_json_default) + "\n")
+    sys.stdout.flush()
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return str(value)
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    """Print one error line and return the Exit to raise."""
+    stderr.print(f"[bold red]error:[/bold red] {message}", markup=True, highlight=False)
+    return typer.Exit(code)
+
+
+def reports_errors(fn: F) -> F:
+    """Decorate a command so user-caused errors become one line and an exit code.
+
+    LLMGuardError carries its own exit code; out-of-memory maps to 4; Ctrl-C/SIGTERM to 130;
+    anything else is a runtime failure (1). ``-v`` adds the traceback.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except LLMGuardError as err:
+            _maybe_traceback()
+            raise fail(err.message, err.exit_code) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted; no partial output was left behind", 130) from None
+        except MemoryError:
+            _maybe_traceback()
+            raise fail("out of memory", 4) from None
+        except Exception as err:  # noqa: BLE001 - last line of defence for the user
+            if type(err).__name__ == "OutOfMemoryError":
+                _maybe_traceback()
+                raise fail(f"out of memory on the device: {err}", 4) from None
+            _maybe_traceback(always=state.verbose > 0)
+            hint = "" if state.verbose else " (run with -v for the traceback)"
+            raise fail(f"internal error: {type(err).__name__}: {err}{hint}", 1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _maybe_traceback(always: bool = False) -> None:
+    if state.verbose or always:
+        traceback.print_exc(file=sys.stderr)

@@ -1,0 +1,35 @@
+"""A tiny progress-reporting protocol so library code can report progress without Rich.
+
+Library functions take an optional :class:`Progress`; the CLI passes one that draws a Rich
+bar on stderr, Python users get :class:`NullProgress` (silent) by default.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Progress(Protocol):
+    """Receives stage starts and per-item advances from long-running library calls."""
+
+    def stage(self, name: str, total: int | None = None) -> None:
+        """A new stage begins (``total`` work items, or unknown)."""
+
+    def advance(self, n: int = 1) -> None:
+        """``n`` work items of the current stage are done."""
+
+    def close(self) -> None:
+        """No more stages."""
+
+
+class NullProgress:
+    """The silent default."""
+
+    def stage(self, name: str, total: int | None = None) -> None:  # noqa: D102
+        pass
+
+    def advance(self, n: int = 1) -> None:  # noqa: D102
+        pass
+
+    def close(self) -> None:  # noqa: D102
+        pass
