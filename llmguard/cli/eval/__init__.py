@@ -1,0 +1,11 @@
+"""``llmguard eval ...``: safety checks and medical LLM-as-judge evaluation.
+
+Each verb lives in its own module with a ``register(app)`` function; this file only builds
+the group and calls them.
+"""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(help="Evaluate models: harmful rate, medical LLM-as-judge, agreement with humans.", no_args_is_help=True)

@@ -1,0 +1,11 @@
+"""``llmguard watermark ...``: KGW-family detection, generation and distillation attacks.
+
+Each verb lives in its own module with a ``register(app)`` function; this file only builds
+the group and calls them.
+"""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(help="Detect, generate, scrub and spoof LLM watermarks.", no_args_is_help=True)
