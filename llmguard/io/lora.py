@@ -1,0 +1,201 @@
+"""PEFT LoRA adapters read from their files alone: ΔW without instantiating the model.
+
+ΔW = (B @ A) · s with s = α/r (α/√r under rsLoRA), per-module r/α from ``rank_pattern`` /
+``alpha_pattern`` (PEFT's regex rule), transposed for ``fan_in_fan_out``; embedding adapters
+store ``lora_embedding_A [r, vocab]`` and ``lora_embedding_B [dim, r]`` and give (B @ A)ᵀ · s.
+Inner products between two adapters' deltas are computed in factor space (r×r matrices), so
+comparing adapters never materialises a d×d matrix.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llmguard.errors import InvalidInputError
+from llmguard.io.safetensors_file import SafetensorsFile
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+KEY_PREFIX = "base_model.model."
+_FACTOR = re.compile(r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B|lora_embedding_A|lora_embedding_B)(?:\.weight)?$")
+
+
+def is_adapter_dir(path: str | os.PathLike[str]) -> bool:
+    return (Path(path) / ADAPTER_CONFIG).is_file()
+
+
+def pattern_key(patterns: dict[str, Any], module: str) -> str | None:
+    """PEFT's ``get_pattern_key``: the first key that matches the end of the module name."""
+    for key in patterns:
+        if re.match(rf"(.*\.)?({key})$", module):
+            return key
+    return None
+
+
+@dataclass(frozen=True)
+class LoraModule:
+    """One adapted module: its factor keys and effective rank, alpha and scale."""
+
+    name: str  # module path as in the base checkpoint, e.g. model.layers.0.self_attn.q_proj
+    a_key: str
+    b_key: str
+    embedding: bool
+    rank: int
+    alpha: float
+    scaling: float
+
+    @property
+    def target(self) -> str:
+        """The base checkpoint tensor this module's delta applies to."""
+        return f"{self.name}.weight"
+
+
+class LoraAdapter:
+    """A PEFT LoRA adapter directory (``adapter_config.json`` + ``adapter_model.safetensors``)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.root = Path(path)
+        config_path = self.root / ADAPTER_CONFIG
+        if not config_path.is_file():
+            raise InvalidInputError(f"{self.root}: not a PEFT adapter (no {ADAPTER_CONFIG})")
+        try:
+            self.config: dict[str, Any] = json.loads(config_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise InvalidInputError(f"{config_path}: invalid JSON ({err})") from None
+        peft_type = str(self.config.get("peft_type", "LORA")).upper()
+        if peft_type != "LORA":
+            raise InvalidInputError(f"{config_path}: peft_type {peft_type} is not supported (LoRA only)")
+        if self.config.get("use_dora"):
+            raise InvalidInputError(f"{config_path}: DoRA adapters are not supported (their delta depends on the base weight norm)")
+        weights = self.root / ADAPTER_WEIGHTS
+        if not weights.is_file():
+            bins = [p for p in (self.root / "adapter_model.bin",) if p.is_file()]
+            what = f"only the pickle file {bins[0].name}" if bins else f"no {ADAPTER_WEIGHTS}"
+            raise InvalidInputError(f"{self.root}: {what}; llmguard reads adapters in safetensors format")
+        self.file = SafetensorsFile(weights)
+        self.rank: int = int(self.config.get("r", 8))
+        self.alpha: float = float(self.config.get("lora_alpha", self.rank))
+        self.use_rslora: bool = bool(self.config.get("use_rslora", False))
+        self.fan_in_fan_out: bool = bool(self.config.get("fan_in_fan_out", False))
+        self.rank_pattern: dict[str, int] = dict(self.config.get("rank_pattern") or {})
+        self.alpha_pattern: dict[str, float] = dict(self.config.get("alpha_pattern") or {})
+        self.modules, self.full_tensors = self._index_keys()
+
+    # -- structure --------------------------------------------------------------------------
+    @property
+    def base_model_name_or_path(self) -> str | None:
+        return self.config.get("base_model_name_or_path")
+
+    @property
+    def target_modules(self) -> Any:
+        return self.config.get("target_modules")
+
+    def _index_keys(self) -> tuple[dict[str, LoraModule], dict[str, str]]:
+        factors: dict[str, dict[str, str]] = {}
+        full: dict[str, str] = {}
+        for key in self.file.tensors:
+            bare = key[len(KEY_PREFIX):] if key.startswith(KEY_PREFIX) else key
+            match = _FACTOR.match(bare)
+            if match:
+                factors.setdefault(match["module"], {})[match["kind"]] = key
+            elif bare.endswith(".lora_magnitude_vector") or ".lora_magnitude_vector." in bare:
+                raise InvalidInputError(f"{self.file.path}: DoRA magnitude vectors are not supported ({key})")
+            else:
+                # modules_to_save / trainable tokens: a full replacement tensor of the base.
+                target = bare.replace(".modules_to_save.", ".").replace(".original_module.", ".")
+                full[target] = key
+        modules: dict[str, LoraModule] = {}
+        for name, kinds in sorted(factors.items()):
+            embedding = "lora_embedding_A" in kinds or "lora_embedding_B" in kinds
+            a_key = kinds.get("lora_embedding_A" if embedding else "lora_A")
+            b_key = kinds.get("lora_embedding_B" if embedding else "lora_B")
+            if a_key is None or b_key is None:
+                raise InvalidInputError(f"{self.file.path}: module {name!r} has only one LoRA factor")
+            a_shape = self.file.tensors[a_key].shape
+            b_shape = self.file.tensors[b_key].shape
+            rank = a_shape[0]
+            if len(a_shape) != 2 or len(b_shape) != 2 or b_shape[1] != rank:
+                raise InvalidInputError(
+                    f"{self.file.path}: module {name!r} has inconsistent factor shapes A{list(a_shape)} B{list(b_shape)}"
+                )
+            rkey = pattern_key(self.rank_pattern, name)
+            akey = pattern_key(self.alpha_pattern, name)
+            cfg_rank = int(self.rank_pattern[rkey]) if rkey is not None else self.rank
+            alpha = float(self.alpha_pattern[akey]) if akey is not None else self.alpha
+            if cfg_rank != rank:
+                raise InvalidInputError(
+                    f"{self.file.path}: module {name!r} stores rank {rank} but adapter_config.json says r={cfg_rank}"
+                )
+            scaling = alpha / math.sqrt(rank) if self.use_rslora else alpha / rank
+            modules[name] = LoraModule(name, a_key, b_key, embedding, rank, alpha, scaling)
+        return modules, full
+
+    def module_for_tensor(self, tensor_name: str) -> LoraModule | None:
+        """The adapted module whose delta applies to a base checkpoint tensor, if any."""
+        if not tensor_name.endswith(".weight"):
+            return None
+        return self.modules.get(tensor_name[: -len(".weight")])
+
+    def resolve_targets(self, base_names: set[str]) -> None:
+        """Map module names onto the base checkpoint's tensor names (``model.`` prefix drift).
+
+        Adapters trained on a bare backbone name modules without the ``model.`` prefix that a
+        ``*ForCausalLM`` checkpoint has (and vice versa). Raise if a module has no target.
+        """
+        remapped: dict[str, LoraModule] = {}
+        for name, module in self.modules.items():
+            candidates = [name, f"model.{name}", name.removeprefix("model.")]
+            found = next((c for c in candidates if f"{c}.weight" in base_names), None)
+            if found is None:
+                raise InvalidInputError(f"{self.root}: adapter module {name!r} has no weight {name}.weight in the base checkpoint")
+            remapped[found] = LoraModule(found, module.a_key, module.b_key, module.embedding, module.rank, module.alpha, module.scaling)
+        self.modules = remapped
+        full: dict[str, str] = {}
+        for target, key in self.full_tensors.items():
+            candidates = [target, f"model.{target}", target.removeprefix("model.")]
+            found = next((c for c in candidates if c in base_names), None)
+            if found is None:
+                raise InvalidInputError(f"{self.root}: adapter tensor {key!r} has no counterpart in the base checkpoint")
+            full[found] = key
+        self.full_tensors = full
+
+    # -- math -------------------------------------------------------------------------------
+    def factors(self, module: LoraModule, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, B) in float32 with the scale folded into B, oriented so ΔW = B @ A (or its transpose)."""
+        a = self.file.read(module.a_key).to(device=device, dtype=torch.float32)
+        b = self.file.read(module.b_key).to(device=device, dtype=torch.float32) * module.scaling
+        return a, b
+
+    def delta(self, module: LoraModule, device: torch.device | str = "cpu") -> torch.Tensor:
+        """ΔW in float32, in the orientation of the base weight tensor."""
+        a, b = self.factors(module, device)
+        delta = b @ a
+        if module.embedding or self.fan_in_fan_out:
+            delta = delta.T
+        return delta.contiguous()
+
+    def read_full(self, target: str) -> torch.Tensor:
+        return self.file.read(self.full_tensors[target])
+
+    @property
+    def parameter_count(self) -> int:
+        return sum(info.numel for info in self.file.tensors.values())
+
+    def delta_shape(self, module: LoraModule) -> tuple[int, int]:
+        a_shape = self.file.tensors[module.a_key].shape
+        b_shape = self.file.tensors[module.b_key].shape
+        shape = (b_shape[0], a_shape[1])
+        return (shape[1], shape[0]) if (module.embedding or self.fan_in_fan_out) else shape
+
+
+def factor_inner(a1: torch.Tensor, b1: torch.Tensor, a2: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
+    """⟨B1A1, B2A2⟩_F = Σ (B1ᵀB2) ⊙ (A1A2ᵀ), in O(r²·d) without forming d×d matrices."""
+    return ((b1.T @ b2) * (a1 @ a2.T)).sum()

@@ -1,0 +1,243 @@
+"""Streamed linear combinations of models: θ_out = Σ cᵢ·θᵢ, one tensor at a time.
+
+RESTA (θ_F + γ(θ_A − θ_U)), ExPO amplification and task-arithmetic fusion are all linear
+combinations of checkpoints and adapters. Inputs that share a base checkpoint read that base
+tensor once, scaled by the sum of their coefficients; adapter deltas are added from their
+factors. Math is float32 on the chosen device and rounded once to the output dtype.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llmguard.errors import InvalidInputError, UsageError
+from llmguard.io.checkpoint import Checkpoint
+from llmguard.io.dtypes import TORCH_TO_SAFETENSORS, is_floating
+from llmguard.io.lora import KEY_PREFIX, LoraAdapter
+from llmguard.io.sources import WeightSource
+from llmguard.io.stream import read_ahead
+from llmguard.io.writer import StreamingWriter, TensorPlan
+from llmguard.progress import NullProgress, Progress
+
+TIED_SOURCE = {"lm_head.weight": "model.embed_tokens.weight"}
+
+
+@dataclass(frozen=True)
+class Term:
+    """One summand cᵢ·θᵢ."""
+
+    coef: float
+    source: WeightSource
+    role: str
+
+
+def _base_key(checkpoint: Checkpoint) -> Path:
+    return checkpoint.root.resolve()
+
+
+class LinearCombination:
+    """Plans and executes Σ cᵢ·θᵢ over the tensor names of the first (primary) term."""
+
+    def __init__(self, terms: list[Term], out_dtype: torch.dtype | None = None) -> None:
+        if not terms:
+            raise ValueError("no terms")
+        self.terms = terms
+        self.primary = terms[0]
+        self.out_dtype = out_dtype
+        bases: dict[Path, Checkpoint] = {}
+        coefs: Counter[Path] = Counter()
+        for term in terms:
+            key = _base_key(term.source.base)
+            bases.setdefault(key, term.source.base)
+            coefs[key] += term.coef
+        self.bases = bases
+        self.base_coef = {k: c for k, c in coefs.items()}
+        self._check_compatible()
+
+    # -- planning ---------------------------------------------------------------------------
+    def _lookup(self, base: Checkpoint, name: str) -> str:
+        """The tensor to read for ``name`` in ``base`` (tied lm_head falls back to embeddings)."""
+        if name in base:
+            return name
+        tied = TIED_SOURCE.get(name)
+        if tied and tied in base and base.tie_word_embeddings:
+            return tied
+        raise InvalidInputError(f"{base.root}: missing tensor {name!r}")
+
+    def _check_compatible(self) -> None:
+        primary = self.primary.source.base
+        for term in self.terms[1:]:
+            base = term.source.base
+            arch_a, arch_b = primary.architecture, base.architecture
+            if arch_a and arch_b and arch_a != arch_b:
+                raise InvalidInputError(
+                    f"{term.role} {term.source.path}: architecture {arch_b} differs from {self.primary.role}'s {arch_a}"
+                )
+            for name in primary.names():
+                other = self._lookup(base, name)
+                shape_a, shape_b = primary.meta[name].shape, base.meta[other].shape
+                if shape_a != shape_b:
+                    raise InvalidInputError(
+                        f"shape mismatch for tensor {name!r}: {self.primary.role} {list(shape_a)} vs {term.role} {list(shape_b)} ({base.root})"
+                    )
+        for term in self.terms:
+            adapter = term.source.adapter
+            if adapter is None:
+                continue
+            for module in adapter.modules.values():
+                shape = adapter.delta_shape(module)
+                target = term.source.base.meta.get(module.target)
+                if target is None or target.shape != shape:
+                    raise InvalidInputError(
+                        f"{term.role} {term.source.path}: adapter module {module.name!r} gives a {list(shape)} delta "
+                        f"but the base tensor is {list(target.shape) if target else 'missing'}"
+                    )
+
+    def plan(self) -> list[TensorPlan]:
+        primary = self.primary.source.base
+        plans = []
+        for name in primary.names():
+            meta = primary.meta[name]
+            dtype = meta.dtype
+            if self.out_dtype is not None and is_floating(dtype):
+                dtype = TORCH_TO_SAFETENSORS[self.out_dtype]
+            plans.append(TensorPlan(name, meta.shape, dtype))
+        return plans
+
+    # -- execution --------------------------------------------------------------------------
+    def _load(self, name: str) -> dict[Path, torch.Tensor]:
+        """Read the base tensors needed for ``name`` (runs in the read-ahead threads)."""
+        floating = is_floating(self.primary.source.base.meta[name].dtype)
+        loaded = {}
+        for key, base in self.bases.items():
+            if floating and self.base_coef[key] == 0.0:
+                continue
+            if not floating and key != _base_key(self.primary.source.base):
+                continue
+            loaded[key] = base.read(self._lookup(base, name))
+        return loaded
+
+    def compute(self, name: str, loaded: dict[Path, torch.Tensor], device: torch.device) -> torch.Tensor:
+        primary_key = _base_key(self.primary.source.base)
+        if not is_floating(self.primary.source.base.meta[name].dtype):
+            return loaded[primary_key]
+        total: torch.Tensor | None = None
+        for key, tensor in loaded.items():
+            value = tensor.to(device=device, dtype=torch.float32, non_blocking=True)
+            coef = self.base_coef[key]
+            total = value.mul_(coef) if total is None else total.add_(value, alpha=coef)
+        for term in self.terms:
+            delta = term.source.delta(name, device)
+            if delta is None or term.coef == 0.0:
+                continue
+            total = delta.mul_(term.coef) if total is None else total.add_(delta, alpha=term.coef)
+        if total is None:  # every coefficient was zero
+            shape = self.primary.source.base.meta[name].shape
+            total = torch.zeros(shape, dtype=torch.float32, device=device)
+        return total
+
+    def run(self, writer: StreamingWriter, device: torch.device, progress: Progress | None = None, read_depth: int = 2) -> int:
+        """Stream every tensor through compute into the writer; returns the number written."""
+        progress = progress or NullProgress()
+        names = self.primary.source.base.names()
+        progress.stage("combine tensors", len(names))
+        count = 0
+        for name, loaded in read_ahead(names, self._load, depth=read_depth):
+            writer.write(name, self.compute(name, loaded, device))
+            count += 1
+            progress.advance()
+        return count
+
+
+# -- adapter output --------------------------------------------------------------------------
+_FACTOR_KEYS = {False: ("lora_A.weight", "lora_B.weight"), True: ("lora_embedding_A", "lora_embedding_B")}
+
+
+class AdapterCombination:
+    """base + Σ cᵢ·ΔWᵢ written as one PEFT LoRA adapter, exactly.
+
+    Representable when every term is either the shared base itself or an adapter on it and
+    the coefficients sum to one. Factors are concatenated per module (rank Σ rᵢ, each term's
+    coefficient and α/r folded into its B block), so no SVD and no approximation.
+    """
+
+    def __init__(self, terms: list[Term], out_dtype: torch.dtype | None = None) -> None:
+        if len({_base_key(t.source.base) for t in terms}) != 1:
+            raise UsageError("--as-adapter needs every input to be an adapter on the same base (or that base itself)")
+        if abs(sum(t.coef for t in terms) - 1.0) > 1e-9:
+            raise UsageError("--as-adapter: the combination is not an adapter on the base (coefficients do not sum to 1)")
+        self.adapter_terms = [t for t in terms if t.source.adapter is not None]
+        if not self.adapter_terms:
+            raise UsageError("--as-adapter needs at least one adapter input")
+        if len({t.source.adapter.fan_in_fan_out for t in self.adapter_terms}) != 1:  # type: ignore[union-attr]
+            raise InvalidInputError("--as-adapter: the adapters disagree on fan_in_fan_out")
+        self.out_dtype = out_dtype
+        self.parts: dict[str, list[tuple[float, LoraAdapter, Any]]] = {}
+        for term in self.adapter_terms:
+            adapter = term.source.adapter
+            assert adapter is not None
+            if adapter.full_tensors:
+                raise InvalidInputError(
+                    f"{term.role} {term.source.path}: adapters with modules_to_save cannot be combined --as-adapter; "
+                    "write a full checkpoint instead"
+                )
+            for name, module in adapter.modules.items():
+                self.parts.setdefault(name, []).append((term.coef, adapter, module))
+        self.ranks = {name: sum(m.rank for _, _, m in parts) for name, parts in self.parts.items()}
+
+    def _keys(self, name: str) -> tuple[str, str]:
+        kind_a, kind_b = _FACTOR_KEYS[self.parts[name][0][2].embedding]
+        return f"{KEY_PREFIX}{name}.{kind_a}", f"{KEY_PREFIX}{name}.{kind_b}"
+
+    def plan(self) -> list[TensorPlan]:
+        plans = []
+        for name, parts in self.parts.items():
+            adapter, module = parts[0][1], parts[0][2]
+            a_info = adapter.file.tensors[module.a_key]
+            b_info = adapter.file.tensors[module.b_key]
+            dtype = TORCH_TO_SAFETENSORS[self.out_dtype] if self.out_dtype is not None else a_info.dtype
+            key_a, key_b = self._keys(name)
+            plans.append(TensorPlan(key_a, (self.ranks[name], a_info.shape[1]), dtype))
+            plans.append(TensorPlan(key_b, (b_info.shape[0], self.ranks[name]), dtype))
+        return plans
+
+    def run(self, writer: StreamingWriter, device: torch.device, progress: Progress | None = None) -> int:
+        progress = progress or NullProgress()
+        progress.stage("concatenate LoRA factors", len(self.parts))
+        for name, parts in self.parts.items():
+            a_blocks, b_blocks = [], []
+            for coef, adapter, module in parts:
+                a, b = adapter.factors(module, device)
+                a_blocks.append(a)
+                b_blocks.append(b * coef)
+            key_a, key_b = self._keys(name)
+            writer.write(key_a, torch.cat(a_blocks, dim=0))
+            writer.write(key_b, torch.cat(b_blocks, dim=1))
+            progress.advance()
+        return 2 * len(self.parts)
+
+    def adapter_config(self) -> dict[str, Any]:
+        """The first adapter's config with ranks set so every module's scale is exactly 1."""
+        template = self.adapter_terms[0].source.adapter
+        assert template is not None
+        default_rank = Counter(self.ranks.values()).most_common(1)[0][0]
+        config = dict(template.config)
+        others = {re.escape(name): r for name, r in self.ranks.items() if r != default_rank}
+        config.update(
+            r=default_rank,
+            lora_alpha=default_rank,
+            use_rslora=False,
+            rank_pattern=others,
+            alpha_pattern=dict(others),
+            target_modules=sorted({name.rsplit(".", 1)[-1] for name in self.ranks}),
+        )
+        return config
+
+
+__all__ = ["AdapterCombination", "LinearCombination", "Term"]
