@@ -2,8 +2,141 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
 import typer
+
+from llmguard.cli.options import PANEL_INPUT, PANEL_OUTPUT, AllowPickleOpt, DeviceOpt, JsonOpt
+from llmguard.cli.output import emit_json, reports_errors, stdout
+
+PANEL = "Checkpoint tools"
+
+
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    return str(n)
+
+
+def _count(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(n)
+
+
+def inspect_command(
+    path: Annotated[Path, typer.Argument(help="Checkpoint directory, .safetensors file, or PEFT LoRA adapter directory.")],
+    json_output: JsonOpt = False,
+    allow_pickle: AllowPickleOpt = False,
+) -> None:
+    """Summarise a checkpoint or adapter: architecture, parameters, dtypes, shards, LoRA settings.
+
+    Example: llmguard inspect ./my-model --json
+    """
+    from llmguard.io.summary import summarize
+
+    summary = summarize(path, allow_pickle=allow_pickle)
+    if json_output:
+        emit_json(summary)
+        return
+    from rich.table import Table
+
+    table = Table(title=str(path), show_header=False, title_justify="left")
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    if summary["kind"] == "lora_adapter":
+        rows = [
+            ("kind", "PEFT LoRA adapter"),
+            ("base model", summary["base_model"]),
+            ("rank / alpha", f"{summary['rank']} / {summary['alpha']:g} (scale {summary['scaling']:.4g}{', rsLoRA' if summary['rslora'] else ''})"),
+            ("target modules", ", ".join(summary["adapted_module_types"])),
+            ("adapted modules", str(summary["modules"])),
+            ("ranks", ", ".join(f"r={r}: {n}" for r, n in summary["ranks"].items())),
+            ("modules_to_save", ", ".join(summary["modules_to_save"]) or "-"),
+            ("parameters", _count(summary["parameters"])),
+            ("dtypes", ", ".join(summary["dtypes"])),
+            ("file size", _bytes(summary["bytes"])),
+        ]
+    else:
+        largest = summary["largest_tensor"] or {}
+        rows = [
+            ("kind", f"checkpoint ({summary['format']})"),
+            ("architecture", summary["architecture"] or "-"),
+            ("parameters", _count(summary["parameters"])),
+            ("tensors", str(summary["tensors"])),
+            ("dtypes", ", ".join(f"{k}: {_count(v)}" for k, v in summary["dtypes"].items())),
+            ("shards", f"{len(summary['shards'])} ({_bytes(summary['total_bytes'])})"),
+            ("largest tensor", f"{largest.get('name')} {largest.get('shape')} {largest.get('dtype')} {_bytes(largest.get('bytes'))}"),
+            ("tied embeddings", f"{summary['tied_embeddings']} (lm_head stored: {summary['lm_head_stored']})"),
+        ]
+    for key, value in rows:
+        table.add_row(key, str(value))
+    stdout.print(table)
+    if summary["kind"] == "checkpoint" and len(summary["shards"]) > 1:
+        shards = Table("shard", "tensors", "bytes", title="shard layout", title_justify="left")
+        for shard in summary["shards"]:
+            shards.add_row(shard["file"], str(shard["tensors"]), _bytes(shard["bytes"]))
+        stdout.print(shards)
+
+
+def diff_command(
+    a: Annotated[Path, typer.Argument(help="First checkpoint or adapter.")],
+    b: Annotated[Path, typer.Argument(help="Second checkpoint or adapter.")],
+    base: Annotated[
+        Optional[Path],
+        typer.Option("--base", help="Compare deltas θ − BASE instead of raw weights (needed for adapter vs checkpoint when the adapter's base is not local).", rich_help_panel=PANEL_INPUT),
+    ] = None,
+    top: Annotated[int, typer.Option("--top", help="Rows in the chart of least similar modules.", rich_help_panel=PANEL_OUTPUT)] = 20,
+    json_output: JsonOpt = False,
+    allow_pickle: AllowPickleOpt = False,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Per-module cosine similarity and relative change ‖B−A‖/‖A‖ of two checkpoints or adapters.
+
+    Example: llmguard diff aligned-adapter/ finetuned-adapter/ --top 10
+    """
+    from llmguard.cli.progress import make_progress
+    from llmguard.io.compare import compare
+    from llmguard.io.device import resolve_device
+
+    report = compare(a, b, base=base, allow_pickle=allow_pickle, device=resolve_device(device), progress=make_progress())
+    if json_output:
+        emit_json(report)
+        return
+    render_similarity_chart(report["modules"], top, title=f"least similar modules ({report['mode']}): {a} vs {b}")
+    s = report["summary"]
+    if s["mean_cosine"] is not None:
+        stdout.print(f"{s['modules']} modules; mean cosine {s['mean_cosine']:.6f}; min {s['min_cosine']:.6f} ({s['least_similar']})")
+
+
+def render_similarity_chart(rows: list[dict[str, Any]], top: int, title: str) -> None:
+    """Terminal bar chart of the ``top`` least similar rows (bar length ∝ 1 − cosine)."""
+    from rich.table import Table
+
+    scored = sorted((r for r in rows if r.get("cosine") is not None), key=lambda r: r["cosine"])[: max(top, 0)]
+    worst = max((1.0 - r["cosine"] for r in scored), default=0.0) or 1.0
+    table = Table(title=title, title_justify="left")
+    table.add_column("module", overflow="fold")
+    table.add_column("cosine", justify="right")
+    table.add_column("rel. change", justify="right")
+    table.add_column("1 − cosine", min_width=32)
+    for r in scored:
+        width = int(round(30 * (1.0 - r["cosine"]) / worst))
+        rel = "-" if r.get("relative_change") is None else f"{r['relative_change']:.4g}"
+        table.add_row(r["module"], f"{r['cosine']:.6f}", rel, "█" * width)
+    stdout.print(table)
+    skipped = [r for r in rows if r.get("cosine") is None]
+    if skipped:
+        stdout.print(f"{len(skipped)} module(s) not comparable (only in one input or zero delta)")
 
 
 def register(app: typer.Typer) -> None:
     """Attach the checkpoint verbs to the root app."""
+    app.command("inspect", rich_help_panel=PANEL)(reports_errors(inspect_command))
+    app.command("diff", rich_help_panel=PANEL)(reports_errors(diff_command))

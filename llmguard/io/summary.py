@@ -1,0 +1,86 @@
+"""``inspect``: what a checkpoint or adapter contains, from headers and configs only."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from llmguard.errors import InvalidInputError
+from llmguard.io.checkpoint import open_checkpoint
+from llmguard.io.dtypes import ITEMSIZE
+from llmguard.io.lora import LoraAdapter, is_adapter_dir
+
+
+def summarize(path: str | os.PathLike[str], *, allow_pickle: bool = False) -> dict[str, Any]:
+    """A JSON-ready summary of a checkpoint directory/file or a PEFT LoRA adapter."""
+    root = Path(path)
+    if not root.exists():
+        raise InvalidInputError(f"{root}: no such file or directory")
+    if root.is_dir() and is_adapter_dir(root):
+        return _summarize_adapter(LoraAdapter(root))
+    return _summarize_checkpoint(root, allow_pickle)
+
+
+def _summarize_checkpoint(root: Path, allow_pickle: bool) -> dict[str, Any]:
+    ckpt = open_checkpoint(root, allow_pickle=allow_pickle)
+    metas = list(ckpt.meta.values())
+    params_by_dtype: Counter[str] = Counter()
+    for meta in metas:
+        params_by_dtype[meta.dtype] += meta.numel
+    largest = max(metas, key=lambda m: m.numel * ITEMSIZE.get(m.dtype, 1), default=None)
+    shards = []
+    for file in ckpt.weight_files:
+        inside = [m for m in metas if m.file == file]
+        shards.append({"file": file.name, "bytes": file.stat().st_size, "tensors": len(inside)})
+    config = ckpt.config or {}
+    return {
+        "path": str(root),
+        "kind": "checkpoint",
+        "format": "pickle" if ckpt.is_pickle else "safetensors",
+        "architecture": ckpt.architecture,
+        "model_type": config.get("model_type"),
+        "parameters": sum(m.numel for m in metas),
+        "tensors": len(metas),
+        "dtypes": dict(params_by_dtype.most_common()),
+        "shards": shards,
+        "total_bytes": sum(s["bytes"] for s in shards),
+        "largest_tensor": None
+        if largest is None
+        else {"name": largest.name, "shape": list(largest.shape), "dtype": largest.dtype, "bytes": largest.numel * ITEMSIZE.get(largest.dtype, 1)},
+        "tied_embeddings": ckpt.tie_word_embeddings,
+        "lm_head_stored": "lm_head.weight" in ckpt,
+        "layers": config.get("num_hidden_layers"),
+        "hidden_size": config.get("hidden_size"),
+        "vocab_size": config.get("vocab_size"),
+    }
+
+
+def _summarize_adapter(adapter: LoraAdapter) -> dict[str, Any]:
+    dtypes: Counter[str] = Counter()
+    for info in adapter.file.tensors.values():
+        dtypes[info.dtype] += info.numel
+    ranks = Counter(m.rank for m in adapter.modules.values())
+    suffixes = sorted({name.rsplit(".", 1)[-1] for name in adapter.modules})
+    return {
+        "path": str(adapter.root),
+        "kind": "lora_adapter",
+        "base_model": adapter.base_model_name_or_path,
+        "rank": adapter.rank,
+        "alpha": adapter.alpha,
+        "rslora": adapter.use_rslora,
+        "scaling": (adapter.alpha / adapter.rank ** 0.5) if adapter.use_rslora else adapter.alpha / adapter.rank,
+        "fan_in_fan_out": adapter.fan_in_fan_out,
+        "target_modules": adapter.target_modules,
+        "adapted_module_types": suffixes,
+        "modules": len(adapter.modules),
+        "ranks": {str(r): n for r, n in sorted(ranks.items())},
+        "rank_pattern": adapter.rank_pattern,
+        "alpha_pattern": adapter.alpha_pattern,
+        "modules_to_save": sorted(adapter.full_tensors),
+        "parameters": adapter.parameter_count,
+        "dtypes": dict(dtypes.most_common()),
+        "bytes": adapter.file.path.stat().st_size,
+        "task_type": adapter.config.get("task_type"),
+    }
