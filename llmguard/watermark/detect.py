@@ -1,0 +1,318 @@
+"""Detection driver: tokenise, score all texts in one batch, dedup, test, aggregate.
+
+All texts are scored together: the n-grams of the whole corpus go through ``scheme.green`` in one
+call, so each distinct seed (context) costs one permutation however often it occurs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from llmguard.errors import InvalidInputError, UsageError
+from llmguard.progress import NullProgress, Progress
+from llmguard.watermark.schemes import Scheme
+from llmguard.watermark.stats import DEDUP_MODES, LN10, TestResult, dedup_keep, green_test, norm_isf
+
+
+# ----------------------------------------------------------------------------- tokenizer & vocab
+
+
+def load_tokenizer(path: str) -> Any:
+    """A tokenizer from a local directory, a ``tokenizer.json`` file, or a hub id when online."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    p = Path(path)
+    try:
+        if p.is_file():
+            if p.suffix != ".json":
+                raise InvalidInputError(f"--tokenizer {path}: expected a directory or a tokenizer.json file")
+            return PreTrainedTokenizerFast(tokenizer_file=str(p))
+        if p.is_dir():
+            return AutoTokenizer.from_pretrained(str(p))
+        if path.count("/") == 1 and not path.startswith((".", "/")):
+            return AutoTokenizer.from_pretrained(path)
+    except InvalidInputError:
+        raise
+    except Exception as err:  # noqa: BLE001 - transformers raises many kinds
+        raise InvalidInputError(f"--tokenizer {path}: cannot load a tokenizer ({type(err).__name__}: {err})") from None
+    raise InvalidInputError(f"--tokenizer {path}: no such directory or file")
+
+
+def model_vocab_size(model: str | None) -> int | None:
+    """``vocab_size`` from a model directory's config.json (no weights are read)."""
+    if not model:
+        return None
+    cfg = Path(model) / "config.json"
+    if not cfg.is_file():
+        raise InvalidInputError(f"--model {model}: no config.json (needed for --vocab-size model)")
+    try:
+        data = json.loads(cfg.read_text())
+    except json.JSONDecodeError as err:
+        raise InvalidInputError(f"{cfg}:{err.lineno}: not valid JSON ({err.msg})") from None
+    vocab = data.get("vocab_size")
+    if vocab is None and isinstance(data.get("text_config"), dict):
+        vocab = data["text_config"].get("vocab_size")
+    if not isinstance(vocab, int):
+        raise InvalidInputError(f"{cfg}: no integer vocab_size")
+    return vocab
+
+
+def resolve_vocab_size(spec: str, tokenizer: Any, model: str | None) -> tuple[int, str, list[str]]:
+    """``--vocab-size tokenizer|model|N`` → (size, source, warnings)."""
+    warnings: list[str] = []
+    tok_size = len(tokenizer) if tokenizer is not None else None
+    mod_size = model_vocab_size(model) if model else None
+    if tok_size is not None and mod_size is not None and tok_size != mod_size:
+        warnings.append(
+            f"tokenizer has {tok_size} tokens but the model's vocab_size is {mod_size}; "
+            "transformers' watermark uses the model's, MarkLLM and the reference use the tokenizer's "
+            "(choose with --vocab-size)"
+        )
+    if spec == "tokenizer":
+        if tok_size is None:
+            raise UsageError("--vocab-size tokenizer needs --tokenizer")
+        return tok_size, "tokenizer", warnings
+    if spec == "model":
+        if mod_size is None:
+            raise UsageError("--vocab-size model needs --model DIR (its config.json)")
+        return mod_size, "model", warnings
+    try:
+        size = int(spec)
+    except ValueError:
+        raise UsageError(f"--vocab-size must be tokenizer, model or an integer, got {spec!r}") from None
+    if size < 2:
+        raise UsageError(f"--vocab-size must be at least 2, got {size}")
+    for name, other in (("tokenizer", tok_size), ("model", mod_size)):
+        if other is not None and other != size:
+            warnings.append(f"--vocab-size {size} differs from the {name}'s {other}")
+    return size, "explicit", warnings
+
+
+@dataclass
+class Tokenized:
+    ids: list[int]
+    offsets: list[tuple[int, int]] | None  # character spans in ``text`` (for views)
+    text: str | None
+    prompt_stripped: bool = False
+
+
+def tokenize_text(tokenizer: Any, text: str, prompt: str | None = None) -> Tokenized:
+    """Tokenise without special tokens, strip a leading BOS (as every reference does) and a prompt prefix."""
+    stripped = False
+    if prompt and text.startswith(prompt):
+        text = text[len(prompt) :]
+        stripped = True
+    offsets = None
+    if getattr(tokenizer, "is_fast", False):
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    else:
+        ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if ids and bos is not None and ids[0] == bos:
+        ids = ids[1:]
+        offsets = offsets[1:] if offsets is not None else None
+    return Tokenized(ids, offsets, text, stripped)
+
+
+# ----------------------------------------------------------------------------- thresholds
+
+
+@dataclass
+class Threshold:
+    z: float | None = 4.0
+    fpr: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.fpr is not None and not 0.0 < self.fpr < 1.0:
+            raise UsageError(f"--fpr must be in (0, 1), got {self.fpr}")
+
+    def predict(self, result: TestResult) -> bool:
+        if math.isnan(result.z):
+            return False
+        if self.fpr is not None:
+            return result.log_p < math.log(self.fpr)
+        return result.z > float(self.z)
+
+    def as_dict(self) -> dict[str, Any]:
+        if self.fpr is not None:
+            return {"fpr": self.fpr, "z_equivalent": norm_isf(self.fpr), "rule": "p < fpr"}
+        return {"z": self.z, "rule": "z > threshold"}
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def ngram_matrix(ids: Sequence[int], prefix_len: int) -> np.ndarray:
+    """Rows ``ids[i-prefix_len : i+1]`` for every scored position ``i >= prefix_len``."""
+    arr = np.asarray(ids, dtype=np.int64)
+    n = prefix_len + 1
+    if len(arr) < n:
+        return np.zeros((0, n), dtype=np.int64)
+    return np.lib.stride_tricks.sliding_window_view(arr, n)
+
+
+@dataclass
+class TextScore:
+    index: int
+    result: TestResult
+    token_status: np.ndarray  # per token: -1 not scored (context), 0 red, 1 green
+    counted: np.ndarray  # per token: counted in the test (after dedup)
+
+
+def score_token_lists(
+    scheme: Scheme,
+    id_lists: Sequence[Sequence[int]],
+    dedup: str = "none",
+    p_method: str = "normal",
+    progress: Progress | None = None,
+) -> list[TextScore]:
+    """Score each token list on its own (per-text dedup), computing green bits for all in one batch."""
+    if dedup not in DEDUP_MODES:
+        raise UsageError(f"--dedup must be one of {', '.join(DEDUP_MODES)}, got {dedup!r}")
+    progress = progress or NullProgress()
+    k = scheme.prefix_len
+    mats = [ngram_matrix(ids, k) for ids in id_lists]
+    progress.stage("green lists", total=1)
+    allrows = np.concatenate(mats, axis=0) if mats else np.zeros((0, k + 1), dtype=np.int64)
+    green_all = scheme.green(allrows) if len(allrows) else np.zeros(0, dtype=bool)
+    progress.advance(1)
+    out: list[TextScore] = []
+    pos = 0
+    progress.stage("statistics", total=len(mats))
+    for i, m in enumerate(mats):
+        g = green_all[pos : pos + len(m)]
+        pos += len(m)
+        keep = dedup_keep(m, dedup, k)
+        res = green_test(int(g[keep].sum()), int(keep.sum()), scheme.gamma, p_method)
+        n_tok = len(id_lists[i])
+        status = np.full(n_tok, -1, dtype=np.int8)
+        counted = np.zeros(n_tok, dtype=bool)
+        if len(m):
+            status[k:] = g.astype(np.int8)
+            counted[k:] = keep
+        out.append(TextScore(i, res, status, counted))
+        progress.advance(1)
+    return out
+
+
+# ----------------------------------------------------------------------------- corpus level
+
+
+def prompt_windows(scheme: Scheme, prompt_lists: Sequence[Sequence[int] | None]) -> set[tuple[int, ...]]:
+    """All context windows (length ``prefix_len``) that occur in the prompts (Sander et al.)."""
+    k = scheme.prefix_len
+    windows: set[tuple[int, ...]] = set()
+    for ids in prompt_lists:
+        if not ids or len(ids) < k:
+            continue
+        arr = np.asarray(ids, dtype=np.int64)
+        if k == 0:
+            continue
+        for row in np.unique(np.lib.stride_tricks.sliding_window_view(arr, k), axis=0):
+            windows.add(tuple(row.tolist()))
+    return windows
+
+
+def pooled_test(
+    scheme: Scheme,
+    id_lists: Sequence[Sequence[int]],
+    scores: Sequence[TextScore],
+    dedup: str,
+    p_method: str,
+    exclude_windows: set[tuple[int, ...]] | None = None,
+) -> dict[str, Any]:
+    """One test over the whole corpus with a global dedup tape (radioactivity, Sander et al.)."""
+    k = scheme.prefix_len
+    seen: set = set()
+    green = 0
+    total = 0
+    excluded = 0
+    for ids, sc in zip(id_lists, scores):
+        m = ngram_matrix(ids, k)
+        if not len(m):
+            continue
+        g = sc.token_status[k:] == 1
+        ok = np.ones(len(m), dtype=bool)
+        if exclude_windows and k > 0:
+            ok = np.array([tuple(r) not in exclude_windows for r in m[:, :k].tolist()], dtype=bool)
+            excluded += int((~ok).sum())
+        idx = np.flatnonzero(ok)
+        keep = dedup_keep(m[idx], dedup, k, seen=seen if dedup != "none" else None)
+        green += int(g[idx][keep].sum())
+        total += int(keep.sum())
+    res = green_test(green, total, scheme.gamma, p_method)
+    other = "binomial" if p_method == "normal" else "normal"
+    alt = green_test(green, total, scheme.gamma, other)
+    d = res.as_dict()
+    d.update(
+        dedup=dedup,
+        tape="global",
+        excluded_prompt_windows=excluded,
+        **{f"log10_p_{other}": alt.log10_p},
+    )
+    return d
+
+
+def group_tests(
+    scheme: Scheme,
+    id_lists: Sequence[Sequence[int]],
+    group_tokens: int,
+    dedup: str,
+    p_method: str,
+) -> dict[str, Any]:
+    """Pan et al.: concatenate all token ids, cut into fixed groups, test each; median p over groups."""
+    if group_tokens < scheme.prefix_len + 1:
+        raise UsageError(f"--group-tokens must be more than the context width ({scheme.prefix_len})")
+    stream = [t for ids in id_lists for t in ids]
+    groups = [stream[i : i + group_tokens] for i in range(0, len(stream), group_tokens)]
+    dropped = 0
+    if len(groups) > 1 and len(groups[-1]) < group_tokens:
+        dropped = len(groups[-1])
+        groups = groups[:-1]
+    scores = score_token_lists(scheme, groups, dedup, p_method)
+    zs = [s.result.z for s in scores]
+    lps = [s.result.log_p for s in scores]
+    return {
+        "group_tokens": group_tokens,
+        "num_groups": len(groups),
+        "dropped_tail_tokens": dropped,
+        "median_z": float(np.median(zs)) if zs else math.nan,
+        "median_log10_p": float(np.median(lps)) / LN10 if lps else math.nan,
+        "median_p": math.exp(float(np.median(lps))) if lps else math.nan,
+        "groups": [s.result.as_dict() for s in scores],
+    }
+
+
+def corpus_summary(scores: Sequence[TextScore]) -> dict[str, Any]:
+    """The CDG-KD format: median z, median p, mean −log10 p over texts."""
+    zs = np.array([s.result.z for s in scores if not math.isnan(s.result.z)])
+    lps = np.array([s.result.log_p for s in scores if not math.isnan(s.result.log_p)])
+    if not len(zs):
+        return {"num_texts": 0}
+    return {
+        "num_texts": len(zs),
+        "median_z": float(np.median(zs)),
+        "mean_z": float(np.mean(zs)),
+        "median_p": math.exp(float(np.median(lps))),
+        "median_log10_p": float(np.median(lps)) / LN10,
+        "mean_neg_log10_p": float(np.mean(-lps / LN10)),
+    }
+
+
+@dataclass
+class DetectionRun:
+    """Everything ``detect`` computed, ready to print."""
+
+    config: dict[str, Any]
+    records: list[dict[str, Any]]
+    scores: list[TextScore]
+    tokens: list[Tokenized]
+    aggregate: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
