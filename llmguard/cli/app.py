@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
+import warnings
 from typing import Annotated
 
 import typer
@@ -10,6 +13,7 @@ import typer
 from llmguard import __version__
 from llmguard.cli import checkpoint_tools, realign
 from llmguard.cli.output import state
+from llmguard.cli.watermark import app as watermark_app
 from llmguard.errors import EXIT_CODES
 
 _EPILOG = "Exit codes: " + "; ".join(f"{code} {what}" for code, what in EXIT_CODES.items()) + "."
@@ -42,10 +46,19 @@ def _root(
     """Realign, audit for watermarks, and judge fine-tuned LLM checkpoints."""
     state.quiet = quiet
     state.verbose = verbose
+    if verbose == 0:
+        # Library chatter (deprecation warnings, transformers' advisories and progress bars)
+        # would break the one-line-error and clean-stderr conventions; -v brings it back.
+        warnings.simplefilter("ignore")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    if verbose == 0 and (quiet or not sys.stderr.isatty()):
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 checkpoint_tools.register(app)
 app.add_typer(realign.app, name="realign", rich_help_panel="Groups")
+app.add_typer(watermark_app, name="watermark", rich_help_panel="Groups")
 
 
 def _sigterm_as_interrupt(signum: int, frame: object) -> None:

@@ -18,6 +18,7 @@ from typing import Any, Callable, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from llmguard.errors import LLMGuardError
 
@@ -46,12 +47,12 @@ def progress_enabled() -> bool:
 def info(message: str) -> None:
     """A log line on stderr, dropped with ``-q``."""
     if not state.quiet:
-        stderr.print(message)
+        stderr.print(message, soft_wrap=True)
 
 
 def warn(message: str) -> None:
     """A warning on stderr (shown even when quiet: it may change how results are read)."""
-    stderr.print(f"[yellow]warning:[/yellow] {message}")
+    stderr.print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=True)
 
 
 def emit_json(payload: Any) -> None:
@@ -76,7 +77,8 @@ def _json_default(value: Any) -> Any:
 
 def fail(message: str, code: int) -> typer.Exit:
     """Print one error line and return the Exit to raise."""
-    stderr.print(f"[bold red]error:[/bold red] {message}", markup=True, highlight=False)
+    message = " ".join(message.split())  # one line, whatever a library put in the message
+    stderr.print(f"[bold red]error:[/bold red] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -189,9 +190,17 @@ def _load_pickle(files: Iterable[Path]) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
     for file in files:
         try:
-            loaded = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    loaded = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+                except RuntimeError as err:
+                    if "mmap" not in str(err):
+                        raise
+                    loaded = torch.load(file, map_location="cpu", weights_only=True)  # legacy non-zip format
         except Exception as err:  # noqa: BLE001 - any unpickling failure is bad input
-            raise InvalidInputError(f"{file}: cannot load with weights_only=True ({type(err).__name__}: {err})") from None
+            first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise InvalidInputError(f"{file}: cannot load with weights_only=True ({type(err).__name__}: {first_line})") from None
         if not isinstance(loaded, dict):
             raise InvalidInputError(f"{file}: not a state dict")
         state.update({k: v for k, v in loaded.items() if isinstance(v, torch.Tensor)})
@@ -224,3 +233,21 @@ def open_checkpoint(path: str | os.PathLike[str], *, allow_pickle: bool = False)
         if len(others) == 1 and not (root / "adapter_config.json").exists():
             return Checkpoint(root, _files_of_single(others[0]), config)
     raise InvalidInputError(f"{root}: no model weights found (expected {SINGLE_NAME} or {INDEX_NAME})")
+
+
+def copy_auxiliary_files(checkpoint: Checkpoint, writer: Any, dtype: torch.dtype | None = None) -> None:
+    """Copy config/tokenizer/generation files next to a derived checkpoint.
+
+    With an explicit output dtype, ``config.json`` records it (``dtype`` and the older
+    ``torch_dtype``) so ``from_pretrained`` loads the weights in the dtype they were written in.
+    """
+    for aux in checkpoint.auxiliary_files():
+        if aux.name == "config.json" and dtype is not None:
+            config = _read_json(aux)
+            name = str(dtype).removeprefix("torch.")
+            config["dtype"] = name
+            if "torch_dtype" in config:
+                config["torch_dtype"] = name
+            writer.write_json("config.json", config)
+        else:
+            writer.copy_file(aux)

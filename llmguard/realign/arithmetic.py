@@ -9,7 +9,10 @@ factors. Math is float32 on the chosen device and rounded once to the output dty
 from __future__ import annotations
 
 import re
+import threading
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,7 @@ import torch
 
 from llmguard.errors import InvalidInputError, UsageError
 from llmguard.io.checkpoint import Checkpoint
-from llmguard.io.dtypes import TORCH_TO_SAFETENSORS, is_floating
+from llmguard.io.dtypes import SAFETENSORS_TO_TORCH, TORCH_TO_SAFETENSORS, is_floating
 from llmguard.io.lora import KEY_PREFIX, LoraAdapter
 from llmguard.io.sources import WeightSource
 from llmguard.io.stream import read_ahead
@@ -26,6 +29,10 @@ from llmguard.io.writer import StreamingWriter, TensorPlan
 from llmguard.progress import NullProgress, Progress
 
 TIED_SOURCE = {"lm_head.weight": "model.embed_tokens.weight"}
+
+#: Elements per float32 block of the CPU fast path: 4 MiB, so the block stays in cache while
+#: every input is added into it (instead of whole-tensor float32 copies going through memory).
+BLOCK_ELEMENTS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -111,7 +118,7 @@ class LinearCombination:
         return plans
 
     # -- execution --------------------------------------------------------------------------
-    def _load(self, name: str) -> dict[Path, torch.Tensor]:
+    def _load(self, name: str, pool: "_BufferPool | None" = None) -> dict[Path, torch.Tensor]:
         """Read the base tensors needed for ``name`` (runs in the read-ahead threads)."""
         floating = is_floating(self.primary.source.base.meta[name].dtype)
         loaded = {}
@@ -120,7 +127,12 @@ class LinearCombination:
                 continue
             if not floating and key != _base_key(self.primary.source.base):
                 continue
-            loaded[key] = base.read(self._lookup(base, name))
+            source = self._lookup(base, name)
+            if pool is not None and floating and not base.is_pickle:
+                meta = base.meta[source]
+                loaded[key] = base.read(source, out=pool.take(meta.numel * SAFETENSORS_TO_TORCH[meta.dtype].itemsize))
+            else:
+                loaded[key] = base.read(source)
         return loaded
 
     def compute(self, name: str, loaded: dict[Path, torch.Tensor], device: torch.device) -> torch.Tensor:
@@ -147,12 +159,118 @@ class LinearCombination:
         progress = progress or NullProgress()
         names = self.primary.source.base.names()
         progress.stage("combine tensors", len(names))
+        if device.type == "cpu" and all(term.source.adapter is None for term in self.terms):
+            return self._run_blocked(names, writer, progress, read_depth)
         count = 0
         for name, loaded in read_ahead(names, self._load, depth=read_depth):
             writer.write(name, self.compute(name, loaded, device))
             count += 1
             progress.advance()
         return count
+
+    # -- CPU fast path (full checkpoints only) ------------------------------------------------
+    def _run_blocked(self, names: list[str], writer: StreamingWriter, progress: Progress, read_depth: int) -> int:
+        """The same sum, rounded to the planned dtype block by block, with recycled read buffers.
+
+        Bit-identical to :meth:`compute` followed by the writer's rounding: each element sees
+        the same float32 operations in the same order. What changes is memory traffic: inputs
+        are converted and accumulated one cache-sized block at a time, so no whole-tensor
+        float32 temporaries are made, and input buffers are reused instead of freshly paged
+        in for every tensor. Blocks are spread over ``torch.get_num_threads()`` workers, each
+        running single-threaded torch ops (small ops under a shared OpenMP team pay a barrier
+        per op, which costs more than the op when cores are busy).
+        """
+        pool = _BufferPool(keep=len(self.bases) * (read_depth + 1))
+        workers = max(1, torch.get_num_threads())
+        scratch = threading.local()
+
+        def load(name: str) -> dict[Path, torch.Tensor]:
+            return self._load(name, pool)
+
+        def combine(out: torch.Tensor, inputs: list[tuple[torch.Tensor, float]], begin: int, end: int) -> None:
+            if getattr(scratch, "acc", None) is None:
+                scratch.acc = torch.empty(BLOCK_ELEMENTS, dtype=torch.float32)
+                scratch.tmp = torch.empty(BLOCK_ELEMENTS, dtype=torch.float32)
+            for lo in range(begin, end, BLOCK_ELEMENTS):
+                hi = min(end, lo + BLOCK_ELEMENTS)
+                acc, tmp = scratch.acc[: hi - lo], scratch.tmp[: hi - lo]
+                (first, coef), rest = inputs[0], inputs[1:]
+                acc.copy_(first[lo:hi]).mul_(coef)
+                for tensor, coef in rest:
+                    if tensor.dtype == torch.float32:
+                        acc.add_(tensor[lo:hi], alpha=coef)
+                    else:
+                        acc.add_(tmp.copy_(tensor[lo:hi]), alpha=coef)
+                out[lo:hi].copy_(acc)
+
+        count = 0
+        with _single_threaded_torch(), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="llmguard-math") as math_pool:
+            for name, loaded in read_ahead(names, load, depth=read_depth):
+                meta = self.primary.source.base.meta[name]
+                if not is_floating(meta.dtype) or not loaded:
+                    writer.write(name, self.compute(name, loaded, torch.device("cpu")))
+                else:
+                    out_dtype = SAFETENSORS_TO_TORCH[writer.plan[name].dtype]
+                    inputs = [(t.reshape(-1), self.base_coef[k]) for k, t in loaded.items()]
+                    out = torch.empty(meta.numel, dtype=out_dtype)
+                    n = meta.numel
+                    if workers == 1 or n <= BLOCK_ELEMENTS:
+                        combine(out, inputs, 0, n)
+                    else:  # one job per block: busy or descheduled workers do not hold up the rest
+                        jobs = [math_pool.submit(combine, out, inputs, lo, min(n, lo + BLOCK_ELEMENTS)) for lo in range(0, n, BLOCK_ELEMENTS)]
+                        for job in jobs:
+                            job.result()
+                    writer.write(name, out.view(meta.shape))
+                    del inputs
+                    for tensor in loaded.values():
+                        pool.give(tensor)
+                del loaded
+                count += 1
+                progress.advance()
+        return count
+
+
+class _BufferPool:
+    """Reusable uint8 read buffers, so a read lands in memory that is already paged in.
+
+    ``take`` hands out the smallest free buffer that fits (or a new one); ``give`` returns it.
+    At most ``keep`` free buffers are kept (the oldest go first), so the pool holds no more
+    than the buffers in flight at once plus ``keep``: a bound set by the largest tensors and
+    the read-ahead depth, never by the model size.
+    """
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self._free: list[torch.Tensor] = []
+        self._lent: dict[int, torch.Tensor] = {}
+        self._lock = threading.Lock()
+
+    def take(self, nbytes: int) -> torch.Tensor:
+        with self._lock:
+            fits = [i for i, b in enumerate(self._free) if b.numel() >= nbytes]
+            if fits:
+                buffer = self._free.pop(min(fits, key=lambda i: self._free[i].numel()))
+            else:
+                buffer = torch.empty(max(nbytes, 1), dtype=torch.uint8)
+            self._lent[buffer.data_ptr()] = buffer
+            return buffer
+
+    def give(self, tensor: torch.Tensor) -> None:
+        with self._lock:
+            buffer = self._lent.pop(tensor.data_ptr(), None)
+            if buffer is not None:
+                self._free.append(buffer)
+                del self._free[: max(0, len(self._free) - self.keep)]
+
+
+@contextmanager
+def _single_threaded_torch():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 # -- adapter output --------------------------------------------------------------------------

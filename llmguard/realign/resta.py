@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmguard.io.checkpoint import copy_auxiliary_files
 from llmguard.io.device import resolve_device
 from llmguard.io.dtypes import parse_dtype_option
 from llmguard.io.manifest import MANIFEST_NAME, Manifest
@@ -96,8 +97,7 @@ def resta(
             writer.write_json("adapter_config.json", combination.adapter_config())
             manifest.extra["lora_ranks"] = combination.ranks
         else:
-            for aux in sources["finetuned"].base.auxiliary_files():
-                writer.copy_file(aux)
+            copy_auxiliary_files(sources["finetuned"].base, writer, parse_dtype_option(dtype))
         writer.write_text("README.md", _model_card(sources, gamma, as_adapter))
         manifest.extra["output"] = str(out)
         manifest.extra["device_used"] = str(torch_device)

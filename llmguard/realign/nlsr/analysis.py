@@ -1,0 +1,85 @@
+"""Stages 2–3 per module: mask the reference delta's safety-critical units, then measure how
+much of the reference the fine-tuned model still has inside that mask.
+
+With an activation scorer this runs inside the calibration pass, layer by layer, as soon as a
+layer's input statistics exist (they are then dropped): memory stays one layer's statistics.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from llmguard.io.calibration import SecondMoment
+from llmguard.realign.nlsr.inputs import NlsrInputs
+from llmguard.realign.nlsr.reference import Reference, source_weight
+from llmguard.realign.nlsr.scoring import factor_masks, row_mask
+from llmguard.realign.nlsr.similarity import masked_factor_cosine, masked_row_cosine
+
+
+@dataclass
+class ModuleResult:
+    """One module: its similarity and the mask of reference units that a transplant would copy."""
+
+    name: str
+    similarity: float
+    masked: int  # masked units (elements or rows)
+    units: int  # all units of the module
+    parameters_masked: int  # scalar weights inside the mask
+    mask_a: torch.Tensor | None = None  # element units: lora_A mask (r × d_in)
+    mask_b: torch.Tensor | None = None  # element units: lora_B mask (d_out × r)
+    rows: torch.Tensor | None = None  # row units: bool per output row
+    calibration_tokens: int | None = None
+
+
+@dataclass
+class Analyzer:
+    inputs: NlsrInputs
+    reference: Reference
+    scorer: str
+    ratio: float
+    keep: float
+    device: torch.device
+    results: dict[str, ModuleResult] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def analyze(self, name: str, stat: SecondMoment | None) -> ModuleResult:
+        t0 = time.perf_counter()
+        cov = stat.covariance().to(self.device) if stat is not None else None
+        if self.inputs.unit == "element":
+            result = self._element(name, cov)
+        else:
+            result = self._row(name, cov)
+        result.calibration_tokens = stat.tokens if stat is not None else None
+        self.results[name] = result
+        self.seconds += time.perf_counter() - t0
+        return result
+
+    def _element(self, name: str, cov: torch.Tensor | None) -> ModuleResult:
+        adapter = self.inputs.finetuned.adapter
+        assert adapter is not None
+        a_ref, b_ref = self.reference.factors(name, self.device)
+        mask_a, mask_b = factor_masks(self.scorer, a_ref, b_ref, cov, self.ratio, self.keep)
+        a_ft, b_ft = adapter.factors(adapter.modules[name], self.device)
+        similarity = masked_factor_cosine(a_ft, b_ft, a_ref, b_ref, mask_a, mask_b)
+        masked = int(mask_a.sum() + mask_b.sum())
+        return ModuleResult(name, similarity, masked, a_ref.numel() + b_ref.numel(), masked, mask_a.cpu(), mask_b.cpu())
+
+    def _row(self, name: str, cov: torch.Tensor | None) -> ModuleResult:
+        target = f"{name}.weight"
+        delta_ref = self.reference.delta(target, self.device)
+        if delta_ref is None:
+            delta_ref = torch.zeros(self.inputs.base.meta[target].shape, device=self.device)
+        rows = row_mask(self.scorer, delta_ref, cov, self.ratio, self.keep)
+        delta_ft = source_weight(self.inputs.finetuned, target, self.device)
+        delta_ft.sub_(self.inputs.base.read(target).to(device=self.device, dtype=torch.float32))
+        similarity = masked_row_cosine(delta_ft, delta_ref, rows)
+        masked = int(rows.sum())
+        return ModuleResult(name, similarity, masked, rows.numel(), masked * delta_ref.shape[1], rows=rows.cpu())
+
+    def on_layer(self, index: int, stats: dict[str, SecondMoment]) -> None:
+        for name in self.inputs.modules:
+            if name in stats:
+                self.analyze(name, stats[name])

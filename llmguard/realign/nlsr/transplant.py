@@ -1,0 +1,130 @@
+"""Stage 5: copy the masked reference values into the selected modules and write OUT.
+
+Element units: OUT is a PEFT adapter shaped exactly like the fine-tuned one; in each selected
+module ``A ← A_ft ⊙ ¬M_A + A_ref ⊙ M_A`` and ``B ← B_ft ⊙ ¬M_B + B_ref ⊙ M_B`` (stored values,
+B_ref expressed in the fine-tuned adapter's α/r). The values come from the *unprojected*
+reference, as in the official code.
+
+Row units: OUT is a full checkpoint (the fine-tuned model, merged when it was an adapter) in
+which the masked rows of each selected module's weight are replaced by the reference model's
+rows (θ_base + ΔW_ref). Every other value is copied bit for bit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from llmguard.io.dtypes import TORCH_TO_SAFETENSORS, is_floating
+from llmguard.io.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from llmguard.io.writer import StreamingWriter, TensorPlan
+from llmguard.progress import Progress
+from llmguard.realign.nlsr.analysis import ModuleResult
+from llmguard.realign.nlsr.inputs import NlsrInputs
+from llmguard.realign.nlsr.patch import PatchRecorder
+from llmguard.realign.nlsr.reference import Reference, source_weight
+
+_SIDE_SKIP = {"README.md", "llmguard.json", "realign_patch.json", "nlsr_modules.json", "model.safetensors.index.json"}
+
+
+def _dtype_name(stored: str, out_dtype: torch.dtype | None) -> str:
+    return TORCH_TO_SAFETENSORS[out_dtype] if out_dtype is not None and is_floating(stored) else stored
+
+
+def plan(inputs: NlsrInputs, out_dtype: torch.dtype | None) -> tuple[list[TensorPlan], str | None]:
+    """Output tensors and the single file name (adapters) or None (sharded checkpoint)."""
+    if inputs.output_is_adapter:
+        adapter = inputs.finetuned.adapter
+        assert adapter is not None
+        return [TensorPlan(k, tuple(i.shape), _dtype_name(i.dtype, out_dtype)) for k, i in adapter.file.tensors.items()], ADAPTER_WEIGHTS
+    base = inputs.finetuned.base
+    return [TensorPlan(n, base.meta[n].shape, _dtype_name(base.meta[n].dtype, out_dtype)) for n in base.names()], None
+
+
+def side_files(inputs: NlsrInputs) -> Iterable[Path]:
+    """Config/tokenizer files to copy next to the output."""
+    if inputs.output_is_adapter:
+        root = inputs.finetuned.path
+        return [p for p in sorted(root.iterdir()) if p.is_file() and not p.name.endswith(".safetensors") and p.name not in _SIDE_SKIP and not p.name.startswith(".")]
+    return inputs.finetuned.base.auxiliary_files()
+
+
+def _to_dtype(tensor: torch.Tensor, dtype: str) -> torch.Tensor:
+    target = {v: k for k, v in TORCH_TO_SAFETENSORS.items()}[dtype]
+    return tensor.to(target)
+
+
+def write_elements(
+    inputs: NlsrInputs, reference: Reference, selected: list[ModuleResult], tensor_plan: list[TensorPlan],
+    writer: StreamingWriter, recorder: PatchRecorder, device: torch.device, progress: Progress,
+) -> int:
+    adapter = inputs.finetuned.adapter
+    assert adapter is not None
+    dtypes = {p.name: p.dtype for p in tensor_plan}
+    jobs: dict[str, tuple[ModuleResult, str]] = {}
+    for result in selected:
+        module = adapter.modules[result.name]
+        jobs[module.a_key] = (result, "a")
+        jobs[module.b_key] = (result, "b")
+    progress.stage("transplant + write", len(tensor_plan))
+    for key in adapter.file.tensors:
+        stored = _to_dtype(adapter.file.read(key), dtypes[key])
+        job = jobs.get(key)
+        if job is not None:
+            result, which = job
+            module = adapter.modules[result.name]
+            a_ref, b_ref = reference.factors(result.name, "cpu")
+            values, mask = (a_ref, result.mask_a) if which == "a" else (b_ref / module.scaling, result.mask_b)
+            assert mask is not None
+            index = mask.reshape(-1).nonzero().squeeze(1)
+            stored = stored.clone()
+            flat = stored.view(-1)
+            original = flat[index].clone()
+            patched = values.reshape(-1)[index].to(stored.dtype)
+            flat[index] = patched
+            recorder.record(key, index, original, patched)
+        writer.write(key, stored)
+        progress.advance()
+    return len(tensor_plan)
+
+
+def write_rows(
+    inputs: NlsrInputs, reference: Reference, selected: list[ModuleResult], tensor_plan: list[TensorPlan],
+    writer: StreamingWriter, recorder: PatchRecorder, device: torch.device, progress: Progress,
+) -> int:
+    finetuned = inputs.finetuned
+    jobs = {f"{r.name}.weight": r for r in selected}
+    progress.stage("transplant + write", len(tensor_plan))
+    for item in tensor_plan:
+        name = item.name
+        if finetuned.adapter is not None and is_floating(finetuned.base.meta[name].dtype) and finetuned.delta(name, torch.device("cpu")) is not None:
+            tensor = _to_dtype(source_weight(finetuned, name, device), item.dtype).cpu()
+        else:
+            tensor = _to_dtype(finetuned.base.read(name), item.dtype)
+        result = jobs.get(name)
+        if result is not None:
+            assert result.rows is not None
+            index = result.rows.nonzero().squeeze(1)
+            tensor = tensor.clone()
+            original = tensor[index].clone()
+            patched = reference.weight(name, device)[index.to(device)].to(tensor.dtype).cpu()
+            tensor[index] = patched
+            recorder.record(name, index, original, patched)
+        writer.write(name, tensor)
+        progress.advance()
+    return len(tensor_plan)
+
+
+def write_output(
+    inputs: NlsrInputs, reference: Reference, selected: list[ModuleResult], tensor_plan: list[TensorPlan],
+    writer: StreamingWriter, recorder: PatchRecorder, device: torch.device, progress: Progress,
+) -> int:
+    run: Any = write_elements if inputs.output_is_adapter else write_rows
+    written = run(inputs, reference, selected, tensor_plan, writer, recorder, device, progress)
+    for path in side_files(inputs):
+        writer.copy_file(path)
+    if inputs.output_is_adapter and not (writer.tmp / ADAPTER_CONFIG).exists():
+        writer.copy_file(inputs.finetuned.path / ADAPTER_CONFIG)
+    return written

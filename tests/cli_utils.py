@@ -1,0 +1,30 @@
+"""Run the installed ``llmguard`` program in a subprocess, as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+
+def run_cli(*args: object, env: dict[str, str] | None = None, timeout: float = 600, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", **(env or {})}
+    cmd: Sequence[str] = [sys.executable, "-m", "llmguard", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout, input=input)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error:"), result.stderr
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+def no_partial_output(out: Path) -> bool:
+    """Neither OUT nor a temporary sibling of it exists."""
+    return not out.exists() and not any(p.name.startswith(f".{out.name}.llmguard-tmp") for p in out.parent.iterdir())
