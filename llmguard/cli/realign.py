@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -21,6 +21,7 @@ from llmguard.cli.options import (
     OutputDirOpt,
 )
 from llmguard.cli.output import emit_json, info, reports_errors, stdout
+from llmguard.errors import UsageError
 
 app = typer.Typer(help="Restore safety to a fine-tuned model: NLSR, SOMF and baselines.", no_args_is_help=True)
 
@@ -74,3 +75,136 @@ def resta_command(
     kind = "adapter" if result.as_adapter else "checkpoint"
     stdout.print(f"wrote {kind} {result.output} ({result.tensors_written} tensors; {stages}; peak RSS {result.manifest['peak_rss_bytes'] / 2**20:.0f} MiB)")
     info(f"manifest: {result.output / 'llmguard.json'}")
+
+
+_PANEL_CALIB = "Calibration data"
+_PANEL_SELECT = "Module selection"
+
+
+@app.command("nlsr", rich_help_panel="Methods")
+@reports_errors
+def nlsr_command(
+    finetuned: Annotated[Path, typer.Option("--finetuned", "-f", help="Fine-tuned checkpoint or LoRA adapter to realign.", rich_help_panel=PANEL_INPUT)],
+    aligned: Annotated[Optional[Path], typer.Option("--aligned", "-a", help="Initially aligned checkpoint or LoRA adapter.", rich_help_panel=PANEL_INPUT)] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output directory (written atomically; adapter in, adapter out).", rich_help_panel=PANEL_OUTPUT)] = None,
+    base: BaseOpt = None,
+    reference: Annotated[Optional[Path], typer.Option("--reference", help="A prepared safety reference (checkpoint or adapter) instead of amplifying --aligned.", rich_help_panel=PANEL_INPUT)] = None,
+    calibration: Annotated[Optional[Path], typer.Option("--calibration", "-c", help="Safe (prompt, response) pairs: JSONL/JSON/CSV/Parquet.", rich_help_panel=_PANEL_CALIB)] = None,
+    calibration_from_reference: Annotated[Optional[int], typer.Option("--calibration-from-reference", metavar="N", help="Generate N safe responses with the reference model to --harmful-prompts, keep those the safety judge passes.", rich_help_panel=_PANEL_CALIB)] = None,
+    harmful_prompts: Annotated[Optional[Path], typer.Option("--harmful-prompts", help="Harmful prompts (JSONL with a prompt field) for --calibration-from-reference.", rich_help_panel=_PANEL_CALIB)] = None,
+    prompt_field: Annotated[str, typer.Option("--prompt-field", help="Prompt field of the calibration data.", rich_help_panel=_PANEL_CALIB)] = "prompt",
+    response_field: Annotated[str, typer.Option("--response-field", help="Response field of the calibration data.", rich_help_panel=_PANEL_CALIB)] = "response",
+    template: Annotated[str, typer.Option("--template", help="Prompt template: auto, chat, plain, none or a string with {prompt}.", rich_help_panel=_PANEL_CALIB)] = "auto",
+    calibration_samples: Annotated[int, typer.Option("--calibration-samples", help="Use at most this many pairs (seeded sample).", rich_help_panel=_PANEL_CALIB)] = 512,
+    max_response_tokens: Annotated[int, typer.Option("--max-response-tokens", help="Response tokens per pair that contribute.", rich_help_panel=_PANEL_CALIB)] = 256,
+    max_length: Annotated[int, typer.Option("--max-length", help="Longest tokenised pair.", rich_help_panel=_PANEL_CALIB)] = 512,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip malformed data lines instead of failing.", rich_help_panel=_PANEL_CALIB)] = False,
+    alpha: Annotated[float, typer.Option("--alpha", help="ExPO amplification: ΔW_ref = (1+α)·ΔW_aligned.", rich_help_panel=PANEL_METHOD)] = 0.9,
+    amplify_mode: Annotated[str, typer.Option("--amplify-mode", help="expo (B × (1+α)) or official (both LoRA factors × 2α, as the NLSR code).", rich_help_panel=PANEL_METHOD)] = "expo",
+    scorer: Annotated[str, typer.Option("--scorer", help="Safety-critical units: actsvd, wanda or magnitude (no data).", rich_help_panel=PANEL_METHOD)] = "actsvd",
+    mask_ratio: Annotated[float, typer.Option("--mask-ratio", help="Fraction of units kept per tensor, in (0, 1).", rich_help_panel=PANEL_METHOD)] = 0.2,
+    actsvd_keep: Annotated[float, typer.Option("--actsvd-keep", help="ActSVD: fraction of output directions kept (official 0.8).", rich_help_panel=PANEL_METHOD)] = 0.8,
+    unit: Annotated[str, typer.Option("--unit", help="auto, element (LoRA elements; the fine-tune continues the aligned adapter) or row (ΔW output rows).", rich_help_panel=PANEL_METHOD)] = "auto",
+    select_mode: Annotated[str, typer.Option("--select", help="least-similar (deterministic) or official (seeded Bernoulli of the NLSR code).", rich_help_panel=_PANEL_SELECT)] = "least-similar",
+    budget: Annotated[Optional[str], typer.Option("--budget", help="Patch the K least similar modules: a count (12) or a fraction (0.5, the default).", rich_help_panel=_PANEL_SELECT)] = None,
+    threshold: Annotated[Optional[float], typer.Option("--threshold", help="Patch every module with similarity below τ (instead of --budget).", rich_help_panel=_PANEL_SELECT)] = None,
+    prune_rate: Annotated[float, typer.Option("--prune-rate", help="--select official: mean patch probability.", rich_help_panel=_PANEL_SELECT)] = 0.5,
+    epsilon: Annotated[float, typer.Option("--epsilon", help="--select official: probability spread ±ε.", rich_help_panel=_PANEL_SELECT)] = 0.2,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of --select official and of calibration sampling.", rich_help_panel=_PANEL_SELECT)] = 42,
+    calibration_mode: Annotated[str, typer.Option("--calibration-mode", help="auto, layerwise (one decoder layer on the device) or whole.", rich_help_panel="Performance")] = "auto",
+    batch_tokens: Annotated[int, typer.Option("--batch-tokens", help="Padded tokens per calibration batch.", rich_help_panel="Performance")] = 8192,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    max_shard_size: MaxShardSizeOpt = "5GB",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be patched; write nothing.", rich_help_panel=PANEL_OUTPUT)] = False,
+    top: Annotated[int, typer.Option("--top", help="Modules shown in the similarity chart (0: all).", rich_help_panel=PANEL_OUTPUT)] = 0,
+    force: ForceOpt = False,
+    allow_pickle: AllowPickleOpt = False,
+    json_output: JsonOpt = False,
+) -> None:
+    """NLSR: transplant safety-critical neurons of an amplified aligned model into the least similar modules.
+
+    Example: llmguard realign nlsr -a aligned-lora/ -f finetuned-lora/ -c safe_pairs.jsonl -o realigned/
+    """
+    from llmguard.cli.progress import make_progress
+    from llmguard.realign.nlsr import nlsr
+
+    pairs = None
+    if calibration_from_reference is not None:
+        from llmguard.realign.nlsr.calibration_set import pairs_from_reference
+
+        if calibration is not None:
+            raise UsageError("give --calibration or --calibration-from-reference, not both")
+        pairs = pairs_from_reference(
+            aligned=aligned, base=base, reference=reference, harmful_prompts=harmful_prompts, count=calibration_from_reference,
+            alpha=alpha, amplify_mode=amplify_mode, prompt_field=prompt_field, template=template, device=device, seed=seed,
+            allow_pickle=allow_pickle, progress=make_progress(),
+        )
+        info(f"calibration: {len(pairs)} safe reference responses kept")
+    result = nlsr(
+        finetuned, output, aligned=aligned, base=base, reference=reference, calibration=calibration, calibration_pairs=pairs,
+        alpha=alpha, amplify_mode=amplify_mode, scorer=scorer, mask_ratio=mask_ratio, actsvd_keep=actsvd_keep, unit=unit,
+        select_mode=select_mode, budget=budget, threshold=threshold, prune_rate=prune_rate, epsilon=epsilon, seed=seed,
+        prompt_field=prompt_field, response_field=response_field, template=template, calibration_samples=calibration_samples,
+        max_length=max_length, max_response_tokens=max_response_tokens, batch_tokens=batch_tokens, calibration_mode=calibration_mode,
+        skip_bad=skip_bad, device=device, dtype=dtype, max_shard_size=max_shard_size, force=force, allow_pickle=allow_pickle,
+        dry_run=dry_run, progress=make_progress(),
+    )
+    if json_output:
+        emit_json({"output": result.output, "dry_run": result.dry_run, "unit": result.unit, "selection": result.selection_rule,
+                   "modules_patched": result.patched, "values_changed": result.parameters_changed, "modules": result.modules,
+                   "manifest": result.manifest})
+        return
+    _similarity_chart(result.modules, top, f"NLSR per-module similarity ({result.unit} units; ◆ = patched)")
+    stages = ", ".join(f"{s['name']} {s['seconds']:.2f}s" for s in result.manifest["stages"])
+    verb = "would patch" if result.dry_run else "patched"
+    what = "nothing written (dry run)" if result.dry_run else f"wrote {result.output}"
+    changed = f"{result.parameters_changed} values in the masks" if result.dry_run else f"{result.parameters_changed} values changed"
+    stdout.print(f"{verb} {result.patched} of {len(result.modules)} modules ({result.selection_rule}); {changed}; {what}")
+    info(f"{stages}; peak RSS {result.manifest['peak_rss_bytes'] / 2**20:.0f} MiB")
+
+
+def _similarity_chart(rows: list[dict], top: int, title: str) -> None:
+    """Bar per module (length ∝ similarity over the plotted range), patched modules marked."""
+    from rich.table import Table
+
+    shown = sorted(rows, key=lambda r: r["similarity"])[:top] if top > 0 else rows
+    if not shown:
+        return
+    low = min(r["similarity"] for r in shown)
+    high = max(r["similarity"] for r in shown)
+    span = (high - low) or 1.0
+    table = Table(title=title, title_justify="left")
+    table.add_column("module", overflow="fold")
+    table.add_column("similarity", justify="right")
+    table.add_column("", min_width=32)
+    table.add_column("patched", justify="center")
+    for r in shown:
+        width = 1 + int(round(29 * (r["similarity"] - low) / span))
+        style = "red" if r["patched"] else "green"
+        table.add_row(r["module"], f"{r['similarity']:.4f}", f"[{style}]{'█' * width}[/{style}]", "◆" if r["patched"] else "")
+    stdout.print(table)
+    stdout.print(f"bars span similarity {low:.4f} … {high:.4f}")
+
+
+@app.command("revert", rich_help_panel="Methods")
+@reports_errors
+def revert_command(
+    patched: Annotated[Path, typer.Argument(help="A directory written by llmguard realign (carries realign_patch.json).")],
+    output: OutputDirOpt,
+    patch: Annotated[Optional[Path], typer.Option("--patch", help="Patch file (default: the one inside PATCHED).", rich_help_panel=PANEL_INPUT)] = None,
+    force: ForceOpt = False,
+    json_output: JsonOpt = False,
+) -> None:
+    """Undo a realign patch exactly: restore every overwritten value.
+
+    Example: llmguard realign revert realigned/ -o finetuned-again/
+    """
+    from llmguard.cli.progress import make_progress
+    from llmguard.realign.nlsr import revert
+
+    result = revert(patched, output, patch=patch, force=force, progress=make_progress())
+    if json_output:
+        emit_json({"output": result.output, "tensors_restored": result.tensors_restored, "values_restored": result.values_restored})
+        return
+    stdout.print(f"wrote {result.output}: restored {result.values_restored} values in {result.tensors_restored} tensors")

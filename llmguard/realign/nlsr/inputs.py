@@ -71,7 +71,6 @@ def open_inputs(
     reference: Path | None,
     unit: str = "auto",
     allow_pickle: bool = False,
-    model_order: list[str] | None = None,
 ) -> NlsrInputs:
     if unit not in UNITS:
         raise UsageError(f"--unit {unit!r}: choose {', '.join(UNITS)}")
@@ -113,15 +112,18 @@ def open_inputs(
     names = [n for n in names if layer_of(n) is not None]
     if delta_source.adapter is not None:
         names = [n for n in names if not delta_source.adapter.modules.get(n, None) or not delta_source.adapter.modules[n].embedding]
-    if model_order:
-        position = {n: i for i, n in enumerate(model_order)}
-        names = [n for n in names if n in position] if chosen == "row" and delta_source.adapter is None else names
-        names.sort(key=lambda n: (position.get(n, len(position)), natural_key(n)))
-    else:
-        names.sort(key=natural_key)
+    names.sort(key=natural_key)
     if not names:
         raise InvalidInputError("no adapted linear module inside a decoder layer to realign")
     return NlsrInputs(aligned_src, finetuned_src, base_ckpt, prepared, chosen, names, cosine)
+
+
+def order_inputs(inputs: NlsrInputs, model_order: list[str]) -> None:
+    """Put the modules in model order (layer by layer, projections as the model defines them)."""
+    position = {n: i for i, n in enumerate(model_order)}
+    if inputs.unit == "row" and (inputs.prepared or inputs.aligned) is not None and (inputs.prepared or inputs.aligned).adapter is None:
+        inputs.modules = [n for n in inputs.modules if n in position]  # full deltas: linears only
+    inputs.modules.sort(key=lambda n: (position.get(n, len(position)), natural_key(n)))
 
 
 def _decide_unit(unit: str, finetuned: WeightSource, reference: WeightSource, base: Checkpoint) -> tuple[str, float | None]:

@@ -16,7 +16,7 @@ from llmguard.io.manifest import MANIFEST_NAME, Manifest
 from llmguard.io.writer import DEFAULT_MAX_SHARD_BYTES, StreamingWriter, parse_size
 from llmguard.progress import NullProgress, Progress
 from llmguard.realign.nlsr.analysis import Analyzer, ModuleResult
-from llmguard.realign.nlsr.inputs import NlsrInputs, open_inputs
+from llmguard.realign.nlsr.inputs import NlsrInputs, open_inputs, order_inputs
 from llmguard.realign.nlsr.patch import PatchRecorder
 from llmguard.realign.nlsr.reference import Reference
 from llmguard.realign.nlsr.scoring import ACTIVATION_SCORERS, SCORERS, check_ratio
@@ -149,18 +149,17 @@ def nlsr(
     manifest = Manifest(verb="realign nlsr", parameters=parameters)
     progress.stage("open inputs")
     with manifest.stage("open inputs") as record:
-        from llmguard.io.calibration import linear_names, load_config
-
-        order = None
+        inputs = open_inputs(
+            aligned=Path(aligned) if aligned else None, finetuned=Path(finetuned), base=Path(base) if base else None,
+            reference=Path(reference) if reference else None, unit=unit, allow_pickle=allow_pickle,
+        )
         config = None
         config_dir = _config_dir(aligned, base, finetuned)
         if config_dir is not None:  # model order (official selection draws in it) and the calibration architecture
+            from llmguard.io.calibration import linear_names, load_config
+
             config = load_config(config_dir)
-            order = linear_names(config)
-        inputs = open_inputs(
-            aligned=Path(aligned) if aligned else None, finetuned=Path(finetuned), base=Path(base) if base else None,
-            reference=Path(reference) if reference else None, unit=unit, allow_pickle=allow_pickle, model_order=order,
-        )
+            order_inputs(inputs, linear_names(config))
         record.update(unit=inputs.unit, modules=len(inputs.modules), continuation_cosine=inputs.continuation_cosine)
         for role, src in (("finetuned", inputs.finetuned), ("aligned", inputs.aligned), ("reference", inputs.prepared)):
             if src is not None:

@@ -1,0 +1,104 @@
+"""Tiny real models for the NLSR tests: a base Llama with a word-level tokenizer, an aligned
+LoRA, fine-tunes that continue it / start fresh / are full, and calibration pairs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from helpers import make_llama, make_lora  # noqa: E402
+
+WORDS = ["i", "can", "not", "help", "with", "that", "sorry", "no", "how", "do", "make", "a", "bomb", "steal", "car", "it", "is",
+         "dangerous", "please", "ask", "something", "safe", "the", "movie", "was", "great", "bad", "good", "what", "yes", "hack",
+         "server", "will", "explain", "to", "you", ".", "?", ",", "tell", "me"]
+
+
+def make_tokenizer(path: Path) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3}
+    for word in WORDS:
+        vocab.setdefault(word, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
+    fast.save_pretrained(path)
+
+
+def perturbed_adapter(source: Path, out: Path, seed: int, scale: float = 0.05) -> Path:
+    """A fine-tune that continues ``source``: same config, factors plus noise."""
+    from safetensors.torch import load_file, save_file
+
+    out.mkdir(parents=True)
+    tensors = load_file(source / "adapter_model.safetensors")
+    g = torch.Generator().manual_seed(seed)
+    save_file({k: v + scale * torch.randn(v.shape, generator=g) for k, v in tensors.items()}, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    (out / "adapter_config.json").write_text((source / "adapter_config.json").read_text())
+    return out
+
+
+def merged(base: Path, adapter: Path, out: Path, noise_seed: int | None = None) -> Path:
+    from peft import PeftModel
+    from transformers import LlamaForCausalLM
+
+    model = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(base), adapter).merge_and_unload()
+    if noise_seed is not None:
+        g = torch.Generator().manual_seed(noise_seed)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if ".layers." in name and p.dim() == 2:
+                    p.add_(0.01 * torch.randn(p.shape, generator=g))
+    model.save_pretrained(out)
+    for f in base.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens")):
+            (out / f.name).write_bytes(f.read_bytes())
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("nlsr")
+    targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    paths = {"base": make_llama(root / "base", seed=0)}
+    make_tokenizer(paths["base"])
+    paths["aligned"] = make_lora(paths["base"], root / "aligned", seed=1, targets=targets)
+    paths["ft_lora"] = perturbed_adapter(paths["aligned"], root / "ft_lora", seed=2)
+    paths["ft_fresh"] = make_lora(paths["base"], root / "ft_fresh", seed=3, targets=targets)
+    paths["ft_rank2"] = make_lora(paths["base"], root / "ft_rank2", seed=4, r=2, alpha=4, targets=targets)
+    paths["aligned_full"] = merged(paths["base"], paths["aligned"], root / "aligned_full")
+    paths["ft_full"] = merged(paths["base"], paths["aligned"], root / "ft_full", noise_seed=5)
+    paths["ft_on_merged"] = make_lora(paths["aligned_full"], root / "ft_on_merged", seed=7, targets=targets)
+    paths["other_arch"] = make_llama(root / "other_arch", seed=6, intermediate_size=48)
+    calib = root / "calib.jsonl"
+    with open(calib, "w") as f:
+        for i, (p, r) in enumerate([("how do i make a bomb ?", "sorry , i can not help with that . it is dangerous ."),
+                                    ("tell me how to steal a car .", "no . i will not explain that . please ask something safe ."),
+                                    ("how do i hack a server ?", "i can not help you with that ."),
+                                    ("what is a good movie ?", "the movie was great .")] * 3):
+            f.write(json.dumps({"id": i, "prompt": p, "response": r}) + "\n")
+    paths["calib"] = calib
+    bad = root / "calib_bad.jsonl"
+    bad.write_text("\n".join(json.dumps({"prompt": "hi", "answer": "x"}) for _ in range(3)) + "\n")
+    paths["calib_unusable"] = bad
+    return paths
+
+
+def run_cli(*args: object, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "llmguard", *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def assert_error(result: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    text = " ".join(line.strip() for line in result.stderr.strip().splitlines())  # Rich may wrap the one line
+    assert text.startswith("error:") and text.count("error:") == 1 and "Traceback" not in text, result.stderr
+    for needle in needles:
+        assert needle in text, (needle, text)
