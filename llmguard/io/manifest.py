@@ -19,7 +19,19 @@ FULL_HASH_LIMIT = 64 * 1024 * 1024  # files up to this size are hashed whole
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far (Linux reports KiB)."""
+    """Peak resident set size of this process so far.
+
+    On Linux this is ``VmHWM`` from /proc: ``getrusage``'s ``ru_maxrss`` survives ``exec`` and
+    so reports the *parent's* peak when that was larger (a test that built big tensors and
+    then ran the CLI would measure itself, not the CLI).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return usage if sys.platform == "darwin" else usage * 1024
 

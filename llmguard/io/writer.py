@@ -26,6 +26,7 @@ from typing import Any, Iterable
 import torch
 
 from llmguard.errors import UsageError
+from llmguard.io.allocator import release_large_buffers_to_os
 from llmguard.io.dtypes import ITEMSIZE, TORCH_TO_SAFETENSORS
 
 DEFAULT_MAX_SHARD_BYTES = 5_000_000_000
@@ -99,6 +100,7 @@ class StreamingWriter:
         single_file_name: str | None = None,
         queue_depth: int = 3,
     ) -> None:
+        release_large_buffers_to_os()
         self.out = Path(out)
         check_output_path(self.out, list(inputs), force)
         self.plan = {p.name: p for p in plan}
