@@ -30,9 +30,9 @@ from llmguard.progress import NullProgress, Progress
 
 TIED_SOURCE = {"lm_head.weight": "model.embed_tokens.weight"}
 
-#: Elements per float32 block of the CPU fast path: 4 MiB, so the block stays in cache while
+#: Elements per float32 block of the CPU fast path: 1 MiB, so the block stays in cache while
 #: every input is added into it (instead of whole-tensor float32 copies going through memory).
-BLOCK_ELEMENTS = 1 << 20
+BLOCK_ELEMENTS = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -180,7 +180,7 @@ class LinearCombination:
         running single-threaded torch ops (small ops under a shared OpenMP team pay a barrier
         per op, which costs more than the op when cores are busy).
         """
-        pool = _BufferPool(keep=len(self.bases) * (read_depth + 1))
+        pool = _BufferPool(keep=len(self.bases))
         workers = max(1, torch.get_num_threads())
         scratch = threading.local()
 
@@ -234,9 +234,10 @@ class _BufferPool:
     """Reusable uint8 read buffers, so a read lands in memory that is already paged in.
 
     ``take`` hands out the smallest free buffer that fits (or a new one); ``give`` returns it.
-    At most ``keep`` free buffers are kept (the oldest go first), so the pool holds no more
-    than the buffers in flight at once plus ``keep``: a bound set by the largest tensors and
-    the read-ahead depth, never by the model size.
+    At most ``keep`` free buffers are kept (the oldest go first; one per input is enough for
+    the steady state, where each tensor's buffers serve the read issued right after it), so
+    the pool holds the buffers in flight plus ``keep``: a bound set by the largest tensors
+    and the read-ahead depth, never by the model size.
     """
 
     def __init__(self, keep: int) -> None:
