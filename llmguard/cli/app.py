@@ -12,6 +12,7 @@ import typer
 
 from llmguard import __version__
 from llmguard.cli import checkpoint_tools, realign
+from llmguard.cli.eval import app as eval_app
 from llmguard.cli.output import state
 from llmguard.cli.watermark import app as watermark_app
 from llmguard.errors import EXIT_CODES
@@ -58,6 +59,7 @@ def _root(
 
 checkpoint_tools.register(app)
 app.add_typer(realign.app, name="realign", rich_help_panel="Groups")
+app.add_typer(eval_app, name="eval", rich_help_panel="Groups")
 app.add_typer(watermark_app, name="watermark", rich_help_panel="Groups")
 
 
