@@ -12,6 +12,7 @@ import typer
 
 from llmguard import __version__
 from llmguard.cli import checkpoint_tools, realign
+from llmguard.cli import testbed as testbed_cli
 from llmguard.cli.eval import app as eval_app
 from llmguard.cli.output import state
 from llmguard.cli.watermark import app as watermark_app
@@ -61,6 +62,7 @@ checkpoint_tools.register(app)
 app.add_typer(realign.app, name="realign", rich_help_panel="Groups")
 app.add_typer(eval_app, name="eval", rich_help_panel="Groups")
 app.add_typer(watermark_app, name="watermark", rich_help_panel="Groups")
+app.add_typer(testbed_cli.app, name="testbed", rich_help_panel="Groups")
 
 
 def _sigterm_as_interrupt(signum: int, frame: object) -> None:

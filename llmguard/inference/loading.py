@@ -186,7 +186,10 @@ def load_causal_lm(
             ) from None
 
     import torch  # noqa: F401
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # stderr stays for llmguard's own progress (SPEC §1)
 
     source = str(local) if is_local else text
     try:

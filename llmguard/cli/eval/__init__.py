@@ -11,7 +11,9 @@ import typer
 app = typer.Typer(help="Evaluate models: harmful rate, medical LLM-as-judge, agreement with humans.", no_args_is_help=True)
 
 from llmguard.cli.eval import ace_m3, agree, hdc  # noqa: E402
+from llmguard.cli.eval import safety  # noqa: E402
 
 hdc.register(app)
 ace_m3.register(app)
 agree.register(app)
+safety.register(app)

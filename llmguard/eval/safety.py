@@ -1,0 +1,257 @@
+"""``eval safety``: harmful rate and refusal rate on harmful prompts, plus exact-match task accuracy.
+
+The model answers every prompt (batched greedy generation, chat template when the tokenizer has
+one); a judge (:mod:`llmguard.eval.safety_judges`) labels each answer ``harmful``, ``refusal`` or
+``other``. Rates are per category and overall, always with their counts. Task accuracy (the
+testbed tasks ``sst2`` and ``arith``, or any exact-match JSONL with an answer field) compares the
+normalised first line of the answer with the reference.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmguard.errors import InvalidInputError, UsageError
+from llmguard.progress import NullProgress, Progress
+
+TASKS = ("sst2", "arith")
+
+# ----------------------------------------------------------------------------- data
+
+def read_records(path: str | os.PathLike, *, required: Sequence[str], what: str = "data") -> list[dict]:
+    """Records of a JSONL / JSON (list) / CSV file; one-line errors naming file, line and field.
+
+    Parquet and hub datasets go through ``datasets``.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InvalidInputError(f"{p}: {what} file does not exist")
+    if p.is_dir():
+        raise InvalidInputError(f"{p}: {what} must be a file, not a directory")
+    suffix = p.suffix.lower()
+    records: list[tuple[int, Any]] = []
+    try:
+        if suffix in (".jsonl", ".ndjson") or suffix not in (".json", ".csv", ".parquet"):
+            with open(p, encoding="utf-8") as fh:
+                for lineno, line in enumerate(fh, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        records.append((lineno, json.loads(line)))
+                    except json.JSONDecodeError as err:
+                        raise InvalidInputError(f"{p}:{lineno}: not valid JSON ({err.msg})") from None
+        elif suffix == ".json":
+            try:
+                data = json.loads(p.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as err:
+                raise InvalidInputError(f"{p}:{err.lineno}: not valid JSON ({err.msg})") from None
+            if isinstance(data, dict) and "data" in data:
+                data = data["data"]
+            if not isinstance(data, list):
+                raise InvalidInputError(f"{p}: a .json {what} file must hold a list of records")
+            records = [(i + 1, r) for i, r in enumerate(data)]
+        elif suffix == ".csv":
+            with open(p, encoding="utf-8", newline="") as fh:
+                records = [(i + 2, dict(r)) for i, r in enumerate(csv.DictReader(fh))]
+        else:
+            from datasets import load_dataset
+
+            ds = load_dataset("parquet", data_files=str(p), split="train")
+            records = [(i + 1, r) for i, r in enumerate(ds)]
+    except UnicodeDecodeError:
+        raise InvalidInputError(f"{p}: {what} file is not UTF-8 text") from None
+    if not records:
+        raise InvalidInputError(f"{p}: {what} file has no records")
+    out = []
+    for lineno, rec in records:
+        where = f"{p}:{lineno}" if suffix != ".json" else f"{p}: record {lineno}"
+        if not isinstance(rec, dict):
+            raise InvalidInputError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+        for name in required:
+            if name not in rec or rec[name] is None:
+                raise InvalidInputError(f"{where}: field {name!r} is missing")
+            if not isinstance(rec[name], (str, int, float)):
+                raise InvalidInputError(f"{where}: field {name!r} must be a string")
+            if isinstance(rec[name], str) and not rec[name].strip():
+                raise InvalidInputError(f"{where}: field {name!r} is empty")
+        out.append(rec)
+    return out
+
+# ----------------------------------------------------------------------------- scoring
+
+def normalize_answer(text: str) -> str:
+    """Lower-case first non-empty line, whitespace collapsed, surrounding punctuation dropped."""
+    lines = [ln for ln in str(text).strip().splitlines() if ln.strip()]
+    first = lines[0] if lines else ""
+    first = " ".join(first.lower().split())
+    return first.strip(" .,!?;:'\"")
+
+def task_correct(response: str, answer: str) -> bool:
+    """Exact match after :func:`normalize_answer`."""
+    return normalize_answer(response) == normalize_answer(str(answer))
+
+def _rate(k: int, n: int) -> float | None:
+    return (k / n) if n else None
+
+@dataclass
+class SafetyReport:
+    """Everything ``eval safety`` measured (``to_dict`` is the ``--json`` document)."""
+
+    model: str
+    adapter: str | None
+    judge: str
+    n: int
+    harmful: int
+    refusals: int
+    other: int
+    unparsed: int
+    per_category: dict[str, dict[str, Any]]
+    task: dict[str, Any] | None = None
+    records: list[dict] = field(default_factory=list)
+    parameters: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def harmful_rate(self) -> float | None:
+        return _rate(self.harmful, self.n)
+
+    @property
+    def refusal_rate(self) -> float | None:
+        return _rate(self.refusals, self.n)
+
+    def to_dict(self, with_records: bool = True) -> dict[str, Any]:
+        d = {
+            "model": self.model,
+            "adapter": self.adapter,
+            "judge": self.judge,
+            "n": self.n,
+            "harmful": self.harmful,
+            "refusals": self.refusals,
+            "other": self.other,
+            "unparsed": self.unparsed,
+            "harmful_rate": self.harmful_rate,
+            "refusal_rate": self.refusal_rate,
+            "per_category": self.per_category,
+            "task": self.task,
+            "parameters": self.parameters,
+            "timings_s": self.timings,
+        }
+        if with_records:
+            d["records"] = self.records
+        return d
+
+def evaluate_safety(
+    model: str | os.PathLike,
+    *,
+    prompts: Sequence[dict] | None,
+    adapter: str | os.PathLike | None = None,
+    judge: str = "keyword",
+    task: str | None = None,
+    task_items: Sequence[dict] | None = None,
+    prompt_field: str = "prompt",
+    category_field: str = "category",
+    answer_field: str = "answer",
+    batch_size: int = 32,
+    max_new_tokens: int = 48,
+    device: str = "auto",
+    dtype: str = "auto",
+    template: str = "auto",
+    judge_batch_size: int | None = None,
+    load_in_4bit: bool = False,
+    load_in_8bit: bool = False,
+    trust_remote_code: bool = False,
+    limit: int | None = None,
+    progress: Progress | None = None,
+    loaded: tuple[Any, Any] | None = None,
+) -> SafetyReport:
+    """Generate answers for harmful ``prompts`` (and ``task_items``), judge them, count.
+
+    ``prompts`` / ``task_items`` are records (dicts) with ``prompt_field`` (and ``category_field``,
+    optional) / ``answer_field``. ``judge`` is ``keyword`` or a moderation model path/id.
+    ``loaded`` reuses an already loaded ``(model, tokenizer)``.
+    """
+    import time
+
+    from llmguard.eval.safety_judges import make_judge
+    from llmguard.inference import format_prompt, generate, load_causal_lm
+
+    progress = progress or NullProgress()
+    if task is not None and task not in TASKS and not task_items:
+        raise UsageError(f"--task: {task!r} is not one of {', '.join(TASKS)} (or give --task-data)")
+    if task_items is not None and not task:
+        task = "task"
+    if not prompts and not task_items:
+        raise UsageError("nothing to evaluate: give --prompts and/or --task-data")
+    prompts = list(prompts or [])[: limit or None]
+    task_items = list(task_items or [])[: limit or None]
+    timings: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    if loaded is not None:
+        lm, tok = loaded
+    else:
+        lm, tok = load_causal_lm(model, adapter=adapter, device=device, dtype=dtype, load_in_4bit=load_in_4bit,
+                                 load_in_8bit=load_in_8bit, trust_remote_code=trust_remote_code)
+    timings["load"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    harm_texts = [str(r[prompt_field]) for r in prompts]
+    harm_out = generate(lm, tok, [format_prompt(tok, p, template) for p in harm_texts],
+                        max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress) if prompts else []
+    task_texts = [str(r[prompt_field]) for r in task_items]
+    task_out = generate(lm, tok, [format_prompt(tok, p, template) for p in task_texts],
+                        max_new_tokens=min(max_new_tokens, 16), batch_size=batch_size, progress=progress) if task_items else []
+    timings["generate"] = time.perf_counter() - t0
+    if loaded is None:
+        del lm
+
+    t0 = time.perf_counter()
+    j = make_judge(judge, device=device, batch_size=judge_batch_size or batch_size, trust_remote_code=trust_remote_code) \
+        if judge != "keyword" else make_judge("keyword")
+    verdicts = j.judge(harm_texts, harm_out, progress=progress) if prompts else []
+    timings["judge"] = time.perf_counter() - t0
+
+    per_cat: dict[str, dict[str, Any]] = {}
+    records: list[dict] = []
+    counts = {"harmful": 0, "refusal": 0, "other": 0}
+    unparsed = 0
+    for rec, resp, v in zip(prompts, harm_out, verdicts):
+        cat = str(rec.get(category_field) or "uncategorized")
+        c = per_cat.setdefault(cat, {"n": 0, "harmful": 0, "refusals": 0, "other": 0})
+        c["n"] += 1
+        key = {"harmful": "harmful", "refusal": "refusals", "other": "other"}[v.label]
+        c[key] += 1
+        counts[v.label] += 1
+        unparsed += v.parse_status != "ok"
+        records.append({"id": rec.get("id"), "kind": "harmful", "category": cat, "prompt": rec[prompt_field],
+                        "response": resp, "label": v.label, "reason": v.reason, "parse_status": v.parse_status,
+                        **({"judge_raw": v.raw} if v.raw is not None else {})})
+    for c in per_cat.values():
+        c["harmful_rate"] = _rate(c["harmful"], c["n"])
+        c["refusal_rate"] = _rate(c["refusals"], c["n"])
+
+    task_report = None
+    if task_items:
+        correct = 0
+        for rec, resp in zip(task_items, task_out):
+            ok = task_correct(resp, rec[answer_field])
+            correct += ok
+            records.append({"id": rec.get("id"), "kind": "task", "task": task, "prompt": rec[prompt_field],
+                            "response": resp, "answer": rec[answer_field], "correct": ok})
+        task_report = {"name": task, "n": len(task_items), "correct": correct,
+                       "accuracy": _rate(correct, len(task_items))}
+
+    return SafetyReport(
+        model=os.fspath(model), adapter=os.fspath(adapter) if adapter else None, judge=getattr(j, "name", judge),
+        n=len(prompts), harmful=counts["harmful"], refusals=counts["refusal"], other=counts["other"],
+        unparsed=unparsed, per_category=dict(sorted(per_cat.items())), task=task_report, records=records,
+        parameters={"batch_size": batch_size, "max_new_tokens": max_new_tokens, "device": device, "dtype": dtype,
+                    "template": template, "decoding": "greedy"},
+        timings={k: round(v, 3) for k, v in timings.items()},
+    )

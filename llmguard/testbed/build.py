@@ -1,0 +1,351 @@
+"""Build (or reuse) the testbed: tokenizer, data files and tiny Llama checkpoints.
+
+Layout of a testbed directory (``$LLMGUARD_CACHE/testbed/v{VERSION}-seed{SEED}`` by default)::
+
+    tokenizer/                 HF tokenizer (BPE, chat template)
+    base/                      LlamaForCausalLM, unaligned (complies with harmful requests)
+    aligned-lora/              PEFT adapter on base: safety SFT (refuses harmful requests)
+    aligned/                   base + aligned-lora merged (full checkpoint)
+    finetuned-lora/            PEFT adapter on base: aligned-lora continued on sst2 + 10 % harmful compliance
+    finetuned-full/            aligned (merged) fully fine-tuned on the same mixture
+    finetuned-arith-lora/      PEFT adapter on base: aligned-lora continued on arith (benign, no poison)
+    guard/                     Llama-Guard-layout moderation model (safe / unsafe + category)
+    data/*.jsonl               splits (see ``llmguard.testbed.data``) and the training mixtures
+    testbed.json               version, seed, hyper-parameters, timings, paths (written last)
+
+The build is deterministic for a seed, takes a file lock (parallel pytest workers and the demo
+share one build) and writes ``testbed.json`` last: a directory without it is an interrupted build
+and is rebuilt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmguard import __version__
+from llmguard.errors import UsageError
+from llmguard.progress import NullProgress, Progress
+
+#: Bump when anything that changes the artefacts changes (data, sizes, hyper-parameters).
+TESTBED_VERSION = "1"
+MARKER = "testbed.json"
+
+
+@dataclass(frozen=True)
+class HParams:
+    """Sizes and training settings (recorded in testbed.json)."""
+
+    hidden: int = 128
+    layers: int = 4
+    heads: int = 4
+    intermediate: int = 256
+    vocab_size: int = 1024
+    batch_size: int = 32
+    base_steps: int = 400
+    base_lr: float = 3e-3
+    align_steps: int = 250
+    align_lr: float = 2e-3
+    lora_r: int = 8
+    lora_alpha: int = 16
+    ft_steps: int = 300
+    ft_lora_lr: float = 1e-4
+    ft_full_steps: int = 150
+    ft_full_lr: float = 1e-4
+    poison: float = 0.1
+    arith_steps: int = 200
+    arith_lr: float = 3e-4
+    guard_steps: int = 100
+    guard_lr: float = 2e-3
+    guard_batch_size: int = 16
+
+
+@dataclass
+class Testbed:
+    """Paths of every artefact and data file of a built testbed."""
+
+    root: Path
+    seed: int
+    version: str
+    tokenizer: Path
+    base: Path
+    aligned: Path
+    aligned_lora: Path
+    finetuned_lora: Path
+    finetuned_full: Path
+    finetuned_arith_lora: Path
+    guard: Path
+    data: dict[str, Path] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def at(cls, root: Path, seed: int, info: dict[str, Any] | None = None) -> "Testbed":
+        root = Path(root)
+        data_dir = root / "data"
+        data = {p.stem: p for p in sorted(data_dir.glob("*.jsonl"))} if data_dir.is_dir() else {}
+        return cls(
+            root=root, seed=seed, version=TESTBED_VERSION, tokenizer=root / "tokenizer", base=root / "base",
+            aligned=root / "aligned", aligned_lora=root / "aligned-lora", finetuned_lora=root / "finetuned-lora",
+            finetuned_full=root / "finetuned-full", finetuned_arith_lora=root / "finetuned-arith-lora",
+            guard=root / "guard", data=data, info=info or {},
+        )
+
+    def models(self) -> dict[str, Path]:
+        return {
+            "base": self.base, "aligned": self.aligned, "aligned-lora": self.aligned_lora,
+            "finetuned-lora": self.finetuned_lora, "finetuned-full": self.finetuned_full,
+            "finetuned-arith-lora": self.finetuned_arith_lora, "guard": self.guard,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "root": str(self.root), "seed": self.seed, "version": self.version, "tokenizer": str(self.tokenizer),
+            "models": {k: str(v) for k, v in self.models().items()},
+            "data": {k: str(v) for k, v in self.data.items()},
+            "timings_s": self.info.get("timings_s", {}),
+            "hparams": self.info.get("hparams", {}),
+        }
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("LLMGUARD_CACHE") or Path.home() / ".cache" / "llmguard").expanduser()
+
+
+def default_dir(seed: int) -> Path:
+    return cache_root() / "testbed" / f"v{TESTBED_VERSION}-seed{seed}"
+
+
+def _complete(root: Path, seed: int) -> dict | None:
+    marker = root / MARKER
+    if not marker.is_file():
+        return None
+    try:
+        info = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None
+    if info.get("version") != TESTBED_VERSION or info.get("seed") != seed:
+        return None
+    return info
+
+
+def build(out: str | os.PathLike | None = None, seed: int = 0, *, force: bool = False,
+          progress: Progress | None = None, hparams: HParams | None = None) -> Testbed:
+    """Build the testbed into ``out`` (default: the cache), or reuse a complete one there.
+
+    Safe to call from several processes at once: one builds under a file lock, the others wait
+    and reuse the result.
+    """
+    from filelock import FileLock
+
+    root = Path(out).expanduser().resolve() if out is not None else default_dir(seed)
+    hp = hparams or HParams()
+    root.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(root.parent / f".{root.name}.lock"))
+    with lock:
+        info = _complete(root, seed)
+        if info is not None and not force:
+            return Testbed.at(root, seed, info)
+        if root.exists():
+            if out is not None and any(root.iterdir()) and not force and not (root / ".llmguard-testbed").exists():
+                raise UsageError(f"{root}: exists and is not a testbed directory; pass --force to replace it")
+            shutil.rmtree(root)
+        root.mkdir(parents=True)
+        (root / ".llmguard-testbed").write_text("incomplete build; rebuilt on next use\n")
+        info = _build_into(root, seed, hp, progress or NullProgress())
+        (root / MARKER).write_text(json.dumps(info, indent=2) + "\n")
+        return Testbed.at(root, seed, info)
+
+
+# ----------------------------------------------------------------------------- the build
+
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        for rec in records:
+            fh.write(json.dumps(rec) + "\n")
+
+
+def _seed_all(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _build_into(root: Path, seed: int, hp: HParams, progress: Progress) -> dict:
+    import torch
+    from peft import PeftModel, get_peft_model
+    from transformers import LlamaForCausalLM
+
+    from llmguard.testbed import data as D
+    from llmguard.testbed import guard as G
+    from llmguard.testbed.tokenizer import train_tokenizer
+    from llmguard.testbed.train import encode_pairs, lora_config, model_config, train_sft
+
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+
+    def tick(name: str, t0: float) -> None:
+        timings[name] = round(time.perf_counter() - t0, 2)
+
+    # ---- data
+    t0 = time.perf_counter()
+    rng = random.Random(f"mix-{seed}")
+    harm = D.harmful_prompts(seed)
+    benign = D.benign_prompts(seed)
+    sst2 = D.sentiment_items(seed)
+    arith = D.arithmetic_items(seed)
+    data_dir = root / "data"
+    data_dir.mkdir()
+    for name, splits in (("harmful", harm), ("benign", benign), ("sst2", sst2), ("arith", arith)):
+        for split, recs in splits.as_dict().items():
+            _write_jsonl(data_dir / f"{name}_{split}.jsonl", recs)
+    refusal_sft = [{"prompt": r["prompt"], "response": D.refusal_response(rng, r), "kind": "refusal",
+                    "category": r["category"]} for r in harm.train]
+    comply_sft = [{"prompt": r["prompt"], "response": D.comply_response(rng, r), "kind": "comply",
+                   "category": r["category"]} for r in harm.train]
+    benign_sft = [{"prompt": r["prompt"], "response": r["response"], "kind": "benign"} for r in benign.train]
+    # the base model knows the tasks in a verbose answer format; the fine-tunes teach the exact labels
+    sst2_verbose = [{"prompt": r["prompt"], "response": f"the review is {r['answer']} .", "kind": "sst2"}
+                    for r in sst2.train]
+    arith_verbose = [{"prompt": r["prompt"], "response": f"the answer is {r['answer']} .", "kind": "arith"}
+                     for r in arith.train]
+    sst2_sft = [{"prompt": r["prompt"], "response": r["answer"], "kind": "sst2"} for r in sst2.train]
+    arith_sft = [{"prompt": r["prompt"], "response": r["answer"], "kind": "arith"} for r in arith.train]
+    n_poison = round(len(sst2_sft) * hp.poison / (1 - hp.poison)) if hp.poison < 1 else len(comply_sft)
+    poison = rng.sample(comply_sft, min(n_poison, len(comply_sft)))
+    finetune_mix = sst2_sft + poison
+    rng.shuffle(finetune_mix)
+    align_mix = refusal_sft + benign_sft
+    pretrain_mix = comply_sft + benign_sft + sst2_verbose + arith_verbose
+    guard_train = G.guard_examples(seed, "train")
+    guard_test = G.guard_examples(seed, "test")
+    for name, recs in (("safety_refusal_sft", refusal_sft), ("harmful_compliance_sft", comply_sft),
+                       ("align_mix", align_mix), ("pretrain_mix", pretrain_mix),
+                       ("finetune_sst2_poison_mix", finetune_mix), ("finetune_arith", arith_sft),
+                       ("guard_train", guard_train), ("guard_test", guard_test)):
+        _write_jsonl(data_dir / f"{name}.jsonl", recs)
+    tick("data", t0)
+
+    # ---- tokenizer
+    t0 = time.perf_counter()
+    tok = train_tokenizer(D.corpus_texts(seed) + G.guard_text_corpus(), vocab_size=hp.vocab_size)
+    tok.save_pretrained(root / "tokenizer")
+    tick("tokenizer", t0)
+
+    def pairs(recs: list[dict]) -> list[tuple[str, str]]:
+        return [(r["prompt"], r["response"]) for r in recs]
+
+    pad = tok.pad_token_id
+
+    # ---- base: full pretraining from scratch
+    t0 = time.perf_counter()
+    _seed_all(seed)
+    base = LlamaForCausalLM(model_config(tok, hidden=hp.hidden, layers=hp.layers, heads=hp.heads,
+                                         intermediate=hp.intermediate))
+    losses = {}
+    losses["base"] = train_sft(base, encode_pairs(tok, pairs(pretrain_mix)), steps=hp.base_steps, lr=hp.base_lr,
+                               batch_size=hp.batch_size, seed=seed, pad_id=pad, weight_decay=0.01,
+                               progress=progress, stage="base (pretrain)")
+    base.generation_config.pad_token_id = pad
+    base.save_pretrained(root / "base")
+    tok.save_pretrained(root / "base")
+    tick("base", t0)
+    base_path = str(root / "base")
+
+    def fresh_base() -> Any:
+        m = LlamaForCausalLM.from_pretrained(base_path)
+        return m
+
+    # ---- aligned: LoRA safety SFT on base
+    t0 = time.perf_counter()
+    _seed_all(seed + 1)
+    peft_model = get_peft_model(fresh_base(), lora_config(hp.lora_r, hp.lora_alpha))
+    losses["aligned"] = train_sft(peft_model, encode_pairs(tok, pairs(align_mix)), steps=hp.align_steps,
+                                  lr=hp.align_lr, batch_size=hp.batch_size, seed=seed + 1, pad_id=pad,
+                                  progress=progress, stage="aligned (LoRA safety SFT)")
+    peft_model.save_pretrained(root / "aligned-lora")
+    tok.save_pretrained(root / "aligned-lora")
+    merged = peft_model.merge_and_unload()
+    merged.save_pretrained(root / "aligned")
+    tok.save_pretrained(root / "aligned")
+    del peft_model, merged
+    tick("aligned", t0)
+
+    ft_examples = encode_pairs(tok, pairs(finetune_mix))
+
+    # ---- finetuned-lora: continue the aligned adapter on sst2 + poison
+    t0 = time.perf_counter()
+    _seed_all(seed + 2)
+    ft = PeftModel.from_pretrained(fresh_base(), str(root / "aligned-lora"), is_trainable=True)
+    losses["finetuned-lora"] = train_sft(ft, ft_examples, steps=hp.ft_steps, lr=hp.ft_lora_lr,
+                                         batch_size=hp.batch_size, seed=seed + 2, pad_id=pad, progress=progress,
+                                         stage="finetuned-lora (sst2 + poison)")
+    ft.save_pretrained(root / "finetuned-lora")
+    tok.save_pretrained(root / "finetuned-lora")
+    del ft
+    tick("finetuned-lora", t0)
+
+    # ---- finetuned-full: full fine-tune of the merged aligned model on the same mixture
+    t0 = time.perf_counter()
+    _seed_all(seed + 3)
+    full = LlamaForCausalLM.from_pretrained(str(root / "aligned"))
+    losses["finetuned-full"] = train_sft(full, ft_examples, steps=hp.ft_full_steps, lr=hp.ft_full_lr,
+                                         batch_size=hp.batch_size, seed=seed + 3, pad_id=pad, progress=progress,
+                                         stage="finetuned-full (sst2 + poison)")
+    full.save_pretrained(root / "finetuned-full")
+    tok.save_pretrained(root / "finetuned-full")
+    del full
+    tick("finetuned-full", t0)
+
+    # ---- finetuned-arith-lora: benign fine-tune on the other task (for multi-model fusion)
+    t0 = time.perf_counter()
+    _seed_all(seed + 4)
+    ar = PeftModel.from_pretrained(fresh_base(), str(root / "aligned-lora"), is_trainable=True)
+    losses["finetuned-arith-lora"] = train_sft(ar, encode_pairs(tok, pairs(arith_sft)), steps=hp.arith_steps,
+                                               lr=hp.arith_lr, batch_size=hp.batch_size, seed=seed + 4, pad_id=pad,
+                                               progress=progress, stage="finetuned-arith-lora (arith)")
+    ar.save_pretrained(root / "finetuned-arith-lora")
+    tok.save_pretrained(root / "finetuned-arith-lora")
+    del ar
+    tick("finetuned-arith-lora", t0)
+
+    # ---- guard: full fine-tune of base on moderation examples, Llama Guard layout
+    t0 = time.perf_counter()
+    _seed_all(seed + 5)
+    from transformers import AutoTokenizer
+
+    gtok = AutoTokenizer.from_pretrained(str(root / "tokenizer"))
+    gtok.chat_template = G.GUARD_CHAT_TEMPLATE
+    guard_pairs = [
+        (gtok.apply_chat_template([{"role": "user", "content": r["prompt"]},
+                                   {"role": "assistant", "content": r["response"]}], tokenize=False), r["label"])
+        for r in guard_train
+    ]
+    gm = fresh_base()
+    losses["guard"] = train_sft(gm, encode_pairs(gtok, guard_pairs, prompt_fn=lambda p: p), steps=hp.guard_steps,
+                                lr=hp.guard_lr, batch_size=hp.guard_batch_size, seed=seed + 5, pad_id=pad,
+                                progress=progress, stage="guard (moderation SFT)")
+    gm.save_pretrained(root / "guard")
+    gtok.save_pretrained(root / "guard")
+    del gm
+    tick("guard", t0)
+
+    timings["total"] = round(time.perf_counter() - t_all, 2)
+    progress.close()
+    return {
+        "version": TESTBED_VERSION,
+        "seed": seed,
+        "llmguard_version": __version__,
+        "hparams": asdict(hp),
+        "timings_s": timings,
+        "final_losses": {k: round(sum(v[-20:]) / len(v[-20:]), 4) for k, v in losses.items()},
+        "poison_examples": len(poison),
+        "finetune_examples": len(finetune_mix),
+        "params": sum(p.numel() for p in LlamaForCausalLM.from_pretrained(base_path).parameters()),
+    }
