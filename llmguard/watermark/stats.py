@@ -32,11 +32,10 @@ def log_norm_sf(z: float) -> float:
         return -math.inf
     if z == -math.inf:
         return 0.0
+    if z < 0.0:
+        return math.log1p(-0.5 * math.erfc(-z / math.sqrt(2.0)))
     if z < 5.0:
-        sf = 0.5 * math.erfc(z / math.sqrt(2.0))
-        if z < -5.0:
-            return math.log1p(-0.5 * math.erfc(-z / math.sqrt(2.0)))
-        return math.log(sf)
+        return math.log(0.5 * math.erfc(z / math.sqrt(2.0)))
     # Φ̄(z) = φ(z) / (z + 1/(z + 2/(z + 3/(z + ...)))) — modified Lentz evaluation
     tiny = 1e-300
     f = z

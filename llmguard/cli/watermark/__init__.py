@@ -9,3 +9,11 @@ from __future__ import annotations
 import typer
 
 app = typer.Typer(help="Detect, generate, scrub and spoof LLM watermarks.", no_args_is_help=True)
+
+from llmguard.cli.watermark import detect as _detect  # noqa: E402
+
+_detect.register(app)
+
+from llmguard.cli.watermark import generate as _generate  # noqa: E402
+
+_generate.register(app)
