@@ -75,6 +75,12 @@ def pred_rows(records: Sequence[dict[str, Any]], id_field: str = "id") -> tuple[
         if status != "ok":
             if crit is not None:
                 unparsed[str(crit)] += 1
+            subs = rec.get("sub_status") or {}
+            keys = set()
+            for k, v in subs.items():
+                keys.update(v.keys() if isinstance(v, dict) else [k])
+            for k in keys:
+                unparsed[str(k)] += 1
             continue
         order = rec.get("order") if rec.get("mode") == "pairwise" else None
         scores = rec.get("scores")
@@ -219,7 +225,8 @@ def build_cells(
         if cell_key not in cells:
             out.append(Cell(name=dict(zip(by, cell_key)), judge=np.zeros(0), human=np.zeros(0),
                             clusters=np.zeros(0, dtype=np.int64), pairs=np.zeros((0, 2), dtype=np.int64),
-                            pair_clusters=np.zeros(0, dtype=np.int64), swap=[], n_clusters=0, unmatched=n))
+                            pair_clusters=np.zeros(0, dtype=np.int64), swap=[], n_clusters=0, unmatched=n,
+                            unparsed=unparsed.get(dict(zip(by, cell_key)).get("criterion"), 0)))
     return out
 
 
