@@ -166,6 +166,24 @@ class TextScore:
     counted: np.ndarray  # per token: counted in the test (after dedup)
 
 
+def _first_occurrences(group: np.ndarray, keys: np.ndarray, n_groups: int, vocab_size: int) -> np.ndarray:
+    """Row indices of the first occurrence of each distinct (group, key row); exact.
+
+    Rows are packed into one int64 when ``n_groups * V**width`` fits (the usual case for h ≤ 2),
+    which makes ``np.unique`` a 1-D sort; otherwise rows are compared whole.
+    """
+    width = keys.shape[1]
+    base = max(int(vocab_size), int(keys.max()) + 1 if keys.size else 1)
+    if n_groups * base**width < 2**62:
+        packed = group.astype(np.int64)
+        for j in range(width):
+            packed = packed * base + keys[:, j]
+        _, first = np.unique(packed, return_index=True)
+        return first
+    _, first = np.unique(np.column_stack([group, keys]), axis=0, return_index=True)
+    return first
+
+
 def score_token_lists(
     scheme: Scheme,
     id_lists: Sequence[Sequence[int]],
@@ -173,32 +191,53 @@ def score_token_lists(
     p_method: str = "normal",
     progress: Progress | None = None,
 ) -> list[TextScore]:
-    """Score each token list on its own (per-text dedup), computing green bits for all in one batch."""
+    """Score each token list on its own (per-text dedup), computing green bits for all in one batch.
+
+    Vectorised over the whole corpus: the n-gram rows of every text are built by index arithmetic on
+    one flat array, green bits come from one ``scheme.green`` call, and per-text dedup is one
+    ``np.unique`` over (text, key) rows.
+    """
+    import itertools
+
     if dedup not in DEDUP_MODES:
         raise UsageError(f"--dedup must be one of {', '.join(DEDUP_MODES)}, got {dedup!r}")
     progress = progress or NullProgress()
     k = scheme.prefix_len
-    mats = [ngram_matrix(ids, k) for ids in id_lists]
+    n_texts = len(id_lists)
+    lens = np.fromiter((len(x) for x in id_lists), dtype=np.int64, count=n_texts)
+    flat = np.fromiter(itertools.chain.from_iterable(id_lists), dtype=np.int64, count=int(lens.sum()))
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
+    n_scored = np.maximum(lens - k, 0)
+    total = int(n_scored.sum())
+    text_of_row = np.repeat(np.arange(n_texts, dtype=np.int64), n_scored)
+    row_start = np.concatenate([[0], np.cumsum(n_scored)[:-1]]).astype(np.int64)
+    pos = np.arange(total, dtype=np.int64) - np.repeat(row_start, n_scored) + np.repeat(starts + k, n_scored)
+    rows = np.stack([flat[pos - k + j] for j in range(k + 1)], axis=1) if total else np.zeros((0, k + 1), np.int64)
+
     progress.stage("green lists", total=1)
-    allrows = np.concatenate(mats, axis=0) if mats else np.zeros((0, k + 1), dtype=np.int64)
-    green_all = scheme.green(allrows) if len(allrows) else np.zeros(0, dtype=bool)
+    green = scheme.green(rows) if total else np.zeros(0, dtype=bool)
     progress.advance(1)
+
+    if dedup == "none" or total == 0:
+        keep = np.ones(total, dtype=bool)
+    else:
+        keys = rows if dedup in ("ngram", "window+token") else rows[:, :k]
+        keep = np.zeros(total, dtype=bool)
+        keep[_first_occurrences(text_of_row, keys, n_texts, scheme.vocab_size)] = True
+    g_count = np.bincount(text_of_row, weights=(green & keep), minlength=n_texts).astype(np.int64)
+    t_count = np.bincount(text_of_row, weights=keep, minlength=n_texts).astype(np.int64)
+    status_flat = np.full(len(flat), -1, dtype=np.int8)
+    counted_flat = np.zeros(len(flat), dtype=bool)
+    status_flat[pos] = green
+    counted_flat[pos] = keep
+
     out: list[TextScore] = []
-    pos = 0
-    progress.stage("statistics", total=len(mats))
-    for i, m in enumerate(mats):
-        g = green_all[pos : pos + len(m)]
-        pos += len(m)
-        keep = dedup_keep(m, dedup, k)
-        res = green_test(int(g[keep].sum()), int(keep.sum()), scheme.gamma, p_method)
-        n_tok = len(id_lists[i])
-        status = np.full(n_tok, -1, dtype=np.int8)
-        counted = np.zeros(n_tok, dtype=bool)
-        if len(m):
-            status[k:] = g.astype(np.int8)
-            counted[k:] = keep
-        out.append(TextScore(i, res, status, counted))
-        progress.advance(1)
+    progress.stage("statistics", total=n_texts)
+    for i in range(n_texts):
+        a, b = int(starts[i]), int(starts[i] + lens[i])
+        res = green_test(int(g_count[i]), int(t_count[i]), scheme.gamma, p_method)
+        out.append(TextScore(i, res, status_flat[a:b], counted_flat[a:b]))
+    progress.advance(n_texts)
     return out
 
 

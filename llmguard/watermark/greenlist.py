@@ -182,6 +182,8 @@ class PermutationGreenlist:
         if tokens.size == 0:
             return np.zeros(0, dtype=bool)
         canon = self._canonical(seeds)
+        if self._use_native():
+            return self._is_green_native(canon, tokens)
         useeds, inverse = np.unique(canon, return_inverse=True)
         table = self.bitmaps(useeds.tolist())
         rows = np.stack([table[int(s)] for s in useeds.tolist()])
@@ -190,6 +192,28 @@ class PermutationGreenlist:
         byte = rows[inverse.reshape(-1), safe >> 3]
         bit = (byte >> (7 - (safe & 7)).astype(np.uint8)) & 1
         return (bit.astype(bool)) & in_range
+
+    def _use_native(self) -> bool:
+        if self.device != "cpu" or self.tail or self.vocab_size >= 2**31 or self.vocab_size >= (2**32 - 1) // 20:
+            return False
+        from llmguard.watermark import _native
+
+        return _native.native() is not None
+
+    def _is_green_native(self, canon: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        """Exact membership via the native partial Fisher–Yates (see ``_native``), one pass per distinct seed."""
+        from llmguard.watermark import _native
+
+        order = np.argsort(canon, kind="stable")
+        sorted_seeds = canon[order]
+        starts = np.flatnonzero(np.r_[True, sorted_seeds[1:] != sorted_seeds[:-1]])
+        offsets = np.r_[starts, len(order)].astype(np.int64)
+        self.randperm_calls += len(starts)
+        got = _native.green_queries(sorted_seeds[starts].astype(np.uint32), offsets, tokens[order],
+                                    self.vocab_size, self.greenlist_size)
+        out = np.empty(len(tokens), dtype=bool)
+        out[order] = got
+        return out
 
     def green_ids(self, seed: int) -> np.ndarray:
         """The green token ids of one seed (for generation)."""
