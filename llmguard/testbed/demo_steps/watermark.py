@@ -1,0 +1,48 @@
+"""Demo step for ``watermark generate`` + ``watermark detect``: radioactivity on the watermark testbed.
+
+The teacher (a bigram language with a KGW watermark) wrote the student's training data; the
+reference saw a diluted mix. Plain sampling from each student, detected with the teacher's key,
+shows the inherited watermark (student z high, reference weaker, teacher's own text highest).
+"""
+
+from __future__ import annotations
+
+import json
+
+from llmguard.testbed.demo import DemoContext, DemoRow, StepFailed, register_step, verb_exists
+
+
+def _aggregate(stdout: str) -> dict:
+    lines = [ln for ln in stdout.splitlines() if ln.strip()]
+    if not lines:
+        raise StepFailed("`llmguard watermark detect` printed nothing")
+    last = json.loads(lines[-1])
+    if "aggregate" not in last:
+        raise StepFailed("`llmguard watermark detect --aggregate` printed no corpus record")
+    return last["aggregate"]
+
+
+@register_step("watermark-radioactivity", order=70,
+               description="watermark generate from the distilled students, watermark detect with the teacher's key",
+               available=lambda: verb_exists("watermark", "detect") and verb_exists("watermark", "generate"))
+def watermark_radioactivity(ctx: DemoContext) -> list[DemoRow]:
+    from llmguard.testbed import watermark as tw
+
+    tb = tw.build()
+    detect = ["watermark", "detect", "--json", "--aggregate", "--prompt-field", "prompt", *tb.detect_args()]
+    rows: list[DemoRow] = []
+    teacher = _aggregate(ctx.cli(*detect, tb.teacher_data, json_output=False))
+    rows.append(DemoRow(step="watermark detect", model="wm-teacher (bigram + KGW)", watermark_z=round(teacher["median_z"], 2),
+                        artefact=str(tb.teacher_data),
+                        note=f"pooled z {teacher['pooled']['z']:.1f} over {teacher['num_texts']} texts"))
+    for name, path in (("wm-student", tb.student), ("wm-reference", tb.reference)):
+        out = ctx.work / f"watermark-{name}.jsonl"
+        ctx.cli("watermark", "generate", "--model", path, "--prompts", tb.prompts, "-o", out, "--force",
+                "--no-watermark", "--max-new-tokens", "48", "--batch-size", "16", "--seed", "0",
+                "--device", ctx.device, json_output=False)
+        agg = _aggregate(ctx.cli(*detect, out, json_output=False))
+        rows.append(DemoRow(step="watermark generate + detect", model=name, watermark_z=round(agg["median_z"], 2),
+                            artefact=str(out),
+                            note=f"pooled z {agg['pooled']['z']:.1f}, log10 p {agg['pooled']['log10_p']:.1f}; "
+                                 f"{'watermarked' if agg['prediction'] else 'not watermarked'} at z>4"))
+    return rows
