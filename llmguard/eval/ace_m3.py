@@ -245,6 +245,12 @@ def run_ace_m3(
         if cfg is None:
             raise UsageError(f"no judge for branch {b.key}: give --judge or --branch {b.key}=PATH")
         by_judge.setdefault(cfg, []).append(b)
+    from llmguard.eval.runner import check_resumed_judges, judge_fingerprint
+
+    expected = {b.key: judge_fingerprint(cfg.path) for cfg, served in by_judge.items() for b in served}
+    if conclusion_judge is not None:
+        expected["overall"] = judge_fingerprint(conclusion_judge.path)
+    check_resumed_judges([r for r in results.existing if r.get("verb") == "ace-m3"], expected, results.path)
     for cfg, served in by_judge.items():
         reqs = []
         for b in served:

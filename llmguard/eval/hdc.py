@@ -308,6 +308,15 @@ def run_hdc(
             raise UsageError(f"no judge for aspect {aspect.key} ({aspect.expert}): give --judge or --expert-{aspect.expert.lower()}")
         by_judge.setdefault(cfg, []).append(aspect)
 
+    from llmguard.eval.runner import check_resumed_judges, judge_fingerprint
+
+    fingerprints = {cfg.path: judge_fingerprint(cfg.path) for cfg in by_judge}
+    check_resumed_judges(
+        [r for r in results.existing if r.get("verb") == "hdc"],
+        {a.key: fingerprints[cfg.path] for cfg, served in by_judge.items() for a in served},
+        results.path,
+    )
+
     for cfg, served in by_judge.items():
         requests = []
         for aspect in served:

@@ -234,6 +234,7 @@ class _VLLM(_Backend):
             raise UsageError("--backend vllm: use a pre-quantised checkpoint instead of --load-in-4bit/8bit")
         self._vllm = vllm
         self.decoding = decoding
+        self.modality = cfg.modality
         dtype = "auto" if cfg.dtype == "auto" else cfg.dtype
         self.llm = vllm.LLM(model=cfg.path, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
         self.tokenizer = self.llm.get_tokenizer()
@@ -241,6 +242,9 @@ class _VLLM(_Backend):
     def format(self, prompt: str) -> str:
         from llmguard.inference import format_prompt
 
+        if self.modality == "image-text":
+            # LLaVA layout: one image placeholder before the text (untested: no GPU in CI)
+            prompt = "<image>\n" + prompt
         return format_prompt(self.tokenizer, prompt, self.decoding.prompt_format)
 
     def generate(self, prompts: list[str], images: list[Any] | None, params: dict[str, Any]) -> list[str]:
@@ -416,6 +420,18 @@ class JudgeRunner:
     def describe(self) -> dict[str, Any]:
         return {"path": self.config.path, "fingerprint": self.fingerprint, "backend": self.config.backend,
                 "modality": self.config.modality, "load_error": self.load_error}
+
+
+def check_resumed_judges(existing: Sequence[dict[str, Any]], expected: dict[str, str], where: Path) -> None:
+    """Refuse to resume a results file whose records for a criterion came from another judge
+    (``expected``: criterion -> judge fingerprint)."""
+    for rec in existing:
+        crit, fp = rec.get("criterion"), rec.get("judge_fingerprint")
+        if fp and crit in expected and expected[crit] != fp:
+            raise UsageError(
+                f"{where}: records for {crit} were written by another judge ({rec.get('judge')}); "
+                "resume with the same judge or write a new output"
+            )
 
 
 def throughput(stats: dict[str, Any]) -> dict[str, Any]:

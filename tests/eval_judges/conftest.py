@@ -22,7 +22,7 @@ def tiny_llava() -> Path:
 
 @pytest.fixture()
 def hdc_data(tmp_path: Path) -> dict[str, Path]:
-    items = tj.judge_items(24)
+    items = tj.judge_items(16)
     return {
         "items": tj.write_items(items, tmp_path / "items.jsonl"),
         "labels": tj.write_labels(items, tmp_path / "labels.jsonl"),

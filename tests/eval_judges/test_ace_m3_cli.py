@@ -17,7 +17,7 @@ from llmguard.testbed import judge as tj  # noqa: E402
 def _items(tmp_path: Path) -> Path:
     (tmp_path / "img").mkdir()
     rows = []
-    for i in range(3):
+    for i in range(2):
         tj.write_png(tmp_path / "img" / f"{i}.png", seed=i)
         rows.append({"id": f"m{i}", "image": f"img/{i}.png", "question": "What does the image show?",
                      "answer": "A normal chest x-ray.", "reference": "Normal chest radiograph."})
@@ -32,14 +32,14 @@ def _items(tmp_path: Path) -> Path:
 def test_branches_then_conclusion_with_per_item_image_errors(tiny_llava, tmp_path):
     items = _items(tmp_path)
     out = tmp_path / "ace.jsonl"
-    res = run_cli("eval", "ace-m3", items, "--judge", tiny_llava, "-o", out, "--max-new-tokens", "12",
+    res = run_cli("eval", "ace-m3", items, "--judge", tiny_llava, "-o", out, "--max-new-tokens", "8",
                   "--cache", tmp_path / "gen.sqlite", "--batch-size", "4", "--max-unparsed", "1")
     # the bad images are input errors (exit 3); everything else was judged
     assert res.returncode == 3, res.stderr
     assert "experimental" in res.stderr and "Traceback" not in res.stderr
     recs = read_records(out)
     by = {(r["id"], r["stage"], r["criterion"]): r for r in recs}
-    for i in range(3):
+    for i in range(2):
         branch_hashes = {}
         for crit in ("REL", "COR", "EXP"):
             r = by[(f"m{i}", "branch", crit)]
@@ -56,8 +56,8 @@ def test_branches_then_conclusion_with_per_item_image_errors(tiny_llava, tmp_pat
 
     # formula merge: needs parsed branch scores; with noise branches it says so per item
     out2 = tmp_path / "ace-mean.jsonl"
-    res = run_cli("eval", "ace-m3", items, "--judge", tiny_llava, "-o", out2, "--max-new-tokens", "12",
-                  "--cache", tmp_path / "gen.sqlite", "--merge", "mean", "--limit", "3", "--json", "--max-unparsed", "1")
+    res = run_cli("eval", "ace-m3", items, "--judge", tiny_llava, "-o", out2, "--max-new-tokens", "8",
+                  "--cache", tmp_path / "gen.sqlite", "--merge", "mean", "--limit", "2", "--json", "--max-unparsed", "1")
     assert res.returncode == 0, res.stderr
     summary = json.loads(res.stdout)
     assert summary["run"]["judges"][0]["generated"] == 0  # every branch output came from the cache
