@@ -31,66 +31,64 @@ C_SOURCE = r"""
 
 #define MT_N 624
 #define MT_M 397
-
-typedef struct { uint32_t s[MT_N]; int left; int next; } mt_t;
-
-static void mt_seed(mt_t *m, uint32_t seed) {
-    m->s[0] = seed;
-    for (int j = 1; j < MT_N; j++)
-        m->s[j] = 1812433253u * (m->s[j - 1] ^ (m->s[j - 1] >> 30)) + (uint32_t)j;
-    m->left = 1; m->next = 0;
-}
-
 #define MIXBITS(u, v) (((u) & 0x80000000u) | ((v) & 0x7fffffffu))
 #define TWIST(u, v) ((MIXBITS(u, v) >> 1) ^ (((v) & 1u) ? 0x9908b0dfu : 0u))
 
-static void mt_next_state(mt_t *m) {
-    uint32_t *p = m->s;
-    int j;
-    m->left = MT_N; m->next = 0;
-    for (j = MT_N - MT_M + 1; --j; p++) *p = p[MT_M] ^ TWIST(p[0], p[1]);
-    for (j = MT_M; --j; p++) *p = p[MT_M - MT_N] ^ TWIST(p[0], p[1]);
-    *p = p[MT_M - MT_N] ^ TWIST(p[0], m->s[0]);
+/* at::mt19937: init_with_uint32, next_state, tempering (identical to the reference MT19937). */
+static void mt_seed(uint32_t *s, uint32_t seed) {
+    s[0] = seed;
+    for (int j = 1; j < MT_N; j++) s[j] = 1812433253u * (s[j - 1] ^ (s[j - 1] >> 30)) + (uint32_t)j;
 }
 
-static inline uint32_t mt_u32(mt_t *m) {
-    if (--m->left == 0) mt_next_state(m);
-    uint32_t y = m->s[m->next++];
-    y ^= (y >> 11);
-    y ^= (y << 7) & 0x9d2c5680u;
-    y ^= (y << 15) & 0xefc60000u;
-    y ^= (y >> 18);
-    return y;
+static void mt_block(uint32_t *s, uint32_t *out) {
+    int k;
+    for (k = 0; k < MT_N - MT_M; k++) s[k] = s[k + MT_M] ^ TWIST(s[k], s[k + 1]);
+    for (; k < MT_N - 1; k++) s[k] = s[k + MT_M - MT_N] ^ TWIST(s[k], s[k + 1]);
+    s[MT_N - 1] = s[MT_M - 1] ^ TWIST(s[MT_N - 1], s[0]);
+    for (k = 0; k < MT_N; k++) {
+        uint32_t y = s[k];
+        y ^= (y >> 11);
+        y ^= (y << 7) & 0x9d2c5680u;
+        y ^= (y << 15) & 0xefc60000u;
+        y ^= (y >> 18);
+        out[k] = y;
+    }
 }
 
-/* For each seed k: partial Fisher-Yates of 0..V-1 for gl steps, then out[q] = (pos[token[q]] < gl)
-   for the queries q in [offsets[k], offsets[k+1]). r and pos are scratch (size V) kept as identity. */
+/* For each seed k: the first gl swaps of torch's CPU randperm (z = mt() % (V - i); swap r[i], r[i+z]),
+   then out[q] = token[q] in r[0:gl] for the queries q in [offsets[k], offsets[k+1]).
+   r stays the identity between seeds (restored from the list of touched positions). */
 int green_queries(int64_t K, const uint32_t *seeds, int64_t V, int64_t gl,
                   const int64_t *offsets, const int64_t *tokens, uint8_t *out) {
     int32_t *r = (int32_t *)malloc(sizeof(int32_t) * V);
-    int32_t *pos = (int32_t *)malloc(sizeof(int32_t) * V);
-    int32_t *touched = (int32_t *)malloc(sizeof(int32_t) * (2 * gl + 2));
-    mt_t *m = (mt_t *)malloc(sizeof(mt_t));
-    if (!r || !pos || !touched || !m) { free(r); free(pos); free(touched); free(m); return -1; }
-    for (int64_t i = 0; i < V; i++) { r[i] = (int32_t)i; pos[i] = (int32_t)i; }
+    int32_t *touched = (int32_t *)malloc(sizeof(int32_t) * (gl + 1));
+    uint8_t *bits = (uint8_t *)calloc((size_t)(V / 8 + 1), 1);
+    uint32_t st[MT_N], buf[MT_N];
+    if (!r || !touched || !bits) { free(r); free(touched); free(bits); return -1; }
+    for (int64_t i = 0; i < V; i++) r[i] = (int32_t)i;
+    int64_t steps = gl < V - 1 ? gl : V - 1;
     for (int64_t k = 0; k < K; k++) {
-        mt_seed(m, seeds[k]);
-        int64_t nt = 0;
-        int64_t steps = gl < V - 1 ? gl : V - 1;
+        mt_seed(st, seeds[k]);
+        int idx = MT_N;
         for (int64_t i = 0; i < steps; i++) {
-            int64_t z = (int64_t)(mt_u32(m) % (uint32_t)(V - i));
-            int64_t j = i + z;
-            int32_t a = r[i], b = r[j];
-            r[i] = b; r[j] = a; pos[b] = (int32_t)i; pos[a] = (int32_t)j;
-            touched[nt++] = (int32_t)i; touched[nt++] = (int32_t)j;
+            if (idx == MT_N) { mt_block(st, buf); idx = 0; }
+            uint32_t z = buf[idx++] % (uint32_t)(V - i);
+            int64_t j = i + (int64_t)z;
+            int32_t a = r[i];
+            r[i] = r[j];
+            r[j] = a;
+            touched[i] = (int32_t)j;
         }
+        for (int64_t i = 0; i < gl; i++) { uint32_t t = (uint32_t)r[i]; bits[t >> 3] |= (uint8_t)(1u << (t & 7)); }
         for (int64_t q = offsets[k]; q < offsets[k + 1]; q++) {
             int64_t t = tokens[q];
-            out[q] = (t >= 0 && t < V && pos[t] < gl) ? 1 : 0;
+            out[q] = (t >= 0 && t < V) ? ((bits[t >> 3] >> (t & 7)) & 1) : 0;
         }
-        for (int64_t x = 0; x < nt; x++) { int32_t p = touched[x]; r[p] = p; pos[p] = p; }
+        for (int64_t i = 0; i < gl; i++) { uint32_t t = (uint32_t)r[i]; bits[t >> 3] = 0; }
+        for (int64_t i = 0; i < steps; i++) { int32_t j = touched[i]; r[j] = j; }
+        for (int64_t i = 0; i < steps; i++) r[i] = (int32_t)i;
     }
-    free(r); free(pos); free(touched); free(m);
+    free(r); free(touched); free(bits);
     return 0;
 }
 """
