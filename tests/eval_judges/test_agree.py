@@ -89,3 +89,16 @@ def test_collapse_warning_and_cli_errors(tmp_path: Path):
     bad.write_text('{"id": 1}\n{oops\n')
     res = run_cli("eval", "agree", "--pred", bad, "--human", human)
     assert res.returncode == 3 and "bad.jsonl:2" in res.stderr
+
+
+def test_breakdown_by_a_kept_field():
+    preds, labels = [], []
+    for i in range(12):
+        scen = "qa" if i % 2 else "imaging"
+        preds.append({"id": str(i), "criterion": "ACC", "score": i % 6, "meta": {"scenario": scen}})
+        labels.append({"id": str(i), "ACC": (i % 6) if scen == "qa" else 5 - (i % 6)})
+    rep = agreement_report(preds, labels, by=["criterion", "scenario"], resamples=0)
+    cells = {(c["criterion"], c["scenario"]): c for c in rep["cells"]}
+    assert cells[("ACC", "qa")]["metrics"]["pearson"] == pytest.approx(1.0)
+    assert cells[("ACC", "imaging")]["metrics"]["pearson"] == pytest.approx(-1.0)
+    assert cells[("ACC", "qa")]["n"] == 6
