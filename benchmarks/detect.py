@@ -36,14 +36,24 @@ def zipf_corpus(vocab: int, n_tokens: int, text_len: int, a: float, seed: int) -
     return [ids[i : i + text_len].tolist() for i in range(0, n_tokens - text_len + 1, text_len)]
 
 
-def time_llmguard(texts, vocab, profile, workers, seeding=None, gamma=None):
+def clock() -> float:
+    """CPU seconds of this process (``--clock cpu``, robust on a shared machine) or wall seconds."""
+    return time.process_time() if CLOCK == "cpu" else time.perf_counter()
+
+
+CLOCK = "cpu"
+
+
+def time_llmguard(texts, vocab, profile, workers=1, seeding=None, gamma=None, native=True):
     from llmguard.watermark.detect import score_token_lists
     from llmguard.watermark.schemes import SchemeParams, build_scheme
 
-    t0 = time.perf_counter()
+    t0 = clock()
     scheme = build_scheme("kgw", profile, SchemeParams(vocab_size=vocab, seeding=seeding, gamma=gamma, workers=workers))
+    if not native and hasattr(scheme, "perms"):
+        scheme.perms._use_native = lambda: False  # the torch.randperm fallback path
     scores = score_token_lists(scheme, texts, "none")
-    dt = time.perf_counter() - t0
+    dt = clock() - t0
     return dt, [s.result.z for s in scores], getattr(getattr(scheme, "perms", None), "randperm_calls", 0)
 
 
@@ -55,10 +65,10 @@ def time_transformers(texts, vocab):
     wc = WatermarkingConfig(greenlist_ratio=0.25, bias=2.0, seeding_scheme="lefthash", context_width=1)
     det = WatermarkDetector(cfg, "cpu", wc, ignore_repeated_ngrams=False)
     zs = []
-    t0 = time.perf_counter()
+    t0 = clock()
     for ids in texts:
         zs.append(float(det(torch.tensor([ids]), return_dict=True).z_score[0]))
-    return time.perf_counter() - t0, zs
+    return clock() - t0, zs
 
 
 def time_markllm(texts, vocab, path):
@@ -71,11 +81,11 @@ def time_markllm(texts, vocab, path):
                           f_scheme="time", window_scheme="left")
     utils = KGWUtils(cfg)
     zs = []
-    t0 = time.perf_counter()
+    t0 = clock()
     for ids in texts:
         z, _ = utils.score_sequence(torch.tensor(ids))
         zs.append(float(z))
-    return time.perf_counter() - t0, zs
+    return clock() - t0, zs
 
 
 def time_kirchenbauer(texts, vocab, path):
@@ -88,10 +98,10 @@ def time_kirchenbauer(texts, vocab, path):
                                 tokenizer=SimpleNamespace(bos_token_id=None), normalizers=[],
                                 ignore_repeated_ngrams=False)
     zs = []
-    t0 = time.perf_counter()
+    t0 = clock()
     for ids in texts:
         zs.append(float(det.detect(tokenized_text=torch.tensor(ids), return_prediction=False)["z_score"]))
-    return time.perf_counter() - t0, zs
+    return clock() - t0, zs
 
 
 def main() -> None:
@@ -103,15 +113,25 @@ def main() -> None:
     ap.add_argument("--ref-tokens", type=int, nargs="+", default=[10_000, 2_000],
                     help="tokens the slow references score, per vocab (flat cost per token)")
     ap.add_argument("--fast-tokens", type=int, default=1_000_000)
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
+                    help="cpu: process CPU time, one torch thread everywhere (fair on a busy machine); wall: elapsed")
     ap.add_argument("--markllm")
     ap.add_argument("--kirchenbauer")
     args = ap.parse_args()
+    global CLOCK
+    CLOCK = args.clock
 
     import torch
 
+    if args.clock == "cpu":
+        torch.set_num_threads(1)
+    from llmguard.watermark import _native
+
+    have_native = _native.native() is not None
+
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"torch threads {torch.get_num_threads()}, python {platform.python_version()}")
+          f"torch threads {torch.get_num_threads()}, python {platform.python_version()}, clock {args.clock}, "
+          f"native green lists {'yes' if have_native else 'no (torch fallback)'}")
     for vi, vocab in enumerate(args.vocab):
         ref_tokens = args.ref_tokens[min(vi, len(args.ref_tokens) - 1)]
         texts = zipf_corpus(vocab, args.tokens, args.text_len, args.zipf, seed=vocab)
@@ -123,29 +143,31 @@ def main() -> None:
         hf_tps = n_ref * args.text_len / t_hf
         print(f"transformers WatermarkDetector (lefthash): {hf_tps:,.0f} tokens/s "
               f"({n_ref * args.text_len} tokens in {t_hf:.1f}s)")
-        for workers in sorted({1, args.workers}):
-            dt, z, calls = time_llmguard(texts, vocab, "hf", workers)
+        for label, native in (("native", True), ("torch.randperm fallback", False)):
+            if native and not have_native:
+                continue
+            dt, z, calls = time_llmguard(texts, vocab, "hf", native=native)
             tps = n_tok / dt
             dz = max(abs(a - b) for a, b in zip(z, z_hf))
-            print(f"llmguard --profile hf, {workers} worker(s): {tps:,.0f} tokens/s ({dt:.2f}s, {calls} randperm calls) "
+            print(f"llmguard --profile hf ({label}): {tps:,.0f} tokens/s ({dt:.2f}s, {calls} distinct seeds) "
                   f"= {tps / hf_tps:.1f}x transformers; max |dz| vs transformers {dz:.3g}")
         if args.kirchenbauer:
             t_kb, z_kb = time_kirchenbauer(texts[:n_ref], vocab, args.kirchenbauer)
-            dt, z, _ = time_llmguard(texts, vocab, "kirchenbauer", args.workers, seeding="simple_1")
+            dt, z, _ = time_llmguard(texts, vocab, "kirchenbauer", seeding="simple_1")
             kb_tps = n_ref * args.text_len / t_kb
             print(f"reference repo detector (simple_1): {kb_tps:,.0f} tokens/s; llmguard kirchenbauer "
                   f"{n_tok / dt:,.0f} tokens/s = {n_tok / dt / kb_tps:.1f}x; max |dz| "
                   f"{max(abs(a - b) for a, b in zip(z, z_kb)):.3g}")
         if args.markllm:
             t_ml, z_ml = time_markllm(texts[:n_ref], vocab, args.markllm)
-            dt, z, calls = time_llmguard(texts, vocab, "markllm", args.workers)
+            dt, z, calls = time_llmguard(texts, vocab, "markllm")
             ml_tps = n_ref * args.text_len / t_ml
             print(f"MarkLLM KGW (time/left, gamma 0.5): {ml_tps:,.0f} tokens/s; llmguard markllm {n_tok / dt:,.0f} "
                   f"tokens/s ({calls} randperm calls) = {n_tok / dt / ml_tps:.1f}x; max |dz| "
                   f"{max(abs(a - b) for a, b in zip(z, z_ml)):.3g}")
         fast_texts = zipf_corpus(vocab, args.fast_tokens, args.text_len, args.zipf, seed=vocab + 1)
         n_fast = sum(len(t) for t in fast_texts)
-        dt, _, _ = time_llmguard(fast_texts, vocab, "fast", 1)
+        dt, _, _ = time_llmguard(fast_texts, vocab, "fast")
         print(f"llmguard --profile fast: {n_fast / dt:,.0f} tokens/s ({n_fast} tokens in {dt:.2f}s)")
 
 
