@@ -21,7 +21,7 @@ import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -113,7 +113,7 @@ class StreamingWriter:
         self._shards: list[list[TensorPlan]] = []
         self._pending: set[str] = set(self.plan)
         self._fds: dict[str, int] = {}
-        self._queue: queue.Queue[tuple[str, torch.Tensor] | None] = queue.Queue(maxsize=queue_depth)
+        self._queue: queue.Queue[tuple[str, torch.Tensor, Callable[[], None] | None] | None] = queue.Queue(maxsize=queue_depth)
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
         self.bytes_written = 0
@@ -185,8 +185,13 @@ class StreamingWriter:
             raise
 
     # -- writing ----------------------------------------------------------------------------
-    def write(self, name: str, tensor: torch.Tensor) -> None:
-        """Queue one planned tensor for writing (rounded once to the planned dtype)."""
+    def write(self, name: str, tensor: torch.Tensor, release: Callable[[torch.Tensor], None] | None = None) -> None:
+        """Queue one planned tensor for writing (rounded once to the planned dtype).
+
+        ``release``, if given, is called with ``tensor`` (from the writer thread) once its bytes
+        are written, so the caller may reuse its memory; it is not called for a tensor that was
+        never written (an earlier error, or an interrupted run).
+        """
         if self._error is not None:
             raise self._error
         item = self.plan.get(name)
@@ -197,7 +202,7 @@ class StreamingWriter:
         dtype = {v: k for k, v in TORCH_TO_SAFETENSORS.items()}[item.dtype]
         cpu = tensor.detach().to(device="cpu", dtype=dtype).contiguous()
         self._pending.discard(name)
-        self._queue.put((name, cpu))
+        self._queue.put((name, cpu, None if release is None else lambda: release(tensor)))
 
     def _drain(self) -> None:
         while True:
@@ -206,7 +211,7 @@ class StreamingWriter:
                 return
             if self._error is not None:
                 continue
-            name, tensor = job
+            name, tensor, done_callback = job
             try:
                 file_name, offset = self._layout[name]
                 data = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
@@ -215,6 +220,9 @@ class StreamingWriter:
                 while done < len(data):
                     done += os.pwrite(fd, data[done:], offset + done)
                 self.bytes_written += len(data)
+                del data, tensor
+                if done_callback is not None:
+                    done_callback()
             except BaseException as err:  # surfaced on the next write() or at exit
                 self._error = err
 

@@ -180,7 +180,8 @@ class LinearCombination:
         running single-threaded torch ops (small ops under a shared OpenMP team pay a barrier
         per op, which costs more than the op when cores are busy).
         """
-        pool = _BufferPool(keep=len(self.bases))
+        pool = _BufferPool(keep=2 * len(self.bases))
+        out_pool = _BufferPool(keep=4)  # result buffers come back once the writer has written them
         workers = max(1, torch.get_num_threads())
         scratch = threading.local()
 
@@ -212,7 +213,7 @@ class LinearCombination:
                 else:
                     out_dtype = SAFETENSORS_TO_TORCH[writer.plan[name].dtype]
                     inputs = [(t.reshape(-1), self.base_coef[k]) for k, t in loaded.items()]
-                    out = torch.empty(meta.numel, dtype=out_dtype)
+                    out = out_pool.take(meta.numel * out_dtype.itemsize)[: meta.numel * out_dtype.itemsize].view(out_dtype)
                     n = meta.numel
                     if workers == 1 or n <= BLOCK_ELEMENTS:
                         combine(out, inputs, 0, n)
@@ -220,7 +221,7 @@ class LinearCombination:
                         jobs = [math_pool.submit(combine, out, inputs, lo, min(n, lo + BLOCK_ELEMENTS)) for lo in range(0, n, BLOCK_ELEMENTS)]
                         for job in jobs:
                             job.result()
-                    writer.write(name, out.view(meta.shape))
+                    writer.write(name, out.view(meta.shape), release=out_pool.give)
                     del inputs
                     for tensor in loaded.values():
                         pool.give(tensor)
@@ -231,14 +232,18 @@ class LinearCombination:
 
 
 class _BufferPool:
-    """Reusable uint8 read buffers, so a read lands in memory that is already paged in.
+    """Reusable uint8 buffers, so reads and results land in memory that is already paged in.
 
     ``take`` hands out the smallest free buffer that fits (or a new one); ``give`` returns it.
-    At most ``keep`` free buffers are kept (the oldest go first; one per input is enough for
-    the steady state, where each tensor's buffers serve the read issued right after it), so
-    the pool holds the buffers in flight plus ``keep``: a bound set by the largest tensors
-    and the read-ahead depth, never by the model size.
+    Requests under 1 MiB bypass the pool (the allocator serves those from its heap cheaply).
+    At most ``keep`` free buffers are kept, dropping the smallest first, so the pool settles
+    on a few buffers the size of the largest tensors: after the first large tensors, reads
+    and results reuse them instead of faulting in fresh pages (which costs more CPU than the
+    arithmetic itself). The memory held is bounded by the largest tensors, the read-ahead
+    depth and ``keep``, never by the model size.
     """
+
+    SMALL = 1 << 20
 
     def __init__(self, keep: int) -> None:
         self.keep = keep
@@ -247,12 +252,14 @@ class _BufferPool:
         self._lock = threading.Lock()
 
     def take(self, nbytes: int) -> torch.Tensor:
+        if nbytes < self.SMALL:
+            return torch.empty(max(nbytes, 1), dtype=torch.uint8)
         with self._lock:
             fits = [i for i, b in enumerate(self._free) if b.numel() >= nbytes]
             if fits:
                 buffer = self._free.pop(min(fits, key=lambda i: self._free[i].numel()))
             else:
-                buffer = torch.empty(max(nbytes, 1), dtype=torch.uint8)
+                buffer = torch.empty(nbytes, dtype=torch.uint8)
             self._lent[buffer.data_ptr()] = buffer
             return buffer
 
@@ -261,7 +268,9 @@ class _BufferPool:
             buffer = self._lent.pop(tensor.data_ptr(), None)
             if buffer is not None:
                 self._free.append(buffer)
-                del self._free[: max(0, len(self._free) - self.keep)]
+                if len(self._free) > self.keep:
+                    self._free.sort(key=lambda b: b.numel(), reverse=True)
+                    del self._free[self.keep :]
 
 
 @contextmanager
