@@ -9,9 +9,9 @@ answer talk about the symptom that was asked about). The known labels are
 - REL sub-aspects (CONT, COND, CONC): ``k`` when on topic, else 0.
 
 A Llama (hidden 128, 4 layers, ~1M parameters) with a byte-level BPE tokenizer trained on the
-corpus learns, in about half a minute on two CPU cores, to answer the *shipped* HDC prompts
-(``llmguard/eval/templates/hdc``, single mode, all three experts) in the HDC format with
-those scores. Its agreement with the known labels is an honest measurement (see
+corpus learns, in about 40 CPU-seconds (one thread), to answer the *shipped* HDC prompts
+(``llmguard/eval/templates/hdc``, all three experts; 80 % single mode, 20 % pairwise) in the
+HDC format with those scores. Its agreement with the known labels is an honest measurement (see
 ``llmguard eval agree``), not a fixed number: held-out items use unseen
 (subject, symptom, days) combinations.
 
@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-RECIPE_VERSION = "judge-v1"
+RECIPE_VERSION = "judge-v2"
 LLAVA_VERSION = "llava-v1"
 
 SUBJECTS = [("I have", "i"), ("my son has", "he"), ("my mother has", "she"), ("my wife has", "she"),
@@ -233,7 +233,11 @@ def _train_tokenizer(texts: list[str], vocab_size: int = 1200) -> Any:
     return hf
 
 
-def _judge_examples(n_per_aspect: int, seed: int) -> list[tuple[str, str]]:
+def pairwise_target_text(aspect: Any, labels_1: dict[str, int], labels_2: dict[str, int]) -> str:
+    return "Evaluation of Response 1:\n" + target_text(aspect, labels_1) + "\nEvaluation of Response 2:\n" + target_text(aspect, labels_2)
+
+
+def _judge_examples(n_per_aspect: int, seed: int, pairwise_share: float = 0.0) -> list[tuple[str, str]]:
     from llmguard.eval.hdc import aspects_from_preset, render_hdc_prompt
     from llmguard.eval.templating import load_templates
 
@@ -244,15 +248,22 @@ def _judge_examples(n_per_aspect: int, seed: int) -> list[tuple[str, str]]:
     pairs = []
     for aspect in aspects:
         for i in range(n_per_aspect):
-            item = make_item(rng, train[rng.randrange(len(train))], rng.randrange(6), rng.random() >= 0.3, "x")
+            combo = train[rng.randrange(len(train))]
+            item = make_item(rng, combo, rng.randrange(6), rng.random() >= 0.3, "x")
+            if rng.random() < pairwise_share:
+                other = make_item(rng, combo, rng.randrange(6), rng.random() >= 0.3, "x")
+                prompt = render_hdc_prompt(templates, aspect, "pairwise", item["question"],
+                                           [item["answer"], other["answer"]], None)
+                pairs.append((prompt, pairwise_target_text(aspect, item["labels"], other["labels"])))
+                continue
             prompt = render_hdc_prompt(templates, aspect, "single", item["question"], [item["answer"]], None)
             pairs.append((prompt, target_text(aspect, item["labels"])))
     rng.shuffle(pairs)
     return pairs
 
 
-def build_tiny_judge_into(out: Path, *, steps: int = 200, layers: int = 2, batch_size: int = 24, lr: float = 6e-3,
-                          seed: int = 0, threads: int | None = 1) -> dict[str, Any]:
+def build_tiny_judge_into(out: Path, *, steps: int = 200, layers: int = 2, batch_size: int = 20, lr: float = 6e-3,
+                          seed: int = 0, threads: int | None = 1, pairwise_share: float = 0.2) -> dict[str, Any]:
     """Train the tiny judge into ``out`` (no caching); returns build info.
 
     One torch thread by default: on a shared 2-core machine (``pytest -n 2``) more threads
@@ -269,7 +280,7 @@ def build_tiny_judge_into(out: Path, *, steps: int = 200, layers: int = 2, batch
         torch.set_num_threads(threads)
     try:
         torch.manual_seed(seed)
-        pairs = _judge_examples(400, seed)
+        pairs = _judge_examples(400, seed, pairwise_share)
         tok = _train_tokenizer([p for p, _ in pairs[:300]] + [t for _, t in pairs])
         encoded = []
         for prompt, target in pairs:
@@ -321,7 +332,7 @@ def build_tiny_judge_into(out: Path, *, steps: int = 200, layers: int = 2, batch
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return {"kind": "tiny-hdc-judge", "recipe": RECIPE_VERSION, "steps": steps, "layers": layers,
-            "final_loss": round(sum(losses[-10:]) / 10, 4),
+            "final_loss": round(sum(losses[-10:]) / 10, 4), "pairwise_share": pairwise_share,
             "parameters": sum(p.numel() for p in model.parameters()),
             "train_seconds": round(time.perf_counter() - t0, 2), "train_cpu_seconds": round(time.process_time() - c0, 2),
             "prompt_format": PROMPT_FORMAT}
