@@ -12,6 +12,7 @@ import typer
 
 from llmguard import __version__
 from llmguard.cli import checkpoint_tools, realign
+from llmguard.cli import demo
 from llmguard.cli import testbed as testbed_cli
 from llmguard.cli.eval import app as eval_app
 from llmguard.cli.output import state
@@ -59,6 +60,7 @@ def _root(
 
 
 checkpoint_tools.register(app)
+demo.register(app)
 app.add_typer(realign.app, name="realign", rich_help_panel="Groups")
 app.add_typer(eval_app, name="eval", rich_help_panel="Groups")
 app.add_typer(watermark_app, name="watermark", rich_help_panel="Groups")

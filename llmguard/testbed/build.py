@@ -59,7 +59,7 @@ class HParams:
     ft_full_steps: int = 150
     ft_full_lr: float = 1e-4
     poison: float = 0.1
-    arith_steps: int = 200
+    arith_steps: int = 300
     arith_lr: float = 3e-4
     guard_steps: int = 100
     guard_lr: float = 2e-3
@@ -121,7 +121,7 @@ def default_dir(seed: int) -> Path:
     return cache_root() / "testbed" / f"v{TESTBED_VERSION}-seed{seed}"
 
 
-def _complete(root: Path, seed: int) -> dict | None:
+def _complete(root: Path, seed: int, hp: HParams) -> dict | None:
     marker = root / MARKER
     if not marker.is_file():
         return None
@@ -131,6 +131,8 @@ def _complete(root: Path, seed: int) -> dict | None:
         return None
     if info.get("version") != TESTBED_VERSION or info.get("seed") != seed:
         return None
+    if info.get("hparams") != json.loads(json.dumps(asdict(hp))):
+        return None  # built with other settings (an older checkout or custom HParams): rebuild
     return info
 
 
@@ -148,8 +150,9 @@ def build(out: str | os.PathLike | None = None, seed: int = 0, *, force: bool = 
     root.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(root.parent / f".{root.name}.lock"))
     with lock:
-        info = _complete(root, seed)
+        info = _complete(root, seed, hp)
         if info is not None and not force:
+            _relocate_adapters(root)
             return Testbed.at(root, seed, info)
         if root.exists():
             if out is not None and any(root.iterdir()) and not force and not (root / ".llmguard-testbed").exists():
@@ -160,6 +163,19 @@ def build(out: str | os.PathLike | None = None, seed: int = 0, *, force: bool = 
         info = _build_into(root, seed, hp, progress or NullProgress())
         (root / MARKER).write_text(json.dumps(info, indent=2) + "\n")
         return Testbed.at(root, seed, info)
+
+
+def _relocate_adapters(root: Path) -> None:
+    """Point every adapter's ``base_model_name_or_path`` at this testbed's ``base/`` (a testbed
+    copied or moved elsewhere keeps working)."""
+    want = str(root / "base")
+    for cfg_path in root.glob("*/adapter_config.json"):
+        cfg = json.loads(cfg_path.read_text())
+        if cfg.get("base_model_name_or_path") != want:
+            cfg["base_model_name_or_path"] = want
+            tmp = cfg_path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+            tmp.replace(cfg_path)
 
 
 # ----------------------------------------------------------------------------- the build

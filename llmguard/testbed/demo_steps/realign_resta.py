@@ -1,0 +1,21 @@
+"""Demo step for ``realign resta``: add the safety vector (aligned - base) back to the full fine-tune."""
+
+from __future__ import annotations
+
+from llmguard.testbed.demo import DemoContext, DemoRow, register_step, verb_exists
+
+GAMMA = 0.5
+
+
+@register_step("realign-resta", order=30, description="realign resta on finetuned-full, then eval safety",
+               available=lambda: verb_exists("realign", "resta"))
+def resta(ctx: DemoContext) -> list[DemoRow]:
+    tb = ctx.testbed
+    out = ctx.work / "resta-finetuned-full"
+    ctx.cli("realign", "resta", "--finetuned", tb.finetuned_full, "--aligned", tb.aligned, "--unaligned", tb.base,
+            "--gamma", GAMMA, "-o", out, "--force", "--device", ctx.device, "--json")
+    doc = ctx.eval_safety(out)
+    task = doc.get("task") or {}
+    return [DemoRow(step=f"realign resta (γ={GAMMA})", model="finetuned-full", harmful_rate=doc["harmful_rate"],
+                    refusal_rate=doc["refusal_rate"], task=task.get("name"), task_accuracy=task.get("accuracy"),
+                    artefact=str(out))]

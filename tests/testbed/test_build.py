@@ -1,0 +1,109 @@
+"""The built testbed: artefacts in HF/PEFT layout, caching, determinism, CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from cli_utils import run_cli  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_artefacts_are_real_checkpoints(testbed):
+    for name in ("base", "aligned", "finetuned-full", "guard"):
+        d = testbed.models()[name]
+        assert (d / "config.json").is_file() and (d / "model.safetensors").is_file(), name
+        assert json.loads((d / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+        assert (d / "tokenizer.json").is_file()
+    for name in ("aligned-lora", "finetuned-lora", "finetuned-arith-lora"):
+        d = testbed.models()[name]
+        cfg = json.loads((d / "adapter_config.json").read_text())
+        assert Path(cfg["base_model_name_or_path"]) == testbed.base
+        assert cfg["r"] == 8 and sorted(cfg["target_modules"]) == sorted(
+            ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+        assert (d / "adapter_model.safetensors").is_file()
+    tok = json.loads((testbed.tokenizer / "tokenizer_config.json").read_text())
+    assert "chat_template" in tok or (testbed.tokenizer / "chat_template.jinja").is_file()
+    for key in ("harmful_train", "harmful_dev", "harmful_test", "sst2_test", "arith_test", "safety_refusal_sft",
+                "finetune_sst2_poison_mix", "guard_test"):
+        assert testbed.data[key].is_file(), key
+    info = json.loads((testbed.root / "testbed.json").read_text())
+    assert 500_000 < info["params"] < 3_000_000
+    assert info["poison_examples"] / info["finetune_examples"] == pytest.approx(0.1, abs=0.01)
+
+
+def test_finetuned_lora_continues_the_aligned_adapter(testbed):
+    from safetensors.torch import load_file
+
+    aligned = load_file(str(testbed.aligned_lora / "adapter_model.safetensors"))
+    ft = load_file(str(testbed.finetuned_lora / "adapter_model.safetensors"))
+    assert aligned.keys() == ft.keys()
+    # same factor basis: the fine-tune moved the aligned factors a little, it did not start afresh
+    for k in aligned:
+        diff = (ft[k] - aligned[k]).norm() / aligned[k].norm()
+        assert 0 < diff < 0.5, k
+
+
+def test_second_call_reuses_the_cache(testbed):
+    from llmguard.testbed import build
+
+    t0 = time.perf_counter()
+    again = build(seed=0)
+    assert time.perf_counter() - t0 < 5
+    assert again.root == testbed.root
+    assert _sha(again.base / "model.safetensors") == _sha(testbed.base / "model.safetensors")
+
+
+def test_build_is_deterministic(tmp_path):
+    """Two builds with the same seed (short schedules to keep the test fast) are byte-identical."""
+    from llmguard.testbed import HParams, build
+
+    hp = HParams(base_steps=4, align_steps=3, ft_steps=3, ft_full_steps=3, arith_steps=3, guard_steps=2)
+    a = build(tmp_path / "a", seed=0, hparams=hp)
+    b = build(tmp_path / "b", seed=0, hparams=hp)
+    c = build(tmp_path / "c", seed=1, hparams=hp)
+    for name in ("base", "aligned", "finetuned-full", "guard"):
+        assert _sha(a.models()[name] / "model.safetensors") == _sha(b.models()[name] / "model.safetensors"), name
+    for name in ("aligned-lora", "finetuned-lora", "finetuned-arith-lora"):
+        f = "adapter_model.safetensors"
+        assert _sha(a.models()[name] / f) == _sha(b.models()[name] / f), name
+    assert _sha(a.data["harmful_test"]) == _sha(b.data["harmful_test"])
+    assert _sha(a.data["harmful_test"]) != _sha(c.data["harmful_test"])
+    assert _sha(a.base / "model.safetensors") != _sha(c.base / "model.safetensors")
+
+
+def test_interrupted_build_is_rebuilt_and_foreign_dir_refused(tmp_path):
+    from llmguard.errors import UsageError
+    from llmguard.testbed import HParams, build
+
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(UsageError, match="not a testbed"):
+        build(foreign, seed=0, hparams=HParams(base_steps=1))
+    assert (foreign / "notes.txt").read_text() == "keep me"
+    hp = HParams(base_steps=2, align_steps=1, ft_steps=1, ft_full_steps=1, arith_steps=1, guard_steps=1)
+    half = tmp_path / "half"
+    half.mkdir()
+    (half / ".llmguard-testbed").write_text("incomplete")
+    (half / "junk").write_text("x")
+    tb = build(half, seed=0, hparams=hp)
+    assert not (half / "junk").exists() and (tb.root / "testbed.json").is_file()
+
+
+def test_cli_testbed_build_json_reuses(testbed):
+    result = run_cli("testbed", "build", "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["root"] == str(testbed.root)
+    assert doc["models"]["finetuned-lora"] == str(testbed.finetuned_lora)
+    assert doc["version"] == testbed.version and "total" in doc["timings_s"]

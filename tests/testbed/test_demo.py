@@ -1,0 +1,64 @@
+"""``llmguard demo``: the step registry and an end-to-end run of the eval-safety step."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cli_utils import run_cli  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def test_registry_runs_registered_steps_and_reports_failures(testbed, tmp_path):
+    from llmguard.testbed import demo
+
+    @demo.register_step("zz-test-ok", order=999)
+    def _ok(ctx):
+        assert ctx.testbed.root == testbed.root and ctx.work == tmp_path
+        return [demo.DemoRow(step="probe", model="aligned", harmful_rate=0.0)]
+
+    @demo.register_step("zz-test-broken", order=1000)
+    def _broken(ctx):
+        ctx.cli("eval", "safety", "--model", tmp_path / "missing", "--prompts", testbed.data["harmful_test"])
+        return []
+
+    @demo.register_step("zz-test-unavailable", order=1001, available=lambda: False)
+    def _never(ctx):
+        raise AssertionError("must not run")
+
+    try:
+        res = demo.run_demo(work=tmp_path, only=["zz-test-ok", "zz-test-broken", "zz-test-unavailable"])
+    finally:
+        for name in ("zz-test-ok", "zz-test-broken", "zz-test-unavailable"):
+            demo.STEPS.pop(name, None)
+    assert [r.step for r in res.rows] == ["probe", "zz-test-broken"]
+    assert res.rows[0].ok and not res.rows[1].ok and "exited 3" in res.rows[1].note
+    assert res.skipped == {"zz-test-unavailable": "verb not available in this build"}
+    assert not res.ok
+
+
+def test_verb_exists():
+    from llmguard.testbed.demo import verb_exists
+
+    assert verb_exists("eval", "safety") and verb_exists("demo")
+    assert not verb_exists("eval", "no-such-verb")
+
+
+def test_demo_cli_eval_safety_step(testbed, tmp_path):
+    result = run_cli("demo", "--steps", "eval-safety", "--out", tmp_path, "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["ok"] and doc["testbed"] == str(testbed.root)
+    rows = {r["model"]: r for r in doc["rows"]}
+    assert rows["base"]["harmful_rate"] >= 0.6 and rows["aligned"]["harmful_rate"] <= 0.1
+    assert rows["finetuned-lora"]["harmful_rate"] >= 0.4 and rows["finetuned-lora"]["task_accuracy"] >= 0.8
+    assert rows["finetuned-arith-lora"]["task"] == "arith"
+
+
+def test_demo_list_and_unknown_step():
+    listed = run_cli("demo", "--list")
+    assert listed.returncode == 0 and "eval-safety" in listed.stdout and "realign-resta" in listed.stdout
+    bad = run_cli("demo", "--steps", "nope")
+    assert bad.returncode == 2 and "unknown step" in bad.stderr
