@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +58,7 @@ def test_hdc_scores_track_the_known_signal_and_agree_matches_scipy(tiny_judge, h
     assert lo <= m["pearson"] <= hi
 
 
-def test_resume_skips_done_records_and_cache_serves_repeats(tiny_judge, tiny_llava, hdc_data, tmp_path):
+def test_resume_skips_done_records_and_cache_serves_repeats(tiny_judge, hdc_data, tmp_path):
     out = tmp_path / "part.jsonl"
     first = run_cli("eval", "hdc", hdc_data["items"], "--judge", tiny_judge, "-o", out, "--limit", "3",
                     "--aspects", "COR", "--cache", hdc_data["cache"], *COMMON)
@@ -86,7 +87,11 @@ def test_resume_skips_done_records_and_cache_serves_repeats(tiny_judge, tiny_lla
     assert judge_stats["generated"] == 0 and judge_stats["load_seconds"] == 0
 
     # resuming with another judge would mix judges in one file: refused before anything loads
-    other = run_cli("eval", "hdc", hdc_data["items"], "--judge", tiny_llava, "-o", out, "--resume",
+    other_judge = tmp_path / "other-judge"
+    shutil.copytree(tiny_judge, other_judge)
+    cfg = json.loads((other_judge / "generation_config.json").read_text())
+    (other_judge / "generation_config.json").write_text(json.dumps({**cfg, "max_new_tokens": 7}))
+    other = run_cli("eval", "hdc", hdc_data["items"], "--judge", other_judge, "-o", out, "--resume",
                     "--aspects", "COR", *COMMON)
     assert other.returncode == 2 and "another judge" in other.stderr
 
