@@ -120,6 +120,8 @@ def ace_m3(
         branch_judges[b.key] = cfg(path)
     conclusion_path = conclusion or judge
     conclusion_cfg = cfg(conclusion_path) if (conclusion_path and merge_spec.kind == "model") else None
+    if merge_spec.kind == "model" and conclusion_cfg is None:
+        raise UsageError("--merge model needs a Conclusion judge: give --conclusion or --judge (or --merge mean)")
     fields = FieldMap(id=id_field, question=question_field, answer=answer_field, reference=reference_field,
                       image=image_field, group=group_field, keep=tuple(keep_field or ()))
     item_list = read_items(items, fields, need_image=True, skip_bad=skip_bad)
