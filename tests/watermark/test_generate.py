@@ -21,6 +21,9 @@ PROFILES = [
 ]
 
 
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # tiny matrices; avoids oversubscription on a busy 2-core machine
+
+
 def _scheme(vocab, scheme, profile, seeding, **kw):
     from llmguard.watermark.schemes import SchemeParams, build_scheme
 
@@ -86,7 +89,7 @@ def test_generate_cli_end_to_end(tmp_path, tiny_lm_dir, word_tokenizer_dir):
     out = tmp_path / "out.jsonl"
     r = run_cli("watermark", "generate", "--model", tiny_lm_dir, "--prompts", prompts, "-o", out,
                 "--profile", "kirchenbauer", "--seeding", "simple_1", "--delta", "4", "--max-new-tokens", "50",
-                "--batch-size", "2", "--device", "cpu")
+                "--batch-size", "2", "--device", "cpu", env=ONE_THREAD)
     assert r.returncode == 0, r.stderr
     recs = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(recs) == 4 and [r["id"] for r in recs] == [0, 1, 2, 3]
@@ -102,13 +105,18 @@ def test_generate_cli_end_to_end(tmp_path, tiny_lm_dir, word_tokenizer_dir):
 
     sft = tmp_path / "sft.jsonl"
     r = run_cli("watermark", "generate", "--model", tiny_lm_dir, "--prompts", prompts, "-o", sft, "--no-watermark",
-                "--format", "sft", "--max-new-tokens", "8", "--device", "cpu", "--greedy")
+                "--format", "sft", "--max-new-tokens", "8", "--device", "cpu", "--greedy", env=ONE_THREAD)
     assert r.returncode == 0, r.stderr
     rec = json.loads(sft.read_text().splitlines()[0])
     assert set(rec) >= {"instruction", "input", "output"} and rec["instruction"] == "baba bebe"
 
-    r = run_cli("watermark", "generate", "--model", tiny_lm_dir, "--prompts", prompts, "-o", sft)
+    from tests.watermark.wm_cli import invoke
+
+    r = invoke("watermark", "generate", "--model", tiny_lm_dir, "--prompts", prompts, "-o", sft)
     assert_one_line_error(r, 2, "exists")
-    r = run_cli("watermark", "generate", "--model", tiny_lm_dir, "--prompts", tmp_path / "none.jsonl", "-o",
-                tmp_path / "x.jsonl")
+    r = invoke("watermark", "generate", "--model", tiny_lm_dir, "--prompts", tmp_path / "none.jsonl", "-o",
+               tmp_path / "x.jsonl")
     assert_one_line_error(r, 3, "none.jsonl")
+    r = invoke("watermark", "generate", "--model", tiny_lm_dir, "--prompts", prompts, "-o", tmp_path / "y.jsonl",
+               "--profile", "zhao")
+    assert_one_line_error(r, 2, "--profile")
