@@ -287,7 +287,7 @@ def pooled_test(
         green += int(g[idx][keep].sum())
         total += int(keep.sum())
     res = green_test(green, total, scheme.gamma, p_method)
-    other = "binomial" if p_method == "normal" else "normal"
+    other = "binomial" if p_method != "binomial" else "normal"
     alt = green_test(green, total, scheme.gamma, other)
     d = res.as_dict()
     d.update(

@@ -149,6 +149,10 @@ def green_test(green: int, total: int, gamma: float, method: str = "normal") -> 
         log_p = log_binom_sf(green, total, gamma)
     elif method == "normal":
         log_p = log_norm_sf(z)
+    elif method == "hf-approx":
+        # transformers <= 5.20 WatermarkDetector: p = 1 - 0.5(1 + sign(z)(1 - exp(-2z²/π))) (not calibrated)
+        e = -2.0 * z * z / math.pi
+        log_p = (math.log(0.5) + e) if z > 0 else (math.log1p(-0.5 * math.exp(e)) if z < 0 else math.log(0.5))
     else:
         raise ValueError(f"unknown p-value method {method!r}")
     frac = green / total if total > 0 else math.nan

@@ -76,3 +76,14 @@ def test_global_tape_across_texts():
     b = dedup_keep(np.array([[1, 2], [5, 6], [5, 6]]), "window+token", 1, seen=seen)
     assert a.tolist() == [True, True]
     assert b.tolist() == [False, True, False]
+
+
+def test_hf_legacy_approximation_reproduced():
+    # transformers <= 5.20 reported p = 1.9e-5 at z = 4 (exact 3.2e-5) and 0.0 at z = 10 (exact 7.6e-24)
+    for z in (-2.0, 0.0, 1.0, 4.0, 6.0):
+        legacy = 1 - 0.5 * (1 + np.sign(z) * (1 - np.exp(-2 * z**2 / np.pi)))
+        t = 1000
+        g = 0.25 * t + z * math.sqrt(t * 0.25 * 0.75)
+        r = green_test(g, t, 0.25, "hf-approx")
+        assert r.p == pytest.approx(legacy, rel=1e-12)
+    assert green_test(250 + 10 * math.sqrt(187.5), 1000, 0.25, "hf-approx").log10_p < -20

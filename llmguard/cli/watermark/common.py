@@ -55,7 +55,8 @@ RngDeviceOpt = Annotated[
 def vocab_opt(default: str) -> object:
     return typer.Option(
         "--vocab-size",
-        help="Vocabulary size of the green lists: tokenizer (len(tokenizer)), model (config.json vocab_size) or N.",
+        help="Vocabulary size of the green lists: tokenizer (len(tokenizer)), model (config.json vocab_size), N, "
+        "or auto (model for --profile hf when --model is given, as transformers does; else tokenizer).",
         rich_help_panel=PANEL_WM,
     )
 

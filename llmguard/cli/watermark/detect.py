@@ -70,7 +70,7 @@ def detect(
     delta: DeltaOpt = None,
     key: KeyOpt = None,
     context_width: ContextWidthOpt = None,
-    vocab_size: Annotated[str, vocab_opt("tokenizer")] = "tokenizer",
+    vocab_size: Annotated[str, vocab_opt("auto")] = "auto",
     rng_device: RngDeviceOpt = "cpu",
     dedup: Annotated[
         Optional[str],
@@ -82,7 +82,13 @@ def detect(
         ),
     ] = None,
     pvalue: Annotated[
-        str, typer.Option("--pvalue", help="normal (from z, as the references) or binomial (exact tail).", rich_help_panel=PANEL_STATS)
+        str,
+        typer.Option(
+            "--pvalue",
+            help="normal (from z, as the references), binomial (exact tail), or hf-approx (transformers <= 5.20's "
+            "approximation, for reproducing old reports; not calibrated).",
+            rich_help_panel=PANEL_STATS,
+        ),
     ] = "normal",
     z_threshold: Annotated[
         float, typer.Option("--z-threshold", help="Predict watermarked when z exceeds this.", rich_help_panel=PANEL_STATS)
@@ -132,8 +138,8 @@ def detect(
     check_combo(scheme, profile)
     if dedup is not None and dedup not in DEDUP_MODES:
         raise UsageError(f"--dedup must be one of {', '.join(DEDUP_MODES)}, got {dedup!r}")
-    if pvalue not in ("normal", "binomial"):
-        raise UsageError(f"--pvalue must be normal or binomial, got {pvalue!r}")
+    if pvalue not in ("normal", "binomial", "hf-approx"):
+        raise UsageError(f"--pvalue must be normal, binomial or hf-approx, got {pvalue!r}")
     if fpr is not None and not 0.0 < fpr < 1.0:
         raise UsageError(f"--fpr must be in (0, 1), got {fpr}")
     if group_tokens is not None and group_tokens < 1:
@@ -165,6 +171,12 @@ def detect(
 
     threshold = Threshold(z=z_threshold, fpr=fpr)
     tok = load_tokenizer(tokenizer) if tokenizer else None
+    if vocab_size == "auto":
+        # transformers builds its green lists from the model's vocab_size; the others from len(tokenizer)
+        from llmguard.watermark.schemes import DEFAULT_PROFILE
+
+        prof = (profile or DEFAULT_PROFILE[scheme.lower()]).lower()
+        vocab_size = "model" if (prof == "hf" and model) else "tokenizer"
     if vocab_size == "tokenizer" and tok is None:
         raise UsageError("--vocab-size tokenizer needs --tokenizer; give --vocab-size N with --ids-field")
     vsize, vsource, vwarn = resolve_vocab_size(vocab_size, tok, model)

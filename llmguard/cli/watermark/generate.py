@@ -48,7 +48,7 @@ def generate(
     delta: DeltaOpt = None,
     key: KeyOpt = None,
     context_width: ContextWidthOpt = None,
-    vocab_size: Annotated[str, vocab_opt("model")] = "model",
+    vocab_size: Annotated[str, vocab_opt("auto")] = "auto",
     rng_device: RngDeviceOpt = "cpu",
     no_watermark: Annotated[bool, typer.Option("--no-watermark", help="Plain generation (the control).", rich_help_panel="Watermark")] = False,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="New tokens per prompt.", rich_help_panel=PANEL_METHOD)] = 64,
@@ -114,6 +114,11 @@ def generate(
         from llmguard.watermark.schemes import SchemeParams, build_scheme
 
         model_dir = model if Path(model).is_dir() else None
+        if vocab_size == "auto":
+            from llmguard.watermark.schemes import DEFAULT_PROFILE
+
+            prof = (profile or DEFAULT_PROFILE[scheme.lower()]).lower()
+            vocab_size = "model" if prof == "hf" else "tokenizer"
         if vocab_size == "model" and model_dir is None:
             vsize, vsource, vwarn = int(lm.config.get_text_config().vocab_size), "model", []
         else:
