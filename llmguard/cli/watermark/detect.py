@@ -287,7 +287,8 @@ def detect(
 
         for r, t, sc in zip(records, tokens, scores):
             console.print(f"[bold]{r['where']}[/bold]  z={r['z']:.2f}  log10 p={r['log10_p']:.2f}", highlight=False)
-            console.print(rich_text(t, sc, tok, console.no_color or os.environ.get("NO_COLOR") is not None))
+            plain = console.no_color or console.color_system is None or os.environ.get("NO_COLOR") is not None
+            console.print(rich_text(t, sc, tok, plain))
     if html_path is not None:
         from llmguard.watermark.view import html_page
 
@@ -320,7 +321,9 @@ def _print_human(records, agg, config, console) -> None:
     from rich.table import Table
 
     table = Table(title=None, show_edge=False)
-    for col, just in (("text", "left"), ("tokens", "right"), ("scored", "right"), ("green", "right"),
+    # the text column folds instead of truncating (file:line must stay readable)
+    table.add_column("text", justify="left", overflow="fold")
+    for col, just in ( ("tokens", "right"), ("scored", "right"), ("green", "right"),
                       ("green frac", "right"), ("z", "right"), ("log10 p", "right"), ("watermarked", "left")):
         table.add_column(col, justify=just)
     for r in records:
