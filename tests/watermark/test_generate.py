@@ -120,3 +120,21 @@ def test_generate_cli_end_to_end(tmp_path, tiny_lm_dir, word_tokenizer_dir):
     r = invoke("watermark", "generate", "--model", tiny_lm_dir, "--prompts", prompts, "-o", tmp_path / "y.jsonl",
                "--profile", "zhao")
     assert_one_line_error(r, 2, "--profile")
+
+
+def test_generate_plain_text_prompts_in_process(tmp_path, tiny_lm_dir):
+    from tests.watermark.wm_cli import invoke
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("baba bebe\n\nbibi bobo\n")
+    out = tmp_path / "o.jsonl"
+    r = invoke("watermark", "generate", "--model", tiny_lm_dir, "--prompts", prompts, "-o", out,
+               "--profile", "fast", "--max-new-tokens", "6", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [x["prompt"] for x in recs] == ["baba bebe", "bibi bobo"]
+    assert recs[0]["watermark"]["profile"] == "fast" and recs[0]["watermark"]["vocab_source"] == "tokenizer"
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    r = invoke("watermark", "generate", "--model", tiny_lm_dir, "--prompts", empty, "-o", tmp_path / "e.jsonl")
+    assert r.returncode == 3 and "no prompts" in r.stderr

@@ -86,16 +86,22 @@ def generate(
 
     if not prompts.exists():
         raise InvalidInputError(f"{prompts}: no such file")
-    read = read_records(str(prompts), text_field=prompt_field, skip_bad=skip_bad)
-    if read.fmt == "text":  # plain text: one prompt per non-empty line
-        lines = [ln for ln in read.records[0].text.splitlines() if ln.strip()]
+    from llmguard.watermark.data import read_source
+
+    head = read_source(str(prompts)).lstrip()[:1]
+    if prompts.suffix.lower() not in (".jsonl", ".json") and head not in ("{", "["):
+        # plain text: one prompt per non-empty line
+        lines = [ln for ln in read_source(str(prompts)).splitlines() if ln.strip()]
+        if not lines:
+            raise InvalidInputError(f"{prompts}: no prompts")
         prompt_texts = lines
         metas = [{} for _ in lines]
     else:
+        read = read_records(str(prompts), text_field=prompt_field, skip_bad=skip_bad)
         prompt_texts = [r.text for r in read.records]
         metas = [r.meta for r in read.records]
-    for msg in read.skipped:
-        warn(f"skipped {msg}")
+        for msg in read.skipped:
+            warn(f"skipped {msg}")
 
     from llmguard.inference import generate as run_generate
     from llmguard.inference import load_causal_lm
