@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from llmguard.cli.options import PANEL_INPUT, PANEL_METHOD, PANEL_OUTPUT, PANEL_PERF
+from llmguard.cli.options import PANEL_INPUT, PANEL_OUTPUT, PANEL_PERF
 from llmguard.cli.output import reports_errors
 from llmguard.cli.watermark.common import (
     ContextWidthOpt,
