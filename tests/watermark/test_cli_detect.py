@@ -213,3 +213,14 @@ def test_profiles_via_cli_detect_their_own_text(tmp_path, word_tokenizer_dir, pr
     r = run("watermark", "detect", src, "--tokenizer", word_tokenizer_dir, "--profile", profile, *args, "--json")
     assert r.returncode == 0, r.stderr
     assert all(rec["z"] > 4 for rec in parse_jsonl(r.stdout))
+
+
+def test_rng_device_cuda_without_gpu_is_a_resource_error(corpus, word_tokenizer_dir):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the cuda generator path is exercised instead")
+    r = invoke("watermark", "detect", corpus["jsonl"], "--tokenizer", word_tokenizer_dir, "--rng-device", "cuda")
+    assert_one_line_error(r, 4, "--rng-device cuda")
+    r = invoke("watermark", "detect", corpus["jsonl"], "--tokenizer", word_tokenizer_dir, "--rng-device", "tpu")
+    assert_one_line_error(r, 2, "--rng-device")
