@@ -10,7 +10,8 @@ from pathlib import Path
 
 
 def run_cli(*args: object, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
+    # one torch thread per subprocess: under pytest -n 2 on two cores more threads only spin
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "llmguard", *map(str, args)], capture_output=True, text=True,
                           env=env, timeout=timeout)
 
