@@ -162,7 +162,10 @@ def encode_pairs(
     encoded: list[tuple[list[int], int]] = []
     eos = tokenizer.eos_token_id
     for prompt, response in pairs:
-        prompt_ids = list(tokenizer(format_prompt(tokenizer, prompt, template), add_special_tokens=True)["input_ids"])
+        text = format_prompt(tokenizer, prompt, template)
+        bos = getattr(tokenizer, "bos_token", None)
+        # special tokens as generation adds them (llmguard.inference.generate.tokenize_prompts)
+        prompt_ids = list(tokenizer(text, add_special_tokens=not (bos and text.startswith(bos)))["input_ids"])
         response_ids = list(tokenizer(response, add_special_tokens=False)["input_ids"])[:max_response_tokens]
         if eos is not None:
             response_ids.append(eos)
@@ -338,8 +341,11 @@ def meta_model(config: Any) -> torch.nn.Module:
     """The model skeleton on the meta device (no weights allocated)."""
     from transformers import AutoModelForCausalLM
 
+    import warnings
+
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # transformers' own deprecation chatter
             model = AutoModelForCausalLM.from_config(config)
     except Exception as err:  # noqa: BLE001
         raise InvalidInputError(f"cannot build a {getattr(config, 'model_type', '?')} model from its config ({type(err).__name__}: {err})") from None

@@ -2,7 +2,7 @@
 
 The reference model (the amplified aligned model, assembled in memory from the base and
 ΔW_ref) answers harmful prompts greedily; the ``eval safety`` judge keeps the responses it
-calls refusals; the first N kept (prompt, response) pairs become the calibration data
+calls refusals; up to N kept (prompt, response) pairs (2N prompts are answered) become the calibration data
 (research/realign.md §2.2, step 2; the official code filters with beaver-dam-7b).
 """
 
@@ -53,6 +53,7 @@ def pairs_from_reference(
     records = read_records(harmful_prompts, required=[prompt_field], what="harmful prompts")
     prompts = [str(r[prompt_field]) for r in records]
     random.Random(seed).shuffle(prompts)
+    prompts = prompts[: 2 * count]  # enough for the judge to keep about N of them
     aligned_src = open_source(aligned, base=base, allow_pickle=allow_pickle, role="aligned") if aligned else None
     if aligned_src is not None and aligned_src.adapter is not None:
         base_ckpt = aligned_src.base
