@@ -4,13 +4,21 @@ autoload -U +X bashcompinit && bashcompinit
 
 _llmguard_words() {
     case "$1" in
-        "") echo "diff inspect realign watermark --quiet -q --verbose -v --version --help -h" ;;
+        "") echo "demo diff eval inspect realign testbed watermark --quiet -q --verbose -v --version --help -h" ;;
+        "demo") echo "--seed --testbed --out -o --steps --list --device --json --help -h" ;;
         "diff") echo "--base --top --json --allow-pickle --device --help -h" ;;
+        "eval") echo "ace-m3 agree hdc safety --help -h" ;;
+        "eval ace-m3") echo "--output -o --judge --branch --conclusion --text-only-judge --backend --load-in-4bit --load-in-8bit --trust-remote-code --merge --scale --template --prompt-format --max-new-tokens --retries --retry-temperature --seed --id-field --question-field --answer-field --reference-field --image-field --no-reference --group-field --keep-field --skip-bad --limit --device --dtype --batch-size --cache --no-cache --resume --force --json --max-unparsed --fail-below --help -h" ;;
+        "eval agree") echo "--pred --human --by --criteria --id-field --human-id-field --tie-threshold --bootstrap --seed --json --fail-below --help -h" ;;
+        "eval hdc") echo "--output -o --judge --expert-pqr --expert-mkc --expert-exp --backend --load-in-4bit --load-in-8bit --trust-remote-code --pairwise --swap --aspects --aggregate --template --prompt-format --max-new-tokens --retries --retry-temperature --seed --id-field --question-field --answer-field --answer-b-field --reference-field --no-reference --group-field --keep-field --skip-bad --limit --device --dtype --batch-size --cache --no-cache --resume --force --json --max-unparsed --fail-below --help -h" ;;
+        "eval safety") echo "--model -m --prompts -p --adapter -a --judge -j --task --task-data --prompt-field --category-field --answer-field --limit --fail-above --template --json --records --batch-size --max-new-tokens --device --dtype --load-in-4bit --load-in-8bit --trust-remote-code --help -h" ;;
         "inspect") echo "--json --allow-pickle --help -h" ;;
         "realign") echo "nlsr resta revert --help -h" ;;
         "realign nlsr") echo "--finetuned -f --aligned -a --output -o --base --reference --calibration -c --calibration-from-reference --harmful-prompts --prompt-field --response-field --template --calibration-samples --max-response-tokens --max-length --skip-bad --alpha --amplify-mode --scorer --mask-ratio --actsvd-keep --unit --select --budget --threshold --prune-rate --epsilon --seed --calibration-mode --batch-tokens --device --dtype --max-shard-size --dry-run --top --force --allow-pickle --json --help -h" ;;
         "realign resta") echo "--finetuned -f --aligned -a --unaligned -u --output -o --gamma -g --base --as-adapter --device --dtype --max-shard-size --force --allow-pickle --json --help -h" ;;
         "realign revert") echo "--output -o --patch --force --json --help -h" ;;
+        "testbed") echo "build --help -h" ;;
+        "testbed build") echo "--out -o --seed --force --json --help -h" ;;
         "watermark") echo "detect generate --help -h" ;;
         "watermark detect") echo "--tokenizer -t --text-field --prompt-field --ids-field --skip-bad --model --scheme --profile --seeding --gamma --delta --key --context-width --vocab-size --rng-device --dedup --pvalue --z-threshold --fpr --aggregate --group-tokens --json --show --html --fail-on-detect --workers --help -h" ;;
         "watermark generate") echo "--model -m --prompts -p --output -o --adapter --prompt-field --skip-bad --template --scheme --profile --seeding --gamma --delta --key --context-width --vocab-size --rng-device --no-watermark --max-new-tokens --sample --greedy --temperature --top-p --seed --format --batch-size --device --dtype --force --help -h" ;;
