@@ -4,9 +4,9 @@ complete -c llmguard -n '__fish_use_subcommand' -a demo -d 'Build the testbed (o
 complete -c llmguard -n '__fish_use_subcommand' -a diff -d 'Per-module cosine similarity and relative change ‖B−A‖/‖A‖ of two checkpoints or adapters.'
 complete -c llmguard -n '__fish_use_subcommand' -a eval -d 'Evaluate models: harmful rate, medical LLM-as-judge, agreement with humans.'
 complete -c llmguard -n '__fish_use_subcommand' -a inspect -d 'Summarise a checkpoint or adapter: architecture, parameters, dtypes, shards, LoRA settings.'
-complete -c llmguard -n '__fish_use_subcommand' -a realign -d 'Restore safety to a fine-tuned model: NLSR, SOMF and baselines.'
+complete -c llmguard -n '__fish_use_subcommand' -a realign -d 'Restore safety to a fine-tuned model: NLSR, and RESTA as a training-free baseline.'
 complete -c llmguard -n '__fish_use_subcommand' -a testbed -d 'Build the testbed: tiny real Llama checkpoints and synthetic safety/task data.'
-complete -c llmguard -n '__fish_use_subcommand' -a watermark -d 'Detect, generate, scrub and spoof LLM watermarks.'
+complete -c llmguard -n '__fish_use_subcommand' -a watermark -d 'Detect and generate LLM watermarks (KGW family, Unigram), exactly as the reference implementations.'
 complete -c llmguard -n '__fish_seen_subcommand_from demo' -l seed -d 'Testbed seed.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from demo' -l testbed -d 'Testbed directory (default: the cache; built if missing).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from demo' -l out -s o -d 'Where the demo writes its artefacts (default: $LLMGUARD_CACHE/demo/seed<N>).' -F

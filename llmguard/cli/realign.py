@@ -23,7 +23,7 @@ from llmguard.cli.options import (
 from llmguard.cli.output import emit_json, info, reports_errors, stdout
 from llmguard.errors import UsageError
 
-app = typer.Typer(help="Restore safety to a fine-tuned model: NLSR, SOMF and baselines.", no_args_is_help=True)
+app = typer.Typer(help="Restore safety to a fine-tuned model: NLSR, and RESTA as a training-free baseline.", no_args_is_help=True)
 
 
 @app.command("resta", rich_help_panel="Training-free baselines")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-app = typer.Typer(help="Detect, generate, scrub and spoof LLM watermarks.", no_args_is_help=True)
+app = typer.Typer(help="Detect and generate LLM watermarks (KGW family, Unigram), exactly as the reference implementations.", no_args_is_help=True)
 
 from llmguard.cli.watermark import detect as _detect  # noqa: E402
 
