@@ -11,8 +11,9 @@ whole in memory), then times, in one run and each as its own child process:
    U + 1·(F − U) + γ·(A − U) = F + γ(A − U)
 
 and checks that the three outputs agree within bf16 rounding. Peak RSS is the child's own
-``ru_maxrss`` (``os.wait4``). The page cache is dropped before every run when that is permitted
-(root), otherwise the inputs are read once beforehand and the table says "warm cache".
+``ru_maxrss`` (``os.wait4``, after resetting this process's own high-water mark). The page
+cache is dropped before every run when that is permitted (root), otherwise the inputs are read
+once beforehand and the table says "warm cache".
 Finally llmguard runs on a second model size to show that its peak RSS does not grow with it.
 
     python benchmarks/stream.py --shape 1b --mergekit-bin /work/bench-venv/bin/mergekit-yaml
@@ -39,7 +40,6 @@ from pathlib import Path
 SHAPES: dict[str, dict] = {
     "250m": dict(hidden=2048, intermediate=5632, layers=3, heads=32, kv_heads=4, vocab=32000),
     "1b": dict(hidden=2048, intermediate=5632, layers=22, heads=32, kv_heads=4, vocab=32000),
-    "llama32-1b": dict(hidden=2048, intermediate=8192, layers=16, heads=32, kv_heads=8, vocab=128256),
 }
 GENERATOR_VERSION = 1
 INDEX = "model.safetensors.index.json"
@@ -204,7 +204,7 @@ def can_drop_caches() -> bool:
 
 
 def read_files(dirs: list[Path]) -> tuple[int, float]:
-    """Read every file under ``dirs`` once (1 MiB reads); returns (bytes, seconds)."""
+    """Read every file under ``dirs`` once (16 MiB reads); returns (bytes, seconds)."""
     t0 = time.perf_counter()
     total = 0
     buf = bytearray(1 << 24)
