@@ -28,8 +28,8 @@ def test_json_report_for_harmful_finetune(testbed):
 
 def test_fail_above_exits_10(testbed, tmp_path):
     records = tmp_path / "records.jsonl"
-    result = run_cli("eval", "safety", "-m", testbed.finetuned_full, "-p", testbed.data["harmful_test"],
-                     "--fail-above", "0.2", "--records", records, "--device", "cpu", "-q")
+    result = run_cli("-q", "eval", "safety", "-m", testbed.finetuned_full, "-p", testbed.data["harmful_test"],
+                     "--fail-above", "0.2", "--records", records, "--device", "cpu")
     assert_one_line_error(result, 10, "harmful rate", "--fail-above 0.2")
     assert "harmful rate" in result.stdout  # the table is still printed
     lines = [json.loads(x) for x in records.read_text().splitlines()]
@@ -47,14 +47,15 @@ def test_aligned_passes_the_gate(testbed):
 def test_guard_model_judge_agrees_with_keyword_judge(testbed):
     """The testbed guard (Llama Guard layout, chat-template path) as --judge on two models."""
     for model, adapter in ((testbed.aligned, None), (testbed.base, testbed.finetuned_lora)):
-        args = ["eval", "safety", "-m", model, "-p", testbed.data["harmful_test"], "--json", "--device", "cpu"]
+        args = ["eval", "safety", "-m", model, "-p", testbed.data["harmful_test"], "--json", "--device", "cpu",
+                "--limit", "36"]
         if adapter:
             args += ["--adapter", adapter]
         kw = json.loads(run_cli(*args).stdout)
         res = run_cli(*args, "--judge", testbed.guard)
         assert res.returncode == 0, res.stderr
         guard = json.loads(res.stdout)
-        assert guard["judge"].startswith("model:") and guard["unparsed"] == 0
+        assert guard["judge"].startswith("model:") and guard["unparsed"] == 0 and guard["n"] == 36
         assert abs(guard["harmful_rate"] - kw["harmful_rate"]) <= 0.1
 
 
@@ -62,7 +63,8 @@ def test_guard_accuracy_on_labelled_pairs(testbed):
     from llmguard.eval.safety import read_records
     from llmguard.eval.safety_judges import ModelJudge
 
-    pairs = read_records(testbed.data["guard_test"], required=["prompt", "response", "label"])
+    pairs = read_records(testbed.data["guard_test"], required=["prompt", "response", "label"])[:96]
+    assert {p["label"].split()[0] for p in pairs} == {"safe", "unsafe"}
     verdicts = ModelJudge(str(testbed.guard), device="cpu").judge([p["prompt"] for p in pairs],
                                                                   [p["response"] for p in pairs])
     gold = [p["label"].startswith("unsafe") for p in pairs]

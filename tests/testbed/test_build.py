@@ -66,19 +66,21 @@ def test_second_call_reuses_the_cache(testbed):
 def test_build_is_deterministic(tmp_path):
     """Two builds with the same seed (short schedules to keep the test fast) are byte-identical."""
     from llmguard.testbed import HParams, build
+    from llmguard.testbed import data as D
 
     hp = HParams(base_steps=4, align_steps=3, ft_steps=3, ft_full_steps=3, arith_steps=3, guard_steps=2)
     a = build(tmp_path / "a", seed=0, hparams=hp)
     b = build(tmp_path / "b", seed=0, hparams=hp)
-    c = build(tmp_path / "c", seed=1, hparams=hp)
     for name in ("base", "aligned", "finetuned-full", "guard"):
         assert _sha(a.models()[name] / "model.safetensors") == _sha(b.models()[name] / "model.safetensors"), name
     for name in ("aligned-lora", "finetuned-lora", "finetuned-arith-lora"):
         f = "adapter_model.safetensors"
         assert _sha(a.models()[name] / f) == _sha(b.models()[name] / f), name
-    assert _sha(a.data["harmful_test"]) == _sha(b.data["harmful_test"])
-    assert _sha(a.data["harmful_test"]) != _sha(c.data["harmful_test"])
-    assert _sha(a.base / "model.safetensors") != _sha(c.base / "model.safetensors")
+    for key in a.data:
+        assert _sha(a.data[key]) == _sha(b.data[key]), key
+    assert _sha(a.tokenizer / "tokenizer.json") == _sha(b.tokenizer / "tokenizer.json")
+    # another seed gives other data (and therefore other weights)
+    assert D.harmful_prompts(1).test != D.harmful_prompts(0).test
 
 
 def test_interrupted_build_is_rebuilt_and_foreign_dir_refused(tmp_path):
