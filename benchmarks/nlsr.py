@@ -5,7 +5,8 @@ Builds (once, under ``--work``) a TinyLlama-1.1B-shaped bf16 base checkpoint wit
 (written tensor by tensor, never whole in memory), a word-level tokenizer over its 32k vocabulary,
 an "aligned" LoRA adapter (r 16 on all seven projections) and a "fine-tuned" adapter that
 continues it (factors plus noise), and random calibration pairs. Then runs, each as its own
-child process so peak RSS (``ru_maxrss`` of the child) is the run's own:
+child process so peak RSS is the run's own (the child's ``VmHWM``, polled; inputs are built in a
+separate process so the parent stays small):
 
 1. ``--scorer magnitude``: the weight-space stages only (no calibration pass);
 2. ``--scorer actsvd --calibration-mode layerwise``: one decoder layer on the device at a time;
@@ -134,18 +135,34 @@ def build_calibration(path: Path, vocab: int, samples: int, seq: int, seed: int 
 
 
 def run_child(label: str, args: list[str], out: Path) -> dict:
+    result = _run_child(label, args, out)
+    print(json.dumps({k: v for k, v in result.items() if k != "stdout"}), file=sys.stderr, flush=True)
+    return result
+
+
+def _run_child(label: str, args: list[str], out: Path) -> dict:
     """One ``llmguard realign nlsr`` child; returns wall time, child peak RSS and manifest stages."""
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "llmguard", "-q", "realign", "nlsr", *args, "-o", str(out), "--device", "cpu"]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
+    # Peak RSS from the child's own VmHWM (per address space, reset at exec). ru_maxrss of a child
+    # is not usable here: Linux carries the forking parent's peak across exec into the child.
+    peak_kib = 0
+    while proc.poll() is None:
+        try:
+            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak_kib = max(peak_kib, int(line.split()[1]))
+        except OSError:
+            pass
+        time.sleep(0.1)
     wall = time.perf_counter() - t0
-    stdout, stderr = proc.stdout.read(), proc.stderr.read()  # type: ignore[union-attr]
-    if os.waitstatus_to_exitcode(status) != 0:
+    stdout, stderr = proc.communicate()
+    if proc.returncode != 0:
         raise SystemExit(f"{label} failed:\n{stderr}")
     manifest = json.loads((out / "llmguard.json").read_text())
-    return {"label": label, "wall_s": round(wall, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024), "stages": {s["name"]: s["seconds"] for s in manifest["stages"]}, "stdout": stdout.strip()}
+    return {"label": label, "wall_s": round(wall, 1), "peak_rss_mib": round(peak_kib / 1024), "stages": {s["name"]: s["seconds"] for s in manifest["stages"]}, "stdout": stdout.strip()}
 
 
 def main() -> None:
@@ -153,17 +170,24 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/llmguard-nlsr-bench"))
     parser.add_argument("--samples", type=int, default=32, help="calibration pairs")
     parser.add_argument("--seq", type=int, default=64, help="tokens per calibration pair")
+    parser.add_argument("--shapes", default="250m,1b", help="comma-separated shapes to run, in order")
     parser.add_argument("--skip-whole", action="store_true", help="skip the whole-model calibration run")
+    parser.add_argument("--build-only", metavar="SHAPE", help=argparse.SUPPRESS)
     opts = parser.parse_args()
+    if opts.build_only:
+        dims, root = SHAPES[opts.build_only], opts.work / opts.build_only
+        build_model(root / "base", dims)
+        build_adapters(root / "base", dims, root / "aligned", root / "finetuned")
+        build_calibration(root / "calib.jsonl", dims["vocab"], opts.samples, opts.seq)
+        return
     results = []
-    for shape in ("1b", "250m"):
+    for shape in opts.shapes.split(","):
         dims = SHAPES[shape]
         root = opts.work / shape
         t0 = time.perf_counter()
-        build_model(root / "base", dims)
-        build_adapters(root / "base", dims, root / "aligned", root / "finetuned")
         calib = root / "calib.jsonl"
-        build_calibration(calib, dims["vocab"], opts.samples, opts.seq)
+        subprocess.run([sys.executable, __file__, "--build-only", shape, "--work", str(opts.work), "--samples", str(opts.samples),
+                        "--seq", str(opts.seq)], check=True)
         print(f"[{shape}] inputs ready in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
         common = ["-a", str(root / "aligned"), "-f", str(root / "finetuned")]
         results.append(run_child(f"{shape} magnitude (weight space only)", common + ["--scorer", "magnitude"], root / "out"))
@@ -171,8 +195,6 @@ def main() -> None:
         results.append(run_child(f"{shape} actsvd, layerwise", calib_args + ["--calibration-mode", "layerwise"], root / "out"))
         if shape == "1b" and not opts.skip_whole:
             results.append(run_child(f"{shape} actsvd, whole model", calib_args + ["--calibration-mode", "whole"], root / "out"))
-        for r in results[-3:]:
-            print(json.dumps({k: v for k, v in r.items() if k != "stdout"}), file=sys.stderr)
     print(f"\ncalibration: {opts.samples} pairs x {opts.seq} tokens (response tokens only count); CPU, {os.cpu_count()} cores\n")
     print("| run | wall s | peak RSS MiB | calibration pass + scoring s | transplant + write s |")
     print("|---|---:|---:|---:|---:|")
