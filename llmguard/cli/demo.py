@@ -55,12 +55,19 @@ def demo_command(
 
         table = Table(title="llmguard demo: before/after on the testbed (held-out test split)", title_justify="left")
         for col in ("step", "model", "harmful", "refusal", "task", "task acc", "watermark z", "judge agree", "s"):
-            table.add_column(col, justify="left" if col in ("step", "model", "task") else "right")
+            table.add_column(col, justify="left" if col in ("step", "model", "task") else "right",
+                             no_wrap=col not in ("step", "model"))
         for r in result.rows:
             table.add_row(r.step, r.model if r.ok else f"[red]{r.model}", _pct(r.harmful_rate), _pct(r.refusal_rate),
                           r.task or "-", _pct(r.task_accuracy), _num(r.watermark_z), _pct(r.judge_agreement),
                           f"{r.seconds:.0f}" if r.seconds is not None else "-")
-        stdout.print(table)
+        # piped output (CI logs, files) gets a wide table instead of Rich's 80-column default
+        if stdout.is_terminal:
+            stdout.print(table)
+        else:
+            from rich.console import Console
+
+            Console(highlight=False, width=max(stdout.width, 160)).print(table)
         for r in result.rows:
             if not r.ok:
                 stdout.print(f"[red]failed[/red] {r.step}: {r.note}")
