@@ -47,7 +47,7 @@ def build_command(
 
     table = Table(title=f"testbed v{tb.version} seed {tb.seed}: {tb.root}", title_justify="left")
     table.add_column("artefact", style="bold")
-    table.add_column("path")
+    table.add_column("path", overflow="fold")
     for name, path in tb.models().items():
         table.add_row(name, str(path))
     table.add_row("tokenizer", str(tb.tokenizer))
