@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from llmguard.errors import InvalidInputError
 from llmguard.io.dtypes import is_floating
 from llmguard.io.lora import factor_inner
 from llmguard.io.sources import WeightSource, open_source
@@ -110,8 +111,6 @@ def _compare_weights(src_a: WeightSource, src_b: WeightSource, device: Any, prog
 
 
 def _check_shapes(src_a: WeightSource, src_b: WeightSource, names: list[str]) -> None:
-    from llmguard.errors import InvalidInputError
-
     for name in names:
         if src_a.meta(name).shape != src_b.meta(name).shape:
             raise InvalidInputError(
@@ -147,8 +146,6 @@ def _compare_adapters(src_a: WeightSource, src_b: WeightSource, device: Any, pro
         else:
             shape_a, shape_b = ad_a.delta_shape(ma), ad_b.delta_shape(mb)
             if shape_a != shape_b:
-                from llmguard.errors import InvalidInputError
-
                 raise InvalidInputError(f"module {name!r}: ΔW shapes differ, A {list(shape_a)} vs B {list(shape_b)} (adapters for different bases?)")
             a1, b1 = ad_a.factors(ma, device)
             a2, b2 = ad_b.factors(mb, device)

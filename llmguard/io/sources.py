@@ -78,9 +78,3 @@ def open_source(
     adapter.resolve_targets(set(checkpoint.names()))
     return WeightSource(root, checkpoint, adapter)
 
-
-def same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
