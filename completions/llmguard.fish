@@ -139,6 +139,7 @@ complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subco
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l help -s h -d 'Show help and exit.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from inspect' -l json -d 'Print one JSON document on stdout instead of a table.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from inspect' -l allow-pickle -d 'Accept .bin/.pt pickle checkpoints (loaded with weights_only=True).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from inspect' -l scan -d 'Also read every tensor (one at a time) and count NaN/Inf values; exit 3 if any.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from inspect' -l help -s h -d 'Show help and exit.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and not __fish_seen_subcommand_from nlsr resta revert' -a nlsr -d 'NLSR: transplant safety-critical neurons of an amplified aligned model into the least similar modules.'
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and not __fish_seen_subcommand_from nlsr resta revert' -a resta -d 'RESTA: θ_out = θ_F + γ·(θ_A − θ_U), streamed tensor by tensor.'

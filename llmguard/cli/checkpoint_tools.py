@@ -30,20 +30,34 @@ def _count(n: int) -> str:
     return str(n)
 
 
+def _fail_on_nonfinite(summary: dict[str, Any]) -> None:
+    from llmguard.io.finite import NonFiniteError
+
+    found = summary.get("scan")
+    if found and found["nonfinite_values"]:
+        first = found["first_nonfinite"][0]
+        raise NonFiniteError(first["name"], first["nonfinite"], f"(and {found['nonfinite_values'] - first['nonfinite']} more in other tensors)"
+                             if found["tensors_nonfinite"] > 1 else "in this checkpoint")
+
+
 def inspect_command(
     path: Annotated[Path, typer.Argument(help="Checkpoint directory, .safetensors file, or PEFT LoRA adapter directory.")],
     json_output: JsonOpt = False,
     allow_pickle: AllowPickleOpt = False,
+    scan: Annotated[bool, typer.Option("--scan", help="Also read every tensor (one at a time) and count NaN/Inf values; exit 3 if any.")] = False,
 ) -> None:
     """Summarise a checkpoint or adapter: architecture, parameters, dtypes, shards, LoRA settings.
 
     Example: llmguard inspect ./my-model --json
     """
-    from llmguard.io.summary import summarize
+    from llmguard.io.summary import scan_values, summarize
 
     summary = summarize(path, allow_pickle=allow_pickle)
+    if scan:
+        summary["scan"] = scan_values(path, allow_pickle=allow_pickle)
     if json_output:
         emit_json(summary)
+        _fail_on_nonfinite(summary)
         return
     from rich.table import Table
 
@@ -75,6 +89,9 @@ def inspect_command(
             ("largest tensor", f"{largest.get('name')} {largest.get('shape')} {largest.get('dtype')} {_bytes(largest.get('bytes'))}"),
             ("tied embeddings", f"{summary['tied_embeddings']} (lm_head stored: {summary['lm_head_stored']})"),
         ]
+    if "scan" in summary:
+        found = summary["scan"]
+        rows.append(("NaN/Inf values", f"{found['nonfinite_values']} in {found['tensors_nonfinite']} of {found['tensors_scanned']} tensors"))
     for key, value in rows:
         table.add_row(key, str(value))
     stdout.print(table)
@@ -83,6 +100,7 @@ def inspect_command(
         for shard in summary["shards"]:
             shards.add_row(shard["file"], str(shard["tensors"]), _bytes(shard["bytes"]))
         stdout.print(shards)
+    _fail_on_nonfinite(summary)
 
 
 def diff_command(

@@ -1,4 +1,8 @@
-"""``inspect``: what a checkpoint or adapter contains, from headers and configs only."""
+"""``inspect``: what a checkpoint or adapter contains, from headers and configs only.
+
+``scan_values`` (``inspect --scan``) additionally reads every tensor, one at a time, and counts
+NaN/Inf values: the only part of ``inspect`` whose cost grows with the model size.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from typing import Any
 from llmguard.errors import InvalidInputError
 from llmguard.io.checkpoint import open_checkpoint
 from llmguard.io.dtypes import ITEMSIZE
+from llmguard.io.finite import count_nonfinite
 from llmguard.io.lora import LoraAdapter, is_adapter_dir
 
 
@@ -84,3 +89,31 @@ def _summarize_adapter(adapter: LoraAdapter) -> dict[str, Any]:
         "bytes": adapter.file.path.stat().st_size,
         "task_type": adapter.config.get("task_type"),
     }
+
+
+def scan_values(path: str | os.PathLike[str], *, allow_pickle: bool = False, limit: int = 20) -> dict[str, Any]:
+    """Read every tensor once (streamed: one tensor in memory at a time) and count NaN/Inf values.
+
+    Returns the number of tensors scanned, the total of non-finite values, and the first
+    ``limit`` offending tensors with their counts.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise InvalidInputError(f"{root}: no such file or directory")
+    if root.is_dir() and is_adapter_dir(root):
+        adapter = LoraAdapter(root)
+        names, read = list(adapter.file.tensors), adapter.file.read
+    else:
+        ckpt = open_checkpoint(root, allow_pickle=allow_pickle)
+        names, read = ckpt.names(), ckpt.read
+    offenders: list[dict[str, Any]] = []
+    tensors_bad = 0
+    total = 0
+    for name in names:
+        bad = count_nonfinite(read(name))
+        if bad:
+            tensors_bad += 1
+            total += bad
+            if len(offenders) < limit:
+                offenders.append({"name": name, "nonfinite": bad})
+    return {"tensors_scanned": len(names), "tensors_nonfinite": tensors_bad, "nonfinite_values": total, "first_nonfinite": offenders}

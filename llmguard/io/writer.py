@@ -28,6 +28,7 @@ import torch
 from llmguard.errors import UsageError
 from llmguard.io.allocator import release_large_buffers_to_os
 from llmguard.io.dtypes import ITEMSIZE, TORCH_TO_SAFETENSORS
+from llmguard.io.finite import NonFiniteError, count_nonfinite
 
 DEFAULT_MAX_SHARD_BYTES = 5_000_000_000
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)?\s*$", re.IGNORECASE)
@@ -87,6 +88,10 @@ class StreamingWriter:
     device, any float dtype: it is rounded once to the planned dtype), :meth:`copy_file` /
     :meth:`write_text` for side files. Leaving the block normally finalises and renames;
     leaving it with an exception discards everything.
+
+    Every tensor is checked for NaN/Inf after rounding (``check_finite``): one non-finite value
+    aborts the whole output with :class:`NonFiniteError` (exit 3), because it means an input
+    held NaN/Inf weights or the result overflowed the output dtype.
     """
 
     def __init__(
@@ -99,6 +104,7 @@ class StreamingWriter:
         inputs: Iterable[Path] = (),
         single_file_name: str | None = None,
         queue_depth: int = 3,
+        check_finite: bool = True,
     ) -> None:
         release_large_buffers_to_os()
         self.out = Path(out)
@@ -117,6 +123,7 @@ class StreamingWriter:
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
         self.bytes_written = 0
+        self.check_finite = check_finite
 
     # -- layout -----------------------------------------------------------------------------
     def _plan_shards(self) -> list[list[TensorPlan]]:
@@ -213,6 +220,11 @@ class StreamingWriter:
                 continue
             name, tensor, done_callback = job
             try:
+                if self.check_finite:
+                    bad = count_nonfinite(tensor)
+                    if bad:
+                        raise NonFiniteError(name, bad, f"in the result ({self.plan[name].dtype}): an input holds NaN/Inf weights "
+                                             "or the result overflows the output dtype; nothing was written")
                 file_name, offset = self._layout[name]
                 data = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
                 fd = self._fds[file_name]

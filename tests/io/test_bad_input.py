@@ -134,3 +134,36 @@ def test_malicious_pickle_is_refused_even_with_allow_pickle(tmp_path: Path) -> N
     result = run_cli("inspect", model, "--allow-pickle")
     assert_one_line_error(result, 3, "weights_only=True")
     assert "pwned" not in result.stdout
+
+
+def _poison_one_weight(model: Path, name: str = "model.layers.0.mlp.up_proj.weight") -> str:
+    from safetensors.torch import load_file
+
+    tensors = load_file(_shard(model))
+    tensors[name][0, 0] = float("nan")
+    save_file(tensors, _shard(model), metadata={"format": "pt"})
+    return name
+
+
+def test_nan_weight_in_an_input_is_refused_and_nothing_is_written(models: dict[str, Path], tmp_path: Path) -> None:
+    broken = _copy(models["finetuned"], tmp_path / "broken")
+    name = _poison_one_weight(broken)
+    out = tmp_path / "out"
+    result = run_cli("realign", "resta", "-f", broken, "-a", models["aligned"], "-u", models["base"], "-o", out)
+    assert_one_line_error(result, 3, name, "NaN/Inf")
+    assert no_partial_output(out)
+
+
+def test_inspect_scan_counts_nonfinite_values(models: dict[str, Path], tmp_path: Path) -> None:
+    clean = run_cli("inspect", models["finetuned"], "--scan", "--json")
+    assert clean.returncode == 0, clean.stderr
+    assert json.loads(clean.stdout)["scan"] == {"tensors_scanned": 21, "tensors_nonfinite": 0, "nonfinite_values": 0, "first_nonfinite": []}
+    broken = _copy(models["finetuned"], tmp_path / "broken")
+    name = _poison_one_weight(broken)
+    result = run_cli("inspect", broken, "--scan", "--json")
+    assert result.returncode == 3
+    scan = json.loads(result.stdout)["scan"]
+    assert scan["nonfinite_values"] == 1 and scan["first_nonfinite"] == [{"name": name, "nonfinite": 1}]
+    assert name in result.stderr and "NaN/Inf" in result.stderr
+    table = run_cli("inspect", broken, "--scan")
+    assert table.returncode == 3 and "1 in 1 of 21 tensors" in table.stdout

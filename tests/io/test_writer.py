@@ -72,3 +72,51 @@ def test_parse_size(text: str | int, value: int) -> None:
 def test_parse_size_rejects(text: str) -> None:
     with pytest.raises(UsageError):
         parse_size(text)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_nonfinite_tensor_aborts_the_output(tmp_path: Path, bad: float) -> None:
+    from llmguard.io.finite import NonFiniteError
+
+    out = tmp_path / "out"
+    value = torch.zeros(64, 64)
+    value[3, 5] = bad
+    with pytest.raises(NonFiniteError, match="t1: 1 NaN/Inf value"):
+        with StreamingWriter(out, _plan(3)) as writer:
+            writer.write("t0", torch.zeros(64, 64))
+            writer.write("t1", value)
+            writer.write("t2", torch.zeros(64, 64))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_overflow_to_the_planned_dtype_is_caught(tmp_path: Path) -> None:
+    from llmguard.io.finite import NonFiniteError
+
+    out = tmp_path / "out"
+    with pytest.raises(NonFiniteError, match="F16"):
+        with StreamingWriter(out, [TensorPlan("t", (2,), "F16")]) as writer:
+            writer.write("t", torch.tensor([1.0, 1e6]))  # finite in float32, Inf once rounded to fp16
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_count_nonfinite_all_float_dtypes() -> None:
+    from llmguard.io.finite import count_nonfinite
+
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        t = torch.ones(1000, dtype=dtype)
+        t[7], t[9] = float("nan"), float("inf")
+        assert count_nonfinite(t) == 2
+    assert count_nonfinite(torch.arange(10)) == 0
+    f8 = torch.tensor([1.0, float("nan")]).to(torch.float8_e5m2)
+    assert count_nonfinite(f8) == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_count_nonfinite_finds_a_single_bad_value_anywhere(dtype: torch.dtype) -> None:
+    from llmguard.io.finite import count_nonfinite
+
+    for position in range(0, 67):
+        for bad in (float("nan"), float("inf"), float("-inf")):
+            t = torch.randn(67).to(dtype)
+            t[position] = bad
+            assert count_nonfinite(t) == 1, (position, bad)
