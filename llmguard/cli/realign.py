@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -79,6 +79,7 @@ def resta_command(
 
 _PANEL_CALIB = "Calibration data"
 _PANEL_SELECT = "Module selection"
+_PANEL_SEARCH = "Dev-split search"
 
 
 @app.command("nlsr", rich_help_panel="Methods")
@@ -118,6 +119,12 @@ def nlsr_command(
     max_shard_size: MaxShardSizeOpt = "5GB",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be patched; write nothing.", rich_help_panel=PANEL_OUTPUT)] = False,
     top: Annotated[int, typer.Option("--top", help="Modules shown in the similarity chart (0: all).", rich_help_panel=PANEL_OUTPUT)] = 0,
+    search: Annotated[Optional[str], typer.Option("--search", metavar="GRID", help="Try every point of GRID on DEV data and keep the best, e.g. 'alpha=0.5,0.9;budget=0.25,0.5' (keys: alpha, budget, threshold, mask-ratio, scorer, unit, actsvd-keep, amplify-mode).", rich_help_panel=_PANEL_SEARCH)] = None,
+    dev_prompts: Annotated[Optional[Path], typer.Option("--dev-prompts", help="--search: held-out DEV harmful prompts (JSONL with a prompt field).", rich_help_panel=_PANEL_SEARCH)] = None,
+    dev_task: Annotated[Optional[str], typer.Option("--dev-task", help="--search: task name for --dev-task-data (sst2, arith or any label).", rich_help_panel=_PANEL_SEARCH)] = None,
+    dev_task_data: Annotated[Optional[Path], typer.Option("--dev-task-data", help="--search: DEV task items (prompt, answer) whose accuracy must hold.", rich_help_panel=_PANEL_SEARCH)] = None,
+    dev_judge: Annotated[str, typer.Option("--dev-judge", help="--search: keyword, or a moderation model (Llama Guard / beaver-dam layout).", rich_help_panel=_PANEL_SEARCH)] = "keyword",
+    max_task_drop: Annotated[float, typer.Option("--max-task-drop", help="--search: largest DEV task-accuracy loss (points) a chosen point may have.", rich_help_panel=_PANEL_SEARCH)] = 5.0,
     force: ForceOpt = False,
     allow_pickle: AllowPickleOpt = False,
     json_output: JsonOpt = False,
@@ -141,15 +148,21 @@ def nlsr_command(
             allow_pickle=allow_pickle, progress=make_progress(),
         )
         info(f"calibration: {len(pairs)} safe reference responses kept")
-    result = nlsr(
-        finetuned, output, aligned=aligned, base=base, reference=reference, calibration=calibration, calibration_pairs=pairs,
+    kwargs = dict(
+        aligned=aligned, base=base, reference=reference, calibration=calibration, calibration_pairs=pairs,
         alpha=alpha, amplify_mode=amplify_mode, scorer=scorer, mask_ratio=mask_ratio, actsvd_keep=actsvd_keep, unit=unit,
         select_mode=select_mode, budget=budget, threshold=threshold, prune_rate=prune_rate, epsilon=epsilon, seed=seed,
         prompt_field=prompt_field, response_field=response_field, template=template, calibration_samples=calibration_samples,
         max_length=max_length, max_response_tokens=max_response_tokens, batch_tokens=batch_tokens, calibration_mode=calibration_mode,
-        skip_bad=skip_bad, device=device, dtype=dtype, max_shard_size=max_shard_size, force=force, allow_pickle=allow_pickle,
-        dry_run=dry_run, progress=make_progress(),
+        skip_bad=skip_bad, device=device, dtype=dtype, max_shard_size=max_shard_size, allow_pickle=allow_pickle,
     )
+    if search is not None:
+        _run_search(finetuned, output, search, kwargs, dev_prompts=dev_prompts, dev_task=dev_task, dev_task_data=dev_task_data,
+                    dev_judge=dev_judge, max_task_drop=max_task_drop, dry_run=dry_run, force=force, json_output=json_output)
+        return
+    if any(v is not None for v in (dev_prompts, dev_task, dev_task_data)):
+        raise UsageError("--dev-prompts/--dev-task/--dev-task-data only apply with --search")
+    result = nlsr(finetuned, output, **kwargs, force=force, dry_run=dry_run, progress=make_progress())
     if json_output:
         emit_json({"output": result.output, "dry_run": result.dry_run, "unit": result.unit, "selection": result.selection_rule,
                    "modules_patched": result.patched, "values_changed": result.parameters_changed, "modules": result.modules,
@@ -162,6 +175,62 @@ def nlsr_command(
     changed = f"{result.parameters_changed} values in the masks" if result.dry_run else f"{result.parameters_changed} values changed"
     stdout.print(f"{verb} {result.patched} of {len(result.modules)} modules ({result.selection_rule}); {changed}; {what}")
     info(f"{stages}; peak RSS {result.manifest['peak_rss_bytes'] / 2**20:.0f} MiB")
+
+
+def _run_search(finetuned: Path, output: Optional[Path], grid_spec: str, kwargs: dict, *, dev_prompts: Optional[Path],
+                dev_task: Optional[str], dev_task_data: Optional[Path], dev_judge: str, max_task_drop: float, dry_run: bool,
+                force: bool, json_output: bool) -> None:
+    from llmguard.cli.progress import make_progress
+    from llmguard.errors import GateTripped
+    from llmguard.eval.safety import read_records
+    from llmguard.realign.nlsr.search import nlsr_search, parse_grid, safety_evaluator
+
+    grid = parse_grid(grid_spec)
+    if dry_run:
+        raise UsageError("--search writes the chosen model; it cannot be combined with --dry-run")
+    if output is None:
+        raise UsageError("--search needs -o/--output")
+    if dev_prompts is None:
+        raise UsageError("--search needs --dev-prompts (held-out harmful prompts; keep the test split for the report)")
+    if max_task_drop < 0:
+        raise UsageError(f"--max-task-drop {max_task_drop}: must be non-negative")
+    prompts = read_records(dev_prompts, required=["prompt"], what="dev prompts")
+    items = read_records(dev_task_data, required=["prompt", "answer"], what="dev task data") if dev_task_data else None
+    if dev_task and items is None:
+        raise UsageError(f"--dev-task {dev_task}: give its DEV items with --dev-task-data")
+    evaluate = safety_evaluator(prompts, task=dev_task or ("task" if items else None), task_items=items, judge=dev_judge,
+                                device=kwargs["device"])
+    info(f"searching {len(grid)} NLSR settings on {len(prompts)} DEV prompts" + (f" and {len(items)} task items" if items else ""))
+    result = nlsr_search(finetuned, output, grid, evaluate, max_task_drop=max_task_drop, force=force, progress=make_progress(), **kwargs)
+    table = result.to_dict()
+    if json_output:
+        emit_json(table)
+    else:
+        _search_table(result)
+    if result.chosen is None:
+        raise GateTripped(f"no setting kept the DEV task accuracy within {max_task_drop:g} points of the fine-tuned model; nothing written")
+    if not json_output:
+        chosen = result.points[result.chosen]
+        params = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in chosen.params.items())
+        stdout.print(f"chose #{result.chosen + 1} ({params}); wrote {result.output}")
+
+
+def _search_table(result: Any) -> None:
+    from rich.table import Table
+
+    def pct(x: Optional[float]) -> str:
+        return "-" if x is None else f"{100 * x:.1f}"
+
+    table = Table(title="NLSR search on DEV (★ = chosen)", title_justify="left")
+    for column in ("#", "setting", "harmful %", "task %", "modules", "values changed", ""):
+        table.add_column(column, justify="left" if column == "setting" else "right", no_wrap=column == "setting")
+    base = result.baseline
+    table.add_row("-", "fine-tuned (no realignment)", pct(base["harmful_rate"]), pct(base["task_accuracy"]), "0", "0", "")
+    for i, point in enumerate(result.points):
+        setting = " ".join(f"{k.replace('_', '-')}={v}" for k, v in point.params.items())
+        table.add_row(str(i + 1), setting, pct(point.harmful_rate), pct(point.task_accuracy), str(point.modules_patched),
+                      str(point.values_changed), "★" if i == result.chosen else "")
+    stdout.print(table)
 
 
 def _similarity_chart(rows: list[dict], top: int, title: str) -> None:
