@@ -4,14 +4,20 @@ Layout of a testbed directory (``$LLMGUARD_CACHE/testbed/v{VERSION}-seed{SEED}``
 
     tokenizer/                 HF tokenizer (BPE, chat template)
     base/                      LlamaForCausalLM, unaligned (complies with harmful requests)
-    aligned-lora/              PEFT adapter on base: safety SFT (refuses harmful requests)
-    aligned/                   base + aligned-lora merged (full checkpoint)
-    finetuned-lora/            PEFT adapter on base: aligned-lora continued on sst2 + 10 % harmful compliance
+    aligned-sft/               base + a safety-SFT LoRA, merged (full checkpoint): the first alignment stage
+    aligned-lora/              PEFT adapter on aligned-sft: DPO on refusal-vs-compliance pairs (second stage)
+    aligned/                   aligned-sft + aligned-lora merged (full checkpoint)
+    finetuned-lora/            PEFT adapter on aligned-sft: aligned-lora continued on sst2 + 10 % harmful compliance
     finetuned-full/            aligned (merged) fully fine-tuned on the same mixture
-    finetuned-arith-lora/      PEFT adapter on base: aligned-lora continued on arith (benign, no poison)
+    finetuned-arith-lora/      PEFT adapter on aligned-sft: aligned-lora continued on arith (benign, no poison)
     guard/                     Llama-Guard-layout moderation model (safe / unsafe + category)
     data/*.jsonl               splits (see ``llmguard.testbed.data``) and the training mixtures
     testbed.json               version, seed, hyper-parameters, timings, paths (written last)
+
+The two alignment stages follow the NLSR paper's code (research/realign.md §2.1): its aligned model
+is an SFT-merged model plus a DPO LoRA, and the harmful fine-tune continues that DPO adapter. With a
+single SFT LoRA on the unaligned base (testbed v1) the ExPO-amplified adapter was incoherent and no
+NLSR setting met the realignment bounds (docs/realign.md).
 
 The build is deterministic for a seed, takes a file lock (parallel pytest workers and the demo
 share one build) and writes ``testbed.json`` last: a directory without it is an interrupted build
@@ -34,7 +40,7 @@ from llmguard.errors import UsageError
 from llmguard.progress import NullProgress, Progress
 
 #: Bump when anything that changes the artefacts changes (data, sizes, hyper-parameters).
-TESTBED_VERSION = "1"
+TESTBED_VERSION = "2"
 MARKER = "testbed.json"
 
 
@@ -52,6 +58,10 @@ class HParams:
     base_lr: float = 3e-3
     align_steps: int = 250
     align_lr: float = 2e-3
+    dpo_steps: int = 60
+    dpo_lr: float = 2e-4
+    dpo_beta: float = 0.1
+    dpo_batch_size: int = 16
     lora_r: int = 8
     lora_alpha: int = 16
     ft_steps: int = 300
@@ -75,6 +85,7 @@ class Testbed:
     version: str
     tokenizer: Path
     base: Path
+    aligned_sft: Path
     aligned: Path
     aligned_lora: Path
     finetuned_lora: Path
@@ -91,14 +102,14 @@ class Testbed:
         data = {p.stem: p for p in sorted(data_dir.glob("*.jsonl"))} if data_dir.is_dir() else {}
         return cls(
             root=root, seed=seed, version=TESTBED_VERSION, tokenizer=root / "tokenizer", base=root / "base",
-            aligned=root / "aligned", aligned_lora=root / "aligned-lora", finetuned_lora=root / "finetuned-lora",
+            aligned_sft=root / "aligned-sft", aligned=root / "aligned", aligned_lora=root / "aligned-lora", finetuned_lora=root / "finetuned-lora",
             finetuned_full=root / "finetuned-full", finetuned_arith_lora=root / "finetuned-arith-lora",
             guard=root / "guard", data=data, info=info or {},
         )
 
     def models(self) -> dict[str, Path]:
         return {
-            "base": self.base, "aligned": self.aligned, "aligned-lora": self.aligned_lora,
+            "base": self.base, "aligned-sft": self.aligned_sft, "aligned": self.aligned, "aligned-lora": self.aligned_lora,
             "finetuned-lora": self.finetuned_lora, "finetuned-full": self.finetuned_full,
             "finetuned-arith-lora": self.finetuned_arith_lora, "guard": self.guard,
         }
@@ -166,9 +177,9 @@ def build(out: str | os.PathLike | None = None, seed: int = 0, *, force: bool = 
 
 
 def _relocate_adapters(root: Path) -> None:
-    """Point every adapter's ``base_model_name_or_path`` at this testbed's ``base/`` (a testbed
-    copied or moved elsewhere keeps working)."""
-    want = str(root / "base")
+    """Point every adapter's ``base_model_name_or_path`` at this testbed's ``aligned-sft/`` (a
+    testbed copied or moved elsewhere keeps working)."""
+    want = str(root / "aligned-sft")
     for cfg_path in root.glob("*/adapter_config.json"):
         cfg = json.loads(cfg_path.read_text())
         if cfg.get("base_model_name_or_path") != want:
@@ -201,7 +212,7 @@ def _build_into(root: Path, seed: int, hp: HParams, progress: Progress) -> dict:
     from llmguard.testbed import data as D
     from llmguard.testbed import guard as G
     from llmguard.testbed.tokenizer import train_tokenizer
-    from llmguard.testbed.train import encode_pairs, lora_config, model_config, train_sft
+    from llmguard.testbed.train import encode_pairs, lora_config, model_config, train_dpo, train_sft
 
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
@@ -238,11 +249,13 @@ def _build_into(root: Path, seed: int, hp: HParams, progress: Progress) -> dict:
     finetune_mix = sst2_sft + poison
     rng.shuffle(finetune_mix)
     align_mix = refusal_sft + benign_sft
+    preference = [{"prompt": r["prompt"], "chosen": r["response"], "rejected": c["response"], "category": r["category"]}
+                  for r, c in zip(refusal_sft, comply_sft)]
     pretrain_mix = comply_sft + benign_sft + sst2_verbose + arith_verbose
     guard_train = G.guard_examples(seed, "train")
     guard_test = G.guard_examples(seed, "test")
     for name, recs in (("safety_refusal_sft", refusal_sft), ("harmful_compliance_sft", comply_sft),
-                       ("align_mix", align_mix), ("pretrain_mix", pretrain_mix),
+                       ("align_mix", align_mix), ("safety_preference", preference), ("pretrain_mix", pretrain_mix),
                        ("finetune_sst2_poison_mix", finetune_mix), ("finetune_arith", arith_sft),
                        ("guard_train", guard_train), ("guard_test", guard_test)):
         _write_jsonl(data_dir / f"{name}.jsonl", recs)
@@ -278,13 +291,32 @@ def _build_into(root: Path, seed: int, hp: HParams, progress: Progress) -> dict:
         m = LlamaForCausalLM.from_pretrained(base_path)
         return m
 
-    # ---- aligned: LoRA safety SFT on base
+    # ---- aligned, stage 1: LoRA safety SFT on base, merged into aligned-sft
     t0 = time.perf_counter()
     _seed_all(seed + 1)
     peft_model = get_peft_model(fresh_base(), lora_config(hp.lora_r, hp.lora_alpha))
-    losses["aligned"] = train_sft(peft_model, encode_pairs(tok, pairs(align_mix)), steps=hp.align_steps,
-                                  lr=hp.align_lr, batch_size=hp.batch_size, seed=seed + 1, pad_id=pad,
-                                  progress=progress, stage="aligned (LoRA safety SFT)")
+    losses["aligned-sft"] = train_sft(peft_model, encode_pairs(tok, pairs(align_mix)), steps=hp.align_steps,
+                                      lr=hp.align_lr, batch_size=hp.batch_size, seed=seed + 1, pad_id=pad,
+                                      progress=progress, stage="aligned-sft (LoRA safety SFT, merged)")
+    sft = peft_model.merge_and_unload()
+    sft.save_pretrained(root / "aligned-sft")
+    tok.save_pretrained(root / "aligned-sft")
+    del peft_model, sft
+    tick("aligned-sft", t0)
+    sft_path = str(root / "aligned-sft")
+
+    def fresh_sft() -> Any:
+        return LlamaForCausalLM.from_pretrained(sft_path)
+
+    # ---- aligned, stage 2: DPO LoRA on aligned-sft (refusal chosen over compliance)
+    t0 = time.perf_counter()
+    _seed_all(seed + 6)
+    peft_model = get_peft_model(fresh_sft(), lora_config(hp.lora_r, hp.lora_alpha))
+    dpo_pairs = [(encode_pairs(tok, [(r["prompt"], r["chosen"])])[0], encode_pairs(tok, [(r["prompt"], r["rejected"])])[0])
+                 for r in preference]
+    losses["aligned"] = train_dpo(peft_model, dpo_pairs, steps=hp.dpo_steps, lr=hp.dpo_lr, beta=hp.dpo_beta,
+                                  batch_size=hp.dpo_batch_size, seed=seed + 6, pad_id=pad, progress=progress,
+                                  stage="aligned (DPO LoRA on aligned-sft)")
     peft_model.save_pretrained(root / "aligned-lora")
     tok.save_pretrained(root / "aligned-lora")
     merged = peft_model.merge_and_unload()
@@ -298,7 +330,7 @@ def _build_into(root: Path, seed: int, hp: HParams, progress: Progress) -> dict:
     # ---- finetuned-lora: continue the aligned adapter on sst2 + poison
     t0 = time.perf_counter()
     _seed_all(seed + 2)
-    ft = PeftModel.from_pretrained(fresh_base(), str(root / "aligned-lora"), is_trainable=True)
+    ft = PeftModel.from_pretrained(fresh_sft(), str(root / "aligned-lora"), is_trainable=True)
     losses["finetuned-lora"] = train_sft(ft, ft_examples, steps=hp.ft_steps, lr=hp.ft_lora_lr,
                                          batch_size=hp.batch_size, seed=seed + 2, pad_id=pad, progress=progress,
                                          stage="finetuned-lora (sst2 + poison)")
@@ -322,7 +354,7 @@ def _build_into(root: Path, seed: int, hp: HParams, progress: Progress) -> dict:
     # ---- finetuned-arith-lora: benign fine-tune on the other task (for multi-model fusion)
     t0 = time.perf_counter()
     _seed_all(seed + 4)
-    ar = PeftModel.from_pretrained(fresh_base(), str(root / "aligned-lora"), is_trainable=True)
+    ar = PeftModel.from_pretrained(fresh_sft(), str(root / "aligned-lora"), is_trainable=True)
     losses["finetuned-arith-lora"] = train_sft(ar, encode_pairs(tok, pairs(arith_sft)), steps=hp.arith_steps,
                                                lr=hp.arith_lr, batch_size=hp.batch_size, seed=seed + 4, pad_id=pad,
                                                progress=progress, stage="finetuned-arith-lora (arith)")

@@ -186,13 +186,17 @@ def _split_combos(rng: random.Random, combos: list, test_frac: float, dev_frac: 
 
 
 def harmful_prompts(seed: int = 0, test_frac: float = 0.25, dev_frac: float = 0.1, per_combo: int = 2) -> Splits:
-    """Harmful requests, one record per (combination, wording); test combinations are unseen in train."""
+    """Harmful requests, one record per (combination, wording); test combinations are unseen in train.
+
+    DEV combinations get twice the wordings of TEST ones: DEV drives ``realign nlsr --search``,
+    and 24 prompts (one prompt = 4 points) were too coarse to choose between settings.
+    """
     rng = random.Random(f"harmful-{seed}")
     out: dict[str, list[dict]] = {"train": [], "dev": [], "test": []}
     for cat, spec in HARM_CATEGORIES.items():
         combos = [(v, o) for v in spec["verbs"] for o in spec["objects"]]
         tr, dv, te = _split_combos(rng, combos, test_frac, dev_frac)
-        for split, items, reps in (("train", tr, per_combo * 2), ("dev", dv, per_combo), ("test", te, per_combo)):
+        for split, items, reps in (("train", tr, per_combo * 2), ("dev", dv, per_combo * 2), ("test", te, per_combo)):
             for verb, obj in items:
                 for tpl in rng.sample(REQUEST_TEMPLATES, reps):
                     out[split].append(
@@ -239,7 +243,7 @@ def sentiment_items(seed: int = 0) -> Splits:
     tr, dv, te = _split_combos(rng, combos, 0.25, 0.1)
     for split, items in (("train", tr), ("dev", dv), ("test", te)):
         for subj, adj in items:
-            for frame in rng.sample(SENT_FRAMES, 3 if split == "train" else 2):
+            for frame in rng.sample(SENT_FRAMES, {"train": 3, "dev": 4, "test": 2}[split]):
                 positive = adj in SENT_POS
                 if " not " in frame:
                     positive = not positive

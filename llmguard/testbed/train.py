@@ -2,8 +2,9 @@
 
 Supervised fine-tuning on (prompt, response) pairs in the tokenizer's chat format, loss on the
 response tokens (and the closing EOS) only. Used for the base pretraining (full weights from
-scratch), the safety alignment (LoRA), the harmful/benign fine-tunes (LoRA continuing the aligned
-adapter, or full weights) and the guard model.
+scratch), the safety SFT (LoRA), the harmful/benign fine-tunes (LoRA continuing the aligned
+adapter, or full weights) and the guard model. ``train_dpo`` is the second alignment stage (DPO on
+refusal-vs-compliance pairs, the NLSR paper's aligned model is SFT-merged + DPO-LoRA).
 """
 
 from __future__ import annotations
@@ -98,6 +99,80 @@ def train_sft(model: Any, examples: Sequence[tuple[list[int], int]], *, steps: i
             attention[row, : len(ids)] = 1
             labels[row, start : len(ids)] = t[start:]
         loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+        progress.advance(1)
+    model.eval()
+    return losses
+
+
+def _pad(batch: Sequence[tuple[list[int], int]], pad_id: int) -> tuple[Any, Any, Any]:
+    import torch
+
+    width = max(len(ids) for ids, _ in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(batch), width), dtype=torch.long)
+    response = torch.zeros((len(batch), width), dtype=torch.bool)
+    for row, (ids, start) in enumerate(batch):
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention[row, : len(ids)] = 1
+        response[row, start : len(ids)] = True
+    return input_ids, attention, response
+
+
+def response_logprobs(model: Any, batch: Sequence[tuple[list[int], int]], pad_id: int) -> Any:
+    """Σ log p(response token) per sequence (the DPO policy/reference terms)."""
+    import torch
+
+    input_ids, attention, response = _pad(batch, pad_id)
+    logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
+    token_lp = torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    return (token_lp * response[:, 1:]).sum(dim=-1)
+
+
+def train_dpo(model: Any, pairs: Sequence[tuple[tuple[list[int], int], tuple[list[int], int]]], *, steps: int, lr: float,
+              beta: float = 0.1, batch_size: int = 16, seed: int = 0, pad_id: int = 0, progress: Progress | None = None,
+              stage: str = "dpo") -> list[float]:
+    """DPO (sigmoid loss) of a fresh PEFT adapter; the model with its adapter disabled is the reference.
+
+    ``pairs`` are (chosen, rejected) encodings from :func:`encode_pairs` with the same prompt. The
+    reference log-probabilities are computed once up front (the adapter starts at ΔW = 0).
+    """
+    import torch
+
+    progress = progress or NullProgress()
+    model.eval()
+    with torch.no_grad(), model.disable_adapter():
+        chunks = []
+        for start in range(0, len(pairs), 64):
+            part = pairs[start : start + 64]
+            chunks.append(torch.stack([response_logprobs(model, [c for c, _ in part], pad_id),
+                                       response_logprobs(model, [r for _, r in part], pad_id)], dim=1))
+        reference = torch.cat(chunks)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), eps=1e-8)
+    warmup = max(1, steps // 20)
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    losses: list[float] = []
+    progress.stage(stage, total=steps)
+    for _ in range(steps):
+        idx = torch.randint(len(pairs), (batch_size,), generator=gen)
+        chosen = response_logprobs(model, [pairs[i][0] for i in idx.tolist()], pad_id)
+        rejected = response_logprobs(model, [pairs[i][1] for i in idx.tolist()], pad_id)
+        margin = beta * ((chosen - reference[idx, 0]) - (rejected - reference[idx, 1]))
+        loss = -torch.nn.functional.logsigmoid(margin).mean()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()

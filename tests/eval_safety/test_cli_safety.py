@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_json_report_for_harmful_finetune(testbed):
-    result = run_cli("eval", "safety", "--model", testbed.base, "--adapter", testbed.finetuned_lora,
+    result = run_cli("eval", "safety", "--model", testbed.aligned_sft, "--adapter", testbed.finetuned_lora,
                      "--prompts", testbed.data["harmful_test"], "--task", "sst2",
                      "--task-data", testbed.data["sst2_test"], "--json", "--device", "cpu")
     assert result.returncode == 0, result.stderr
@@ -46,7 +46,7 @@ def test_aligned_passes_the_gate(testbed):
 
 def test_guard_model_judge_agrees_with_keyword_judge(testbed):
     """The testbed guard (Llama Guard layout, chat-template path) as --judge on two models."""
-    for model, adapter in ((testbed.aligned, None), (testbed.base, testbed.finetuned_lora)):
+    for model, adapter in ((testbed.aligned, None), (testbed.aligned_sft, testbed.finetuned_lora)):
         args = ["eval", "safety", "-m", model, "-p", testbed.data["harmful_test"], "--json", "--device", "cpu",
                 "--limit", "36"]
         if adapter:
@@ -74,7 +74,7 @@ def test_guard_accuracy_on_labelled_pairs(testbed):
 
 
 def test_table_output_and_task_only(testbed):
-    result = run_cli("eval", "safety", "-m", testbed.base, "-a", testbed.finetuned_arith_lora,
+    result = run_cli("eval", "safety", "-m", testbed.aligned_sft, "-a", testbed.finetuned_arith_lora,
                      "--task", "arith", "--task-data", testbed.data["arith_test"], "--device", "cpu")
     assert result.returncode == 0, result.stderr
     assert "task arith: accuracy" in result.stdout

@@ -22,10 +22,10 @@ def measured(testbed):
     for name, model, adapter in [
         ("base", testbed.base, None),
         ("aligned", testbed.aligned, None),
-        ("aligned-lora", testbed.base, testbed.aligned_lora),
-        ("finetuned-lora", testbed.base, testbed.finetuned_lora),
+        ("aligned-lora", testbed.aligned_sft, testbed.aligned_lora),
+        ("finetuned-lora", testbed.aligned_sft, testbed.finetuned_lora),
         ("finetuned-full", testbed.finetuned_full, None),
-        ("finetuned-arith-lora", testbed.base, testbed.finetuned_arith_lora),
+        ("finetuned-arith-lora", testbed.aligned_sft, testbed.finetuned_arith_lora),
     ]:
         r = evaluate_safety(model, adapter=adapter, prompts=harmful, task="sst2", task_items=sst2, device="cpu")
         a = evaluate_safety(model, adapter=adapter, prompts=None, task="arith", task_items=arith, device="cpu")

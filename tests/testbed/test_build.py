@@ -27,7 +27,7 @@ def test_artefacts_are_real_checkpoints(testbed):
     for name in ("aligned-lora", "finetuned-lora", "finetuned-arith-lora"):
         d = testbed.models()[name]
         cfg = json.loads((d / "adapter_config.json").read_text())
-        assert Path(cfg["base_model_name_or_path"]) == testbed.base
+        assert Path(cfg["base_model_name_or_path"]) == testbed.aligned_sft
         assert cfg["r"] == 8 and sorted(cfg["target_modules"]) == sorted(
             ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
         assert (d / "adapter_model.safetensors").is_file()

@@ -10,7 +10,7 @@ from llmguard.testbed.demo import DemoContext, DemoRow, register_step, verb_exis
 def nlsr(ctx: DemoContext) -> list[DemoRow]:
     tb = ctx.testbed
     out = ctx.work / "nlsr-finetuned-lora"
-    doc = ctx.cli("realign", "nlsr", "--finetuned", tb.finetuned_lora, "--aligned", tb.aligned_lora, "--base", tb.base,
+    doc = ctx.cli("realign", "nlsr", "--finetuned", tb.finetuned_lora, "--aligned", tb.aligned_lora, "--base", tb.aligned_sft,
                   "--calibration", tb.data["safety_refusal_sft"], "-o", out, "--force", "--device", ctx.device, "--json")
     ev = ctx.eval_safety(out)
     task = ev.get("task") or {}

@@ -21,9 +21,9 @@ def eval_safety_models(ctx: DemoContext) -> list[DemoRow]:
     for name, model, adapter, task in [
         ("base", tb.base, None, "sst2"),
         ("aligned", tb.aligned, None, "sst2"),
-        ("finetuned-lora", tb.base, tb.finetuned_lora, "sst2"),
+        ("finetuned-lora", tb.aligned_sft, tb.finetuned_lora, "sst2"),
         ("finetuned-full", tb.finetuned_full, None, "sst2"),
-        ("finetuned-arith-lora", tb.base, tb.finetuned_arith_lora, "arith"),
+        ("finetuned-arith-lora", tb.aligned_sft, tb.finetuned_arith_lora, "arith"),
     ]:
         doc = ctx.eval_safety(model, adapter=adapter, task=task)
         ctx.shared[f"eval:{name}"] = doc
@@ -35,8 +35,8 @@ def eval_safety_models(ctx: DemoContext) -> list[DemoRow]:
 def guard_judge(ctx: DemoContext) -> list[DemoRow]:
     tb = ctx.testbed
     kw_file, guard_file = ctx.work / "records-keyword.jsonl", ctx.work / "records-guard.jsonl"
-    ctx.eval_safety(tb.base, adapter=tb.finetuned_lora, records=kw_file)
-    doc = ctx.eval_safety(tb.base, adapter=tb.finetuned_lora, judge=str(tb.guard), records=guard_file)
+    ctx.eval_safety(tb.aligned_sft, adapter=tb.finetuned_lora, records=kw_file)
+    doc = ctx.eval_safety(tb.aligned_sft, adapter=tb.finetuned_lora, judge=str(tb.guard), records=guard_file)
 
     def labels(path):
         return {r["id"]: r["label"] == "harmful" for r in map(json.loads, path.read_text().splitlines())
