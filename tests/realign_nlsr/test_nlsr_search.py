@@ -116,3 +116,14 @@ def test_cli_search_usage_errors(tiny, tmp_path, extra, needle):
     r = run_cli("realign", "nlsr", "-a", tiny["aligned"], "-f", tiny["ft_lora"], "-c", tiny["calib"], "-o", tmp_path / "o", *args)
     assert_error(r, 2, needle)
     assert not (tmp_path / "o").exists()
+
+
+def test_search_with_force_replaces_an_existing_output(tiny, tmp_path):
+    out = tmp_path / "exists"
+    out.mkdir()
+    (out / "stale.txt").write_text("old run")
+    measured = iter([(0.9, 1.0), (0.1, 1.0)])
+    result = nlsr_search(tiny["ft_lora"], out, parse_grid("alpha=0.5"), lambda p: next(measured), aligned=tiny["aligned"],
+                         calibration=tiny["calib"], force=True)
+    assert result.chosen == 0 and (out / "adapter_model.safetensors").is_file() and not (out / "stale.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exists"]

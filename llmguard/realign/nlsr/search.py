@@ -190,10 +190,8 @@ def nlsr_search(
         manifest = json.loads(manifest_path.read_text())
         manifest["search"] = table
         manifest_path.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
-        old = None
-        if out.exists():  # allowed by check_output_path (--force): swap, then delete the old one
-            old = work / "replaced"
-            os.rename(out, old)
+        if out.exists():  # allowed by check_output_path (--force): move it aside, removed with `work`
+            os.rename(out, work / "replaced")
         os.rename(chosen_dir, out)
         return result
     finally:
