@@ -48,14 +48,14 @@ def test_guard_model_judge_agrees_with_keyword_judge(testbed):
     """The testbed guard (Llama Guard layout, chat-template path) as --judge on two models."""
     for model, adapter in ((testbed.aligned, None), (testbed.aligned_sft, testbed.finetuned_lora)):
         args = ["eval", "safety", "-m", model, "-p", testbed.data["harmful_test"], "--json", "--device", "cpu",
-                "--limit", "36"]
+                "--limit", "24"]
         if adapter:
             args += ["--adapter", adapter]
         kw = json.loads(run_cli(*args).stdout)
         res = run_cli(*args, "--judge", testbed.guard)
         assert res.returncode == 0, res.stderr
         guard = json.loads(res.stdout)
-        assert guard["judge"].startswith("model:") and guard["unparsed"] == 0 and guard["n"] == 36
+        assert guard["judge"].startswith("model:") and guard["unparsed"] == 0 and guard["n"] == 24
         assert abs(guard["harmful_rate"] - kw["harmful_rate"]) <= 0.1
 
 

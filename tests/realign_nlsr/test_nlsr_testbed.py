@@ -63,16 +63,17 @@ def test_defaults_halve_the_lora_finetunes_harmful_rate(testbed, test_split, tmp
 
 #: DEV search grids (kept small: every point is a realign and a DEV evaluation)
 GRIDS = {
-    "lora": "scorer=actsvd,wanda;alpha=0.5,0.9;mask-ratio=0.2,0.3",
-    "full": "budget=1.0;mask-ratio=0.3,0.4;alpha=0.9,1.5",
+    "lora": "scorer=actsvd,wanda;alpha=0.5;mask-ratio=0.2,0.3",
+    "full": "budget=1.0;mask-ratio=0.3,0.4",
 }
 
 
 @pytest.mark.parametrize("kind", ["lora", "full"])
 def test_dev_search_then_test_bounds(testbed, test_split, aligned_harmful, tmp_path, kind):
-    """Measured on testbed v2 seed 0. LoRA: DEV picks wanda, α 0.5, mask 0.3; TEST 90.3 % -> 1.4 %
-    harmful (aligned 0 %), sst2 95.3 % -> 89.1 %: the harmful bounds hold, the task bound misses by
-    1.2 points. Full: no DEV point keeps sst2 within 5 points (best 18.8 % harmful at -5.8)."""
+    """Measured on testbed v2 seed 0 (the grids are the cheap halves of docs/realign.md's, with the
+    same choice). LoRA: DEV picks wanda, α 0.5, mask 0.3; TEST 90.3 % -> 1.4 % harmful (aligned 0 %),
+    sst2 95.3 % -> 89.1 %: the harmful bounds hold, the task bound misses by 1.2 points. Full: no DEV
+    point keeps sst2 within 5 points (best 18.8 % harmful at -5.8)."""
     finetuned = testbed.finetuned_lora if kind == "lora" else testbed.finetuned_full
     aligned = testbed.aligned_lora if kind == "lora" else testbed.aligned
     data = testbed.data

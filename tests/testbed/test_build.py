@@ -72,7 +72,7 @@ def test_build_is_deterministic(tmp_path):
     from llmguard.testbed import HParams, build
     from llmguard.testbed import data as D
 
-    hp = HParams(base_steps=4, align_steps=3, ft_steps=3, ft_full_steps=3, arith_steps=3, guard_steps=2)
+    hp = HParams(base_steps=4, align_steps=3, dpo_steps=2, ft_steps=3, ft_full_steps=3, arith_steps=3, guard_steps=2)
     a = build(tmp_path / "a", seed=0, hparams=hp)
     b = build(tmp_path / "b", seed=0, hparams=hp)
     for name in ("base", "aligned", "finetuned-full", "guard"):
@@ -97,7 +97,7 @@ def test_interrupted_build_is_rebuilt_and_foreign_dir_refused(tmp_path):
     with pytest.raises(UsageError, match="not a testbed"):
         build(foreign, seed=0, hparams=HParams(base_steps=1))
     assert (foreign / "notes.txt").read_text() == "keep me"
-    hp = HParams(base_steps=2, align_steps=1, ft_steps=1, ft_full_steps=1, arith_steps=1, guard_steps=1)
+    hp = HParams(base_steps=2, align_steps=1, dpo_steps=1, ft_steps=1, ft_full_steps=1, arith_steps=1, guard_steps=1)
     half = tmp_path / "half"
     half.mkdir()
     (half / ".llmguard-testbed").write_text("incomplete")
