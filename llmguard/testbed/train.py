@@ -64,6 +64,37 @@ def encode_pairs(tokenizer: Any, pairs: Sequence[tuple[str, str]], prompt_fn: An
     return out
 
 
+class _Optimizer:
+    """AdamW with linear warm-up then cosine decay to ``min_lr_frac``, gradient clipping at 1:
+    the one update rule of every testbed training loop."""
+
+    def __init__(self, params: list[Any], *, lr: float, steps: int, weight_decay: float, warmup_frac: float = 0.05,
+                 min_lr_frac: float = 0.1) -> None:
+        import torch
+
+        self.params = params
+        self.opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98), eps=1e-8)
+        warmup = max(1, int(steps * warmup_frac))
+
+        def lr_at(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            t = (step - warmup) / max(1, steps - warmup)
+            return min_lr_frac + (1 - min_lr_frac) * 0.5 * (1 + math.cos(math.pi * t))
+
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_at)
+
+    def step(self, loss: Any) -> float:
+        import torch
+
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+
 def train_sft(model: Any, examples: Sequence[tuple[list[int], int]], *, steps: int, lr: float, batch_size: int = 32,
               seed: int = 0, pad_id: int = 0, warmup_frac: float = 0.05, weight_decay: float = 0.0,
               min_lr_frac: float = 0.1, progress: Progress | None = None, stage: str = "train") -> list[float]:
@@ -72,39 +103,16 @@ def train_sft(model: Any, examples: Sequence[tuple[list[int], int]], *, steps: i
 
     progress = progress or NullProgress()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98), eps=1e-8)
-    warmup = max(1, int(steps * warmup_frac))
-
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        t = (step - warmup) / max(1, steps - warmup)
-        return min_lr_frac + (1 - min_lr_frac) * 0.5 * (1 + math.cos(math.pi * t))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    optimizer = _Optimizer(params, lr=lr, steps=steps, weight_decay=weight_decay, warmup_frac=warmup_frac, min_lr_frac=min_lr_frac)
     gen = torch.Generator().manual_seed(seed)
     model.train()
     losses: list[float] = []
     progress.stage(stage, total=steps)
     for _ in range(steps):
         idx = torch.randint(len(examples), (batch_size,), generator=gen).tolist()
-        batch = [examples[i] for i in idx]
-        width = max(len(ids) for ids, _ in batch)
-        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        labels = torch.full((len(batch), width), -100, dtype=torch.long)
-        attention = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, (ids, start) in enumerate(batch):
-            t = torch.tensor(ids, dtype=torch.long)
-            input_ids[row, : len(ids)] = t
-            attention[row, : len(ids)] = 1
-            labels[row, start : len(ids)] = t[start:]
-        loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
+        input_ids, attention, response = _pad([examples[i] for i in idx], pad_id)
+        labels = input_ids.masked_fill(~response, -100)
+        losses.append(optimizer.step(model(input_ids=input_ids, attention_mask=attention, labels=labels).loss))
         progress.advance(1)
     model.eval()
     return losses
@@ -154,15 +162,7 @@ def train_dpo(model: Any, pairs: Sequence[tuple[tuple[list[int], int], tuple[lis
                                        response_logprobs(model, [r for _, r in part], pad_id)], dim=1))
         reference = torch.cat(chunks)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), eps=1e-8)
-    warmup = max(1, steps // 20)
-
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    optimizer = _Optimizer(params, lr=lr, steps=steps, weight_decay=0.01)  # AdamW's default decay, as first trained
     gen = torch.Generator().manual_seed(seed)
     model.train()
     losses: list[float] = []
@@ -172,13 +172,7 @@ def train_dpo(model: Any, pairs: Sequence[tuple[tuple[list[int], int], tuple[lis
         chosen = response_logprobs(model, [pairs[i][0] for i in idx.tolist()], pad_id)
         rejected = response_logprobs(model, [pairs[i][1] for i in idx.tolist()], pad_id)
         margin = beta * ((chosen - reference[idx, 0]) - (rejected - reference[idx, 1]))
-        loss = -torch.nn.functional.logsigmoid(margin).mean()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
+        losses.append(optimizer.step(-torch.nn.functional.logsigmoid(margin).mean()))
         progress.advance(1)
     model.eval()
     return losses
