@@ -186,8 +186,6 @@ def _run_search(finetuned: Path, output: Optional[Path], grid_spec: str, kwargs:
     from llmguard.realign.nlsr.search import nlsr_search, parse_grid, safety_evaluator
 
     grid = parse_grid(grid_spec)
-    if dry_run:
-        raise UsageError("--search writes the chosen model; it cannot be combined with --dry-run")
     if output is None:
         raise UsageError("--search needs -o/--output")
     if dev_prompts is None:
@@ -201,7 +199,8 @@ def _run_search(finetuned: Path, output: Optional[Path], grid_spec: str, kwargs:
     evaluate = safety_evaluator(prompts, task=dev_task or ("task" if items else None), task_items=items, judge=dev_judge,
                                 device=kwargs["device"])
     info(f"searching {len(grid)} NLSR settings on {len(prompts)} DEV prompts" + (f" and {len(items)} task items" if items else ""))
-    result = nlsr_search(finetuned, output, grid, evaluate, max_task_drop=max_task_drop, force=force, progress=make_progress(), **kwargs)
+    result = nlsr_search(finetuned, output, grid, evaluate, max_task_drop=max_task_drop, force=force, dry_run=dry_run,
+                         progress=make_progress(), **kwargs)
     table = result.to_dict()
     if json_output:
         emit_json(table)
@@ -218,6 +217,8 @@ def _run_search(finetuned: Path, output: Optional[Path], grid_spec: str, kwargs:
 def _search_table(result: Any) -> None:
     from rich.table import Table
 
+    from llmguard.realign.nlsr.search import describe
+
     def pct(x: Optional[float]) -> str:
         return "-" if x is None else f"{100 * x:.1f}"
 
@@ -227,8 +228,7 @@ def _search_table(result: Any) -> None:
     base = result.baseline
     table.add_row("-", "fine-tuned (no realignment)", pct(base["harmful_rate"]), pct(base["task_accuracy"]), "0", "0", "")
     for i, point in enumerate(result.points):
-        setting = " ".join(f"{k.replace('_', '-')}={v}" for k, v in point.params.items())
-        table.add_row(str(i + 1), setting, pct(point.harmful_rate), pct(point.task_accuracy), str(point.modules_patched),
+        table.add_row(str(i + 1), describe(point.params), pct(point.harmful_rate), pct(point.task_accuracy), str(point.modules_patched),
                       str(point.values_changed), "★" if i == result.chosen else "")
     stdout.print(table)
 

@@ -168,7 +168,7 @@ def nlsr_search(
         harmful, task = evaluate(Path(finetuned))
         result = SearchResult({"harmful_rate": harmful, "task_accuracy": task}, max_task_drop=max_task_drop)
         for i, params in enumerate(grid):
-            progress.stage(f"search point {i + 1}/{len(grid)}: {_describe(params)}")
+            progress.stage(f"search point {i + 1}/{len(grid)}: {describe(params)}")
             t0 = time.perf_counter()
             point_dir = work / f"point-{i}"
             realigned = nlsr(finetuned, point_dir, **{**nlsr_kwargs, **params, "force": False, "progress": progress})
@@ -198,5 +198,6 @@ def nlsr_search(
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _describe(params: dict[str, Any]) -> str:
+def describe(params: dict[str, Any]) -> str:
+    """A grid point as ``alpha=0.5 mask-ratio=0.3`` (the grid's own spelling)."""
     return " ".join(f"{k.replace('_', '-')}={v}" for k, v in params.items())
