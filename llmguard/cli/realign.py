@@ -186,6 +186,8 @@ def _run_search(finetuned: Path, output: Optional[Path], grid_spec: str, kwargs:
     from llmguard.realign.nlsr.search import nlsr_search, parse_grid, safety_evaluator
 
     grid = parse_grid(grid_spec)
+    if dry_run:  # refused here too, before any output, so the error stays the only line on stderr
+        raise UsageError("--search writes the chosen model; it cannot be combined with --dry-run")
     if output is None:
         raise UsageError("--search needs -o/--output")
     if dev_prompts is None:
@@ -199,7 +201,7 @@ def _run_search(finetuned: Path, output: Optional[Path], grid_spec: str, kwargs:
     evaluate = safety_evaluator(prompts, task=dev_task or ("task" if items else None), task_items=items, judge=dev_judge,
                                 device=kwargs["device"])
     info(f"searching {len(grid)} NLSR settings on {len(prompts)} DEV prompts" + (f" and {len(items)} task items" if items else ""))
-    result = nlsr_search(finetuned, output, grid, evaluate, max_task_drop=max_task_drop, force=force, dry_run=dry_run,
+    result = nlsr_search(finetuned, output, grid, evaluate, max_task_drop=max_task_drop, force=force,
                          progress=make_progress(), **kwargs)
     table = result.to_dict()
     if json_output:
