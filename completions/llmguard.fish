@@ -164,7 +164,7 @@ complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_su
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l scorer -d 'Safety-critical units: actsvd, wanda or magnitude (no data).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l mask-ratio -d 'Fraction of units kept per tensor, in (0, 1).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l actsvd-keep -d 'ActSVD: fraction of output directions kept (official 0.8).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l unit -d 'auto, element (LoRA elements; the fine-tune continues the aligned adapter) or row (ΔW output rows).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l unit -d 'auto, element (LoRA elements; the fine-tune continues the aligned adapter), row (ΔW output rows) or weight (single ΔW entries).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l select -d 'least-similar (deterministic) or official (seeded Bernoulli of the NLSR code).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l budget -d 'Patch the K least similar modules: a count (12) or a fraction (0.5, the default).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l threshold -d 'Patch every module with similarity below τ (instead of --budget).' -F

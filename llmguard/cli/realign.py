@@ -105,7 +105,7 @@ def nlsr_command(
     scorer: Annotated[str, typer.Option("--scorer", help="Safety-critical units: actsvd, wanda or magnitude (no data).", rich_help_panel=PANEL_METHOD)] = "actsvd",
     mask_ratio: Annotated[float, typer.Option("--mask-ratio", help="Fraction of units kept per tensor, in (0, 1).", rich_help_panel=PANEL_METHOD)] = 0.2,
     actsvd_keep: Annotated[float, typer.Option("--actsvd-keep", help="ActSVD: fraction of output directions kept (official 0.8).", rich_help_panel=PANEL_METHOD)] = 0.8,
-    unit: Annotated[str, typer.Option("--unit", help="auto, element (LoRA elements; the fine-tune continues the aligned adapter) or row (ΔW output rows).", rich_help_panel=PANEL_METHOD)] = "auto",
+    unit: Annotated[str, typer.Option("--unit", help="auto, element (LoRA elements; the fine-tune continues the aligned adapter), row (ΔW output rows) or weight (single ΔW entries).", rich_help_panel=PANEL_METHOD)] = "auto",
     select_mode: Annotated[str, typer.Option("--select", help="least-similar (deterministic) or official (seeded Bernoulli of the NLSR code).", rich_help_panel=_PANEL_SELECT)] = "least-similar",
     budget: Annotated[Optional[str], typer.Option("--budget", help="Patch the K least similar modules: a count (12) or a fraction (0.5, the default).", rich_help_panel=_PANEL_SELECT)] = None,
     threshold: Annotated[Optional[float], typer.Option("--threshold", help="Patch every module with similarity below τ (instead of --budget).", rich_help_panel=_PANEL_SELECT)] = None,

@@ -102,6 +102,35 @@ def test_full_finetune_rows_and_exact_revert(tiny, tmp_path, scorer):
     assert (back / "config.json").is_file()
 
 
+def test_full_finetune_weight_units_and_exact_revert(tiny, tmp_path):
+    out = tmp_path / "out"
+    result = nlsr(tiny["ft_full"], out, aligned=tiny["aligned_full"], base=tiny["base"], calibration=tiny["calib"], scorer="wanda", unit="weight", mask_ratio=0.1)
+    assert result.unit == "weight" and result.patched == 7
+    ft, new = _weights(tiny["ft_full"]), _weights(out)
+    patch = load_file(out / "realign_patch.safetensors")
+    assert json.loads((out / "realign_patch.json").read_text())["unit"] == "elements"
+    ref = Reference(open_checkpoint(tiny["base"]), open_source(tiny["aligned_full"]), alpha=0.9)
+    patched = [name for name in ft if f"{name}::index" in patch]
+    assert len(patched) == 7
+    for name in ft:
+        if name not in patched:
+            assert torch.equal(ft[name], new[name]), name
+            continue
+        index = patch[f"{name}::index"]
+        assert index.numel() == pytest.approx(0.1 * ft[name].numel(), abs=1)
+        torch.testing.assert_close(new[name].reshape(-1)[index], ref.weight(name).reshape(-1)[index])
+        keep = torch.ones(ft[name].numel(), dtype=torch.bool)
+        keep[index] = False
+        assert torch.equal(new[name].reshape(-1)[keep], ft[name].reshape(-1)[keep])
+    table = json.loads((out / "nlsr_modules.json").read_text())
+    assert {row["unit"] for row in table} == {"weight"} and all(row["parameters_masked"] == row["masked_units"] for row in table)
+    back = tmp_path / "back"
+    r = run_cli("realign", "revert", out, "-o", back)
+    assert r.returncode == 0, r.stderr
+    restored = _weights(back)
+    assert set(restored) == set(ft) and all(torch.equal(restored[k], ft[k]) for k in ft)
+
+
 def test_fresh_adapter_is_compared_in_delta_space(tiny, tmp_path):
     result = nlsr(tiny["ft_fresh"], tmp_path / "out", aligned=tiny["aligned"], scorer="magnitude", budget="0.25")
     assert result.unit == "row" and result.patched == 4

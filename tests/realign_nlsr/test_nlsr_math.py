@@ -10,9 +10,9 @@ import torch
 from llmguard.errors import UsageError
 from llmguard.io.calibration import CalibrationBatch, load_config, second_moments
 from llmguard.io.checkpoint import open_checkpoint
-from llmguard.realign.nlsr.scoring import actsvd_project, factor_masks, row_mask, top_fraction
+from llmguard.realign.nlsr.scoring import actsvd_project, element_scores, factor_masks, row_mask, top_fraction, weight_mask
 from llmguard.realign.nlsr.selection import official_probabilities, parse_budget, select
-from llmguard.realign.nlsr.similarity import masked_factor_cosine, masked_row_cosine
+from llmguard.realign.nlsr.similarity import masked_factor_cosine, masked_delta_cosine
 
 
 def _batches() -> list[CalibrationBatch]:
@@ -93,6 +93,22 @@ def test_masks_keep_the_top_fraction_per_tensor():
     assert rows.tolist() == [False] * 7 + [True] * 3
 
 
+def test_weight_units_score_single_entries_of_the_delta():
+    g = torch.Generator().manual_seed(4)
+    delta = torch.randn(16, 32, generator=g)
+    cov = torch.eye(32)
+    cov[3, 3] = 1e4  # Wanda: the loud input column outranks everything else
+    mask = weight_mask("wanda", delta, cov, 0.1)
+    assert mask.shape == delta.shape and mask.sum() == math.ceil(0.1 * delta.numel())
+    assert mask[:, 3].all()
+    torch.testing.assert_close(element_scores("wanda", delta, cov), delta.abs() * cov.diagonal().sqrt()[None, :])
+    torch.testing.assert_close(element_scores("actsvd", delta, cov), actsvd_project(delta, cov).abs())
+    magnitude = weight_mask("magnitude", delta, None, 0.25)
+    assert (delta.abs()[magnitude].min() >= delta.abs()[~magnitude].max())
+    with pytest.raises(UsageError, match="needs calibration data"):
+        weight_mask("actsvd", delta, None, 0.2)
+
+
 def test_masked_similarities():
     g = torch.Generator().manual_seed(3)
     a, b = torch.randn(4, 20, generator=g), torch.randn(12, 4, generator=g)
@@ -103,8 +119,8 @@ def test_masked_similarities():
     assert masked_factor_cosine(a, b, a, b, ma, mb) == pytest.approx(1.0)
     d1, d2 = torch.randn(8, 5, generator=g), torch.randn(8, 5, generator=g)
     rows = torch.tensor([True, False] * 4)
-    assert masked_row_cosine(d1, d2, rows) == pytest.approx(torch.nn.functional.cosine_similarity(d1[rows].reshape(-1), d2[rows].reshape(-1), dim=0).item(), abs=1e-6)
-    assert masked_row_cosine(torch.zeros(8, 5), d2, rows) == 0.0
+    assert masked_delta_cosine(d1, d2, rows) == pytest.approx(torch.nn.functional.cosine_similarity(d1[rows].reshape(-1), d2[rows].reshape(-1), dim=0).item(), abs=1e-6)
+    assert masked_delta_cosine(torch.zeros(8, 5), d2, rows) == 0.0
 
 
 def test_official_selection_reproduces_the_code_and_its_direction():

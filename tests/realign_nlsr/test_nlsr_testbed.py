@@ -64,7 +64,7 @@ def test_defaults_halve_the_lora_finetunes_harmful_rate(testbed, test_split, tmp
 #: DEV search grids (kept small: every point is a realign and a DEV evaluation)
 GRIDS = {
     "lora": "scorer=actsvd,wanda;alpha=0.5;mask-ratio=0.2,0.3",
-    "full": "budget=1.0;mask-ratio=0.3,0.4",
+    "full": "unit=weight;budget=1.0;alpha=0.9,1.2;mask-ratio=0.3,0.35",
 }
 
 

@@ -15,8 +15,8 @@ import torch
 from llmguard.io.calibration import SecondMoment
 from llmguard.realign.nlsr.inputs import NlsrInputs
 from llmguard.realign.nlsr.reference import Reference, source_weight
-from llmguard.realign.nlsr.scoring import factor_masks, row_mask
-from llmguard.realign.nlsr.similarity import masked_factor_cosine, masked_row_cosine
+from llmguard.realign.nlsr.scoring import factor_masks, row_mask, weight_mask
+from llmguard.realign.nlsr.similarity import masked_delta_cosine, masked_factor_cosine
 
 
 @dataclass
@@ -25,12 +25,12 @@ class ModuleResult:
 
     name: str
     similarity: float
-    masked: int  # masked units (elements or rows)
+    masked: int  # masked units (elements, rows or weights)
     units: int  # all units of the module
     parameters_masked: int  # scalar weights inside the mask
     mask_a: torch.Tensor | None = None  # element units: lora_A mask (r × d_in)
     mask_b: torch.Tensor | None = None  # element units: lora_B mask (d_out × r)
-    rows: torch.Tensor | None = None  # row units: bool per output row
+    delta_mask: torch.Tensor | None = None  # ΔW units: bool per output row (rows) or per weight (d_out × d_in)
     calibration_tokens: int | None = None
 
 
@@ -51,7 +51,7 @@ class Analyzer:
         if self.inputs.unit == "element":
             result = self._element(name, cov)
         else:
-            result = self._row(name, cov)
+            result = self._delta(name, cov)
         result.calibration_tokens = stat.tokens if stat is not None else None
         self.results[name] = result
         self.seconds += time.perf_counter() - t0
@@ -67,17 +67,20 @@ class Analyzer:
         masked = int(mask_a.sum() + mask_b.sum())
         return ModuleResult(name, similarity, masked, a_ref.numel() + b_ref.numel(), masked, mask_a.cpu(), mask_b.cpu())
 
-    def _row(self, name: str, cov: torch.Tensor | None) -> ModuleResult:
+    def _delta(self, name: str, cov: torch.Tensor | None) -> ModuleResult:
+        """Row or weight units of ΔW (relative to the unaligned base)."""
         target = f"{name}.weight"
         delta_ref = self.reference.delta(target, self.device)
         if delta_ref is None:
             delta_ref = torch.zeros(self.inputs.base.meta[target].shape, device=self.device)
-        rows = row_mask(self.scorer, delta_ref, cov, self.ratio, self.keep)
+        rows = self.inputs.unit == "row"
+        mask = (row_mask if rows else weight_mask)(self.scorer, delta_ref, cov, self.ratio, self.keep)
         delta_ft = source_weight(self.inputs.finetuned, target, self.device)
         delta_ft.sub_(self.inputs.base.read(target).to(device=self.device, dtype=torch.float32))
-        similarity = masked_row_cosine(delta_ft, delta_ref, rows)
-        masked = int(rows.sum())
-        return ModuleResult(name, similarity, masked, rows.numel(), masked * delta_ref.shape[1], rows=rows.cpu())
+        similarity = masked_delta_cosine(delta_ft, delta_ref, mask)
+        masked = int(mask.sum())
+        parameters = masked * delta_ref.shape[1] if rows else masked
+        return ModuleResult(name, similarity, masked, mask.numel(), parameters, delta_mask=mask.cpu())
 
     def on_layer(self, index: int, stats: dict[str, SecondMoment]) -> None:
         for name in self.inputs.modules:

@@ -1,10 +1,13 @@
-"""Opening the NLSR inputs and deciding the unit: LoRA elements or ΔW rows.
+"""Opening the NLSR inputs and deciding the unit: LoRA elements, ΔW rows or ΔW weights.
 
 Elements (the official code) are meaningful only when the fine-tuned adapter *continues* the
 aligned one: same base checkpoint, same modules, same ranks, and A factors still close to the
 aligned ones (a fresh adapter starts from an unrelated random A). Everything else (a fresh
-adapter, an adapter on the merged aligned model, full fine-tunes) is compared in ΔW space
-with output rows as units, relative to the unaligned base.
+adapter, an adapter on the merged aligned model, full fine-tunes) is compared in ΔW space,
+relative to the unaligned base, with output rows (neurons, SPEC §3) as units by default.
+``weight`` units (single entries of ΔW, the unstructured unit of research/realign.md §6) are
+only used when asked for: on full fine-tunes of the testbed they keep more of the task than rows
+(docs/realign.md).
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from llmguard.io.sources import WeightSource, open_source
 from llmguard.realign.arithmetic import LinearCombination, Term
 from llmguard.realign.nlsr.reference import same_checkpoint
 
-UNITS = ("auto", "element", "row")
+UNITS = ("auto", "element", "row", "weight")
+DELTA_UNITS = ("row", "weight")  # units measured in ΔW space (full-checkpoint output)
 CONTINUATION_COSINE = 0.5
 _LAYER = re.compile(r"\.(?:layers|h|blocks|layer)\.(\d+)\.")
 
@@ -121,7 +125,7 @@ def open_inputs(
 def order_inputs(inputs: NlsrInputs, model_order: list[str]) -> None:
     """Put the modules in model order (layer by layer, projections as the model defines them)."""
     position = {n: i for i, n in enumerate(model_order)}
-    if inputs.unit == "row" and (inputs.prepared or inputs.aligned) is not None and (inputs.prepared or inputs.aligned).adapter is None:
+    if inputs.unit in DELTA_UNITS and (inputs.prepared or inputs.aligned) is not None and (inputs.prepared or inputs.aligned).adapter is None:
         inputs.modules = [n for n in inputs.modules if n in position]  # full deltas: linears only
     inputs.modules.sort(key=lambda n: (position.get(n, len(position)), natural_key(n)))
 
@@ -129,8 +133,8 @@ def order_inputs(inputs: NlsrInputs, model_order: list[str]) -> None:
 def _decide_unit(unit: str, finetuned: WeightSource, reference: WeightSource, base: Checkpoint) -> tuple[str, float | None]:
     ft, ref = finetuned.adapter, reference.adapter
     both = ft is not None and ref is not None
-    if unit == "row":
-        return "row", None
+    if unit in DELTA_UNITS:
+        return unit, None
     if not both:
         if unit == "element":
             raise InvalidInputError("--unit element needs LoRA adapters for both the fine-tuned model and the aligned/reference model")

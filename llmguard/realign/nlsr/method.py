@@ -218,7 +218,7 @@ def nlsr(
     tensor_plan, single = plan_output(inputs, out_dtype)
     input_paths = [inputs.finetuned.path, inputs.base.root, inputs.finetuned.base.root]
     input_paths += [s.path for s in (inputs.aligned, inputs.prepared) if s is not None]
-    recorder = PatchRecorder("elements" if inputs.unit == "element" else "rows")
+    recorder = PatchRecorder("rows" if inputs.unit == "row" else "elements")  # weight units: flat indices, like elements
     writer = StreamingWriter(out, tensor_plan, max_shard_bytes=parse_size(max_shard_size), force=force, inputs=input_paths, single_file_name=single)
     with writer:
         with manifest.stage("transplant + write") as record:

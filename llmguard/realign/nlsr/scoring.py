@@ -1,7 +1,7 @@
 """Stage 2: safety-critical units of the reference delta, scored and masked per tensor.
 
-Units are LoRA *elements* (the official code: one scalar of ``lora_A`` or ``lora_B``) or the
-*rows* (output neurons) of ΔW_ref. Scorers, all from the input second moment C = E[xxᵀ] of
+Units are LoRA *elements* (the official code: one scalar of ``lora_A`` or ``lora_B``), the
+*rows* (output neurons) of ΔW_ref, or single *weights* of ΔW_ref (scored like elements). Scorers, all from the input second moment C = E[xxᵀ] of
 the module in the reference model (no stored activations):
 
 - ``magnitude``: |w| (rows: ‖ΔW_i‖₂). Needs no calibration data.
@@ -75,18 +75,23 @@ def actsvd_project(w: torch.Tensor, input_cov: torch.Tensor, keep: float = 0.8) 
     return _projected(w, u.to(w.dtype), (s**2).to(w.dtype), keep)
 
 
-def factor_scores(scorer: str, a: torch.Tensor, b: torch.Tensor, cov: torch.Tensor | None, keep: float = 0.8) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scores of every element of A (r × d_in) and B (d_out × r, scale folded in)."""
+def element_scores(scorer: str, w: torch.Tensor, cov: torch.Tensor | None, keep: float = 0.8) -> torch.Tensor:
+    """One score per entry of a matrix W (d_out × d_in) whose input has second moment ``cov``."""
     if scorer == "magnitude":
-        return a.abs(), b.abs()
+        return w.abs()
     if cov is None:
         raise UsageError(f"--scorer {scorer} needs calibration data")
-    cov_b = a @ cov @ a.T  # second moment of B's input A·x
     if scorer == "wanda":
-        return a.abs() * cov.diagonal().clamp_min(0).sqrt()[None, :], b.abs() * cov_b.diagonal().clamp_min(0).sqrt()[None, :]
+        return w.abs() * cov.diagonal().clamp_min(0).sqrt()[None, :]
     if scorer == "actsvd":
-        return actsvd_project(a, cov, keep).abs(), actsvd_project(b, cov_b, keep).abs()
+        return actsvd_project(w, cov, keep).abs()
     raise UsageError(f"--scorer {scorer!r}: choose {', '.join(SCORERS)}")
+
+
+def factor_scores(scorer: str, a: torch.Tensor, b: torch.Tensor, cov: torch.Tensor | None, keep: float = 0.8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores of every element of A (r × d_in) and B (d_out × r, scale folded in)."""
+    cov_b = None if cov is None else a @ cov @ a.T  # second moment of B's input A·x
+    return element_scores(scorer, a, cov, keep), element_scores(scorer, b, cov_b, keep)
 
 
 def row_scores(scorer: str, delta: torch.Tensor, cov: torch.Tensor | None, keep: float = 0.8) -> torch.Tensor:
@@ -109,3 +114,8 @@ def factor_masks(scorer: str, a: torch.Tensor, b: torch.Tensor, cov: torch.Tenso
 
 def row_mask(scorer: str, delta: torch.Tensor, cov: torch.Tensor | None, ratio: float, keep: float = 0.8) -> torch.Tensor:
     return top_fraction(row_scores(scorer, delta, cov, keep), ratio)
+
+
+def weight_mask(scorer: str, delta: torch.Tensor, cov: torch.Tensor | None, ratio: float, keep: float = 0.8) -> torch.Tensor:
+    """Top ``ratio`` of the single weights of ΔW_ref (a d_out × d_in boolean mask)."""
+    return top_fraction(element_scores(scorer, delta, cov, keep), ratio)

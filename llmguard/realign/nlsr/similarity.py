@@ -2,7 +2,7 @@
 
 Element units (the official code): s = cos(vec((M_B⊙B_ft)(M_A⊙A_ft)), vec((M_B⊙B_ref)(M_A⊙A_ref))),
 computed in factor space (r × r products) without forming d_out × d_in matrices.
-Row units: s = cos(vec(M⊙ΔW_ft), vec(M⊙ΔW_ref)) over the masked rows.
+Row and weight units: s = cos(vec(M⊙ΔW_ft), vec(M⊙ΔW_ref)) over the masked rows or weights.
 An undefined cosine (a zero vector) counts as 0: nothing of the reference survives there.
 """
 
@@ -29,7 +29,8 @@ def masked_factor_cosine(
     return _cos(factor_inner(a1, b1, a2, b2).item(), factor_inner(a1, b1, a1, b1).item(), factor_inner(a2, b2, a2, b2).item())
 
 
-def masked_row_cosine(delta_ft: torch.Tensor, delta_ref: torch.Tensor, rows: torch.Tensor) -> float:
-    f = delta_ft[rows].double()
-    r = delta_ref[rows].double()
+def masked_delta_cosine(delta_ft: torch.Tensor, delta_ref: torch.Tensor, mask: torch.Tensor) -> float:
+    """``mask`` is a bool per row (d_out) or per weight (d_out × d_in)."""
+    f = delta_ft[mask].double()
+    r = delta_ref[mask].double()
     return _cos((f * r).sum().item(), (f * f).sum().item(), (r * r).sum().item())

@@ -5,9 +5,10 @@ module ``A ← A_ft ⊙ ¬M_A + A_ref ⊙ M_A`` and ``B ← B_ft ⊙ ¬M_B + B_r
 B_ref expressed in the fine-tuned adapter's α/r). The values come from the *unprojected*
 reference, as in the official code.
 
-Row units: OUT is a full checkpoint (the fine-tuned model, merged when it was an adapter) in
-which the masked rows of each selected module's weight are replaced by the reference model's
-rows (θ_base + ΔW_ref). Every other value is copied bit for bit.
+Row and weight units: OUT is a full checkpoint (the fine-tuned model, merged when it was an
+adapter) in which the masked rows (or single weights) of each selected module's weight are
+replaced by the reference model's values (θ_base + ΔW_ref). Every other value is copied bit for
+bit.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def write_elements(
     return len(tensor_plan)
 
 
-def write_rows(
+def write_delta_units(
     inputs: NlsrInputs, reference: Reference, selected: list[ModuleResult], tensor_plan: list[TensorPlan],
     writer: StreamingWriter, recorder: PatchRecorder, device: torch.device, progress: Progress,
 ) -> int:
@@ -105,12 +106,16 @@ def write_rows(
             tensor = _to_dtype(finetuned.base.read(name), item.dtype)
         result = jobs.get(name)
         if result is not None:
-            assert result.rows is not None
-            index = result.rows.nonzero().squeeze(1)
+            assert result.delta_mask is not None
+            rows = result.delta_mask.dim() == 1  # row units index rows, weight units flat entries
+            index = (result.delta_mask if rows else result.delta_mask.reshape(-1)).nonzero().squeeze(1)
             tensor = tensor.clone()
-            original = tensor[index].clone()
-            patched = reference.weight(name, device)[index.to(device)].to(tensor.dtype).cpu()
-            tensor[index] = patched
+            view = tensor if rows else tensor.view(-1)
+            reference_values = reference.weight(name, device)
+            reference_values = reference_values if rows else reference_values.reshape(-1)
+            original = view[index].clone()
+            patched = reference_values[index.to(device)].to(tensor.dtype).cpu()
+            view[index] = patched
             recorder.record(name, index, original, patched)
         writer.write(name, tensor)
         progress.advance()
@@ -121,7 +126,7 @@ def write_output(
     inputs: NlsrInputs, reference: Reference, selected: list[ModuleResult], tensor_plan: list[TensorPlan],
     writer: StreamingWriter, recorder: PatchRecorder, device: torch.device, progress: Progress,
 ) -> int:
-    run: Any = write_elements if inputs.output_is_adapter else write_rows
+    run: Any = write_elements if inputs.output_is_adapter else write_delta_units
     written = run(inputs, reference, selected, tensor_plan, writer, recorder, device, progress)
     for path in side_files(inputs):
         writer.copy_file(path)
