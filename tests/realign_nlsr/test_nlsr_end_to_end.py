@@ -122,6 +122,7 @@ def test_full_finetune_weight_units_and_exact_revert(tiny, tmp_path):
         keep = torch.ones(ft[name].numel(), dtype=torch.bool)
         keep[index] = False
         assert torch.equal(new[name].reshape(-1)[keep], ft[name].reshape(-1)[keep])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the on-disk mask store is gone
     table = json.loads((out / "nlsr_modules.json").read_text())
     assert {row["unit"] for row in table} == {"weight"} and all(row["parameters_masked"] == row["masked_units"] for row in table)
     back = tmp_path / "back"

@@ -109,6 +109,19 @@ def test_weight_units_score_single_entries_of_the_delta():
         weight_mask("actsvd", delta, None, 0.2)
 
 
+def test_mask_store_round_trips_packed_bits(tmp_path):
+    from llmguard.realign.nlsr.mask_store import MaskStore
+
+    g = torch.Generator().manual_seed(5)
+    masks = [torch.rand(7, 13, generator=g) > 0.6, torch.rand(3, generator=g) > 0.5, torch.ones(64, 8, dtype=torch.bool)]
+    with MaskStore.beside(tmp_path / "out") as store:
+        stored = [store.put(m) for m in masks]
+        assert all(s.path.stat().st_size == math.ceil(m.numel() / 8) for s, m in zip(stored, masks))
+        for s, m in zip(stored, masks):
+            assert torch.equal(s.load(), m) and s.sum() == int(m.sum())
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_masked_similarities():
     g = torch.Generator().manual_seed(3)
     a, b = torch.randn(4, 20, generator=g), torch.randn(12, 4, generator=g)

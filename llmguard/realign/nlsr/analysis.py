@@ -14,6 +14,7 @@ import torch
 
 from llmguard.io.calibration import SecondMoment
 from llmguard.realign.nlsr.inputs import NlsrInputs
+from llmguard.realign.nlsr.mask_store import MaskStore, StoredMask
 from llmguard.realign.nlsr.reference import Reference, source_weight
 from llmguard.realign.nlsr.scoring import factor_masks, row_mask, weight_mask
 from llmguard.realign.nlsr.similarity import masked_delta_cosine, masked_factor_cosine
@@ -30,8 +31,13 @@ class ModuleResult:
     parameters_masked: int  # scalar weights inside the mask
     mask_a: torch.Tensor | None = None  # element units: lora_A mask (r × d_in)
     mask_b: torch.Tensor | None = None  # element units: lora_B mask (d_out × r)
-    delta_mask: torch.Tensor | None = None  # ΔW units: bool per output row (rows) or per weight (d_out × d_in)
+    delta_mask: torch.Tensor | StoredMask | None = None  # ΔW units: bool per output row, or per weight (d_out × d_in, on disk)
     calibration_tokens: int | None = None
+
+    def unit_mask(self) -> torch.Tensor:
+        """The ΔW-unit mask as a tensor (loaded from disk for weight units)."""
+        assert self.delta_mask is not None, "no ΔW mask kept (dry run?)"
+        return self.delta_mask.load() if isinstance(self.delta_mask, StoredMask) else self.delta_mask
 
 
 @dataclass
@@ -42,6 +48,8 @@ class Analyzer:
     ratio: float
     keep: float
     device: torch.device
+    #: where weight-unit masks go until the transplant; None keeps none (a dry run needs only similarities)
+    masks: MaskStore | None = None
     results: dict[str, ModuleResult] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -80,7 +88,8 @@ class Analyzer:
         similarity = masked_delta_cosine(delta_ft, delta_ref, mask)
         masked = int(mask.sum())
         parameters = masked * delta_ref.shape[1] if rows else masked
-        return ModuleResult(name, similarity, masked, mask.numel(), parameters, delta_mask=mask.cpu())
+        kept: torch.Tensor | StoredMask | None = mask.cpu() if rows else (self.masks.put(mask) if self.masks is not None else None)
+        return ModuleResult(name, similarity, masked, mask.numel(), parameters, delta_mask=kept)
 
     def on_layer(self, index: int, stats: dict[str, SecondMoment]) -> None:
         for name in self.inputs.modules:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from llmguard.io.writer import DEFAULT_MAX_SHARD_BYTES, StreamingWriter, parse_s
 from llmguard.progress import NullProgress, Progress
 from llmguard.realign.nlsr.analysis import Analyzer, ModuleResult
 from llmguard.realign.nlsr.inputs import NlsrInputs, open_inputs, order_inputs
+from llmguard.realign.nlsr.mask_store import MaskStore
 from llmguard.realign.nlsr.patch import PatchRecorder
 from llmguard.realign.nlsr.reference import Reference
 from llmguard.realign.nlsr.scoring import ACTIVATION_SCORERS, SCORERS, check_ratio
@@ -168,70 +170,78 @@ def nlsr(
     with manifest.stage("reference") as record:
         ref = Reference(inputs.base, inputs.aligned, inputs.prepared, alpha=alpha, mode=amplify_mode)
         record.update(ref.describe())
-    analyzer = Analyzer(inputs, ref, scorer, mask_ratio, actsvd_keep, torch_device)
-    if needs_data:
-        if config is None:
-            raise InvalidInputError(f"{inputs.base.root}: no config.json; the calibration pass needs the model architecture")
-        with manifest.stage("calibration data") as record:
-            from llmguard.io.calibration import encode_pairs, load_pairs
+    with _mask_store(inputs, output, dry_run) as masks:
+        analyzer = Analyzer(inputs, ref, scorer, mask_ratio, actsvd_keep, torch_device, masks=masks)
+        if needs_data:
+            if config is None:
+                raise InvalidInputError(f"{inputs.base.root}: no config.json; the calibration pass needs the model architecture")
+            with manifest.stage("calibration data") as record:
+                from llmguard.io.calibration import encode_pairs, load_pairs
 
-            if calibration_pairs is None:
-                assert calibration is not None
-                loaded = load_pairs(calibration, prompt_field=prompt_field, response_field=response_field, limit=calibration_samples, seed=seed, skip_bad=skip_bad)
-                pairs, skipped = loaded.pairs, loaded.skipped
-                manifest.add_input("calibration", Path(calibration))
-            else:
-                pairs, skipped = list(calibration_pairs)[:calibration_samples], 0
-                if not pairs:
-                    raise InvalidInputError("calibration data: no usable rows")
-            batches = encode_pairs(_tokenizer(inputs), pairs, template=template, max_length=max_length, max_response_tokens=max_response_tokens, batch_tokens=batch_tokens)
-            record.update(pairs=len(pairs), skipped=skipped, batches=len(batches), response_tokens=sum(b.tokens for b in batches))
-        with manifest.stage("calibration pass + scoring") as record:
-            from llmguard.io.calibration import second_moments
+                if calibration_pairs is None:
+                    assert calibration is not None
+                    loaded = load_pairs(calibration, prompt_field=prompt_field, response_field=response_field, limit=calibration_samples, seed=seed, skip_bad=skip_bad)
+                    pairs, skipped = loaded.pairs, loaded.skipped
+                    manifest.add_input("calibration", Path(calibration))
+                else:
+                    pairs, skipped = list(calibration_pairs)[:calibration_samples], 0
+                    if not pairs:
+                        raise InvalidInputError("calibration data: no usable rows")
+                batches = encode_pairs(_tokenizer(inputs), pairs, template=template, max_length=max_length, max_response_tokens=max_response_tokens, batch_tokens=batch_tokens)
+                record.update(pairs=len(pairs), skipped=skipped, batches=len(batches), response_tokens=sum(b.tokens for b in batches))
+            with manifest.stage("calibration pass + scoring") as record:
+                from llmguard.io.calibration import second_moments
 
-            second_moments(
-                config, lambda name: ref.weight(name, torch_device), batches, set(inputs.modules),
-                on_layer=analyzer.on_layer, device=torch_device, mode=calibration_mode, progress=progress,
-            )
-            record.update(mode=calibration_mode, scoring_seconds=round(analyzer.seconds, 4))
-        missing = [m for m in inputs.modules if m not in analyzer.results]
-        if missing:
-            raise InvalidInputError(f"module {missing[0]!r} saw no calibration input (not a linear layer of the model?)")
-    else:
-        with manifest.stage("scoring") as record:
-            progress.stage("score + similarity", len(inputs.modules))
-            for name in inputs.modules:
-                analyzer.analyze(name, None)
-                progress.advance()
-    results = [analyzer.results[m] for m in inputs.modules]
-    with manifest.stage("select") as record:
-        selection = select([r.similarity for r in results], mode=select_mode, budget=budget, threshold=threshold, prune_rate=prune_rate, epsilon=epsilon, seed=seed)
-        record.update(rule=selection.rule, patched=selection.count, modules=len(results))
-    table = _module_table(inputs, results, selection)
-    selected = [r for r, p in zip(results, selection.patched) if p]
-    masked_params = sum(r.parameters_masked for r in selected)
-    manifest.extra.update(unit=inputs.unit, selection_rule=selection.rule, modules_patched=selection.count, modules_total=len(results))
-    if dry_run:
+                second_moments(
+                    config, lambda name: ref.weight(name, torch_device), batches, set(inputs.modules),
+                    on_layer=analyzer.on_layer, device=torch_device, mode=calibration_mode, progress=progress,
+                )
+                record.update(mode=calibration_mode, scoring_seconds=round(analyzer.seconds, 4))
+            missing = [m for m in inputs.modules if m not in analyzer.results]
+            if missing:
+                raise InvalidInputError(f"module {missing[0]!r} saw no calibration input (not a linear layer of the model?)")
+        else:
+            with manifest.stage("scoring") as record:
+                progress.stage("score + similarity", len(inputs.modules))
+                for name in inputs.modules:
+                    analyzer.analyze(name, None)
+                    progress.advance()
+        results = [analyzer.results[m] for m in inputs.modules]
+        with manifest.stage("select") as record:
+            selection = select([r.similarity for r in results], mode=select_mode, budget=budget, threshold=threshold, prune_rate=prune_rate, epsilon=epsilon, seed=seed)
+            record.update(rule=selection.rule, patched=selection.count, modules=len(results))
+        table = _module_table(inputs, results, selection)
+        selected = [r for r, p in zip(results, selection.patched) if p]
+        masked_params = sum(r.parameters_masked for r in selected)
+        manifest.extra.update(unit=inputs.unit, selection_rule=selection.rule, modules_patched=selection.count, modules_total=len(results))
+        if dry_run:
+            progress.close()
+            return NlsrResult(None, inputs.unit, table, selection.rule, selection.count, masked_params, manifest.to_dict(), dry_run=True)
+        out = Path(str(output))
+        tensor_plan, single = plan_output(inputs, out_dtype)
+        input_paths = [inputs.finetuned.path, inputs.base.root, inputs.finetuned.base.root]
+        input_paths += [s.path for s in (inputs.aligned, inputs.prepared) if s is not None]
+        recorder = PatchRecorder("rows" if inputs.unit == "row" else "elements")  # weight units: flat indices, like elements
+        writer = StreamingWriter(out, tensor_plan, max_shard_bytes=parse_size(max_shard_size), force=force, inputs=input_paths, single_file_name=single)
+        with writer:
+            with manifest.stage("transplant + write") as record:
+                written = write_output(inputs, ref, selected, tensor_plan, writer, recorder, torch_device, progress)
+                record.update(tensors=written, values_overwritten=recorder.values_overwritten, values_changed=recorder.values_changed)
+            recorder.save(writer.tmp, {"verb": "realign nlsr", "finetuned": str(inputs.finetuned.path), "modules": [r.name for r in selected]})
+            writer.write_json(MODULE_TABLE, table)
+            writer.write_text("README.md", _model_card(inputs, ref, selection, table, recorder))
+            manifest.extra.update(output=str(out), device_used=str(torch_device), values_overwritten=recorder.values_overwritten, values_changed=recorder.values_changed)
+            payload = manifest.to_dict()
+            writer.write_json(MANIFEST_NAME, payload)
         progress.close()
-        return NlsrResult(None, inputs.unit, table, selection.rule, selection.count, masked_params, manifest.to_dict(), dry_run=True)
-    out = Path(str(output))
-    tensor_plan, single = plan_output(inputs, out_dtype)
-    input_paths = [inputs.finetuned.path, inputs.base.root, inputs.finetuned.base.root]
-    input_paths += [s.path for s in (inputs.aligned, inputs.prepared) if s is not None]
-    recorder = PatchRecorder("rows" if inputs.unit == "row" else "elements")  # weight units: flat indices, like elements
-    writer = StreamingWriter(out, tensor_plan, max_shard_bytes=parse_size(max_shard_size), force=force, inputs=input_paths, single_file_name=single)
-    with writer:
-        with manifest.stage("transplant + write") as record:
-            written = write_output(inputs, ref, selected, tensor_plan, writer, recorder, torch_device, progress)
-            record.update(tensors=written, values_overwritten=recorder.values_overwritten, values_changed=recorder.values_changed)
-        recorder.save(writer.tmp, {"verb": "realign nlsr", "finetuned": str(inputs.finetuned.path), "modules": [r.name for r in selected]})
-        writer.write_json(MODULE_TABLE, table)
-        writer.write_text("README.md", _model_card(inputs, ref, selection, table, recorder))
-        manifest.extra.update(output=str(out), device_used=str(torch_device), values_overwritten=recorder.values_overwritten, values_changed=recorder.values_changed)
-        payload = manifest.to_dict()
-        writer.write_json(MANIFEST_NAME, payload)
-    progress.close()
-    return NlsrResult(out, inputs.unit, table, selection.rule, selection.count, recorder.values_changed, payload)
+        return NlsrResult(out, inputs.unit, table, selection.rule, selection.count, recorder.values_changed, payload)
+
+
+def _mask_store(inputs: NlsrInputs, output: Any, dry_run: bool) -> Any:
+    """Weight units keep their masks on disk next to OUT until the transplant (mask_store.py)."""
+    if inputs.unit != "weight" or dry_run:
+        return contextlib.nullcontext(None)
+    return MaskStore.beside(Path(str(output)))
 
 
 def _config_dir(*candidates: Any) -> Path | None:

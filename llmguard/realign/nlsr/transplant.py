@@ -106,9 +106,9 @@ def write_delta_units(
             tensor = _to_dtype(finetuned.base.read(name), item.dtype)
         result = jobs.get(name)
         if result is not None:
-            assert result.delta_mask is not None
-            rows = result.delta_mask.dim() == 1  # row units index rows, weight units flat entries
-            index = (result.delta_mask if rows else result.delta_mask.reshape(-1)).nonzero().squeeze(1)
+            mask = result.unit_mask()
+            rows = mask.dim() == 1  # row units index rows, weight units flat entries
+            index = (mask if rows else mask.reshape(-1)).nonzero().squeeze(1)
             tensor = tensor.clone()
             view = tensor if rows else tensor.view(-1)
             reference_values = reference.weight(name, device)
