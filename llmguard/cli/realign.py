@@ -225,8 +225,12 @@ def _search_table(result: Any) -> None:
         return "-" if x is None else f"{100 * x:.1f}"
 
     table = Table(title="NLSR search on DEV (★ = chosen)", title_justify="left")
+    # numbers never wrap; on a narrow terminal (or a pipe: 80 columns) the setting folds instead
     for column in ("#", "setting", "harmful %", "task %", "modules", "values changed", ""):
-        table.add_column(column, justify="left" if column == "setting" else "right", no_wrap=column == "setting")
+        if column == "setting":
+            table.add_column(column, justify="left", overflow="fold", ratio=1)
+        else:
+            table.add_column(column, justify="right", no_wrap=True, min_width=len(column.split()[0]) if column else 1)
     base = result.baseline
     table.add_row("-", "fine-tuned (no realignment)", pct(base["harmful_rate"]), pct(base["task_accuracy"]), "0", "0", "")
     for i, point in enumerate(result.points):

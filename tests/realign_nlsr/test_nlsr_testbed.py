@@ -70,10 +70,11 @@ GRIDS = {
 
 @pytest.mark.parametrize("kind", ["lora", "full"])
 def test_dev_search_then_test_bounds(testbed, test_split, aligned_harmful, tmp_path, kind):
-    """Measured on testbed v2 seed 0 (the grids are the cheap halves of docs/realign.md's, with the
-    same choice). LoRA: DEV picks wanda, α 0.5, mask 0.3; TEST 90.3 % -> 1.4 % harmful (aligned 0 %),
-    sst2 95.3 % -> 89.1 %: the harmful bounds hold, the task bound misses by 1.2 points. Full: no DEV
-    point keeps sst2 within 5 points (best 18.8 % harmful at -5.8)."""
+    """Measured on testbed v2 seed 0 (the grids are cheap parts of docs/realign.md's, with the same
+    choices). LoRA: DEV picks wanda, α 0.5, mask 0.3; TEST 90.3 % -> 1.4 % harmful (aligned 0 %),
+    sst2 95.3 % -> 89.1 %: the harmful bounds hold, the task bound misses by 1.2 points (xfail).
+    Full: DEV picks weight units, α 1.2, mask 0.3; TEST 100 % -> 0.0 % harmful, sst2 100 % -> 96.9 %:
+    all three bounds hold."""
     finetuned = testbed.finetuned_lora if kind == "lora" else testbed.finetuned_full
     aligned = testbed.aligned_lora if kind == "lora" else testbed.aligned
     data = testbed.data
