@@ -11,8 +11,12 @@ separate process so the parent stays small):
 1. ``--scorer magnitude``: the weight-space stages only (no calibration pass);
 2. ``--scorer actsvd --calibration-mode layerwise``: one decoder layer on the device at a time;
 3. ``--scorer actsvd --calibration-mode whole``: the model loaded whole, for comparison;
-4. the same as 1 and 2 on a 3-layer model with the same tensor shapes ("250m"), to show that
+4. ``--scorer magnitude --unit weight``: single ΔW weights as units, so a full checkpoint is
+   written and every module's weight-level mask (one flag per weight) must outlive scoring;
+5. the same as 1, 2 and 4 on a 3-layer model with the same tensor shapes ("250m"), to show that
    peak memory does not grow with the number of layers.
+
+``--runs`` picks a subset (magnitude, layerwise, whole, weight).
 
     python benchmarks/nlsr.py --work /tmp/nlsr-bench --samples 32 --seq 64
 
@@ -172,6 +176,7 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=64, help="tokens per calibration pair")
     parser.add_argument("--shapes", default="250m,1b", help="comma-separated shapes to run, in order")
     parser.add_argument("--skip-whole", action="store_true", help="skip the whole-model calibration run")
+    parser.add_argument("--runs", default="magnitude,layerwise,whole,weight", help="comma-separated runs: magnitude, layerwise, whole, weight")
     parser.add_argument("--build-only", metavar="SHAPE", help=argparse.SUPPRESS)
     opts = parser.parse_args()
     if opts.build_only:
@@ -190,10 +195,15 @@ def main() -> None:
                         "--seq", str(opts.seq)], check=True)
         print(f"[{shape}] inputs ready in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
         common = ["-a", str(root / "aligned"), "-f", str(root / "finetuned")]
-        results.append(run_child(f"{shape} magnitude (weight space only)", common + ["--scorer", "magnitude"], root / "out"))
+        runs = set(opts.runs.split(","))
+        if "magnitude" in runs:
+            results.append(run_child(f"{shape} magnitude (weight space only)", common + ["--scorer", "magnitude"], root / "out"))
+        if "weight" in runs:
+            results.append(run_child(f"{shape} magnitude, --unit weight (full checkpoint out)", common + ["--scorer", "magnitude", "--unit", "weight"], root / "out"))
         calib_args = common + ["--scorer", "actsvd", "-c", str(calib), "--calibration-samples", str(opts.samples)]
-        results.append(run_child(f"{shape} actsvd, layerwise", calib_args + ["--calibration-mode", "layerwise"], root / "out"))
-        if shape == "1b" and not opts.skip_whole:
+        if "layerwise" in runs:
+            results.append(run_child(f"{shape} actsvd, layerwise", calib_args + ["--calibration-mode", "layerwise"], root / "out"))
+        if shape == "1b" and "whole" in runs and not opts.skip_whole:
             results.append(run_child(f"{shape} actsvd, whole model", calib_args + ["--calibration-mode", "whole"], root / "out"))
     print(f"\ncalibration: {opts.samples} pairs x {opts.seq} tokens (response tokens only count); CPU, {os.cpu_count()} cores\n")
     print("| run | wall s | peak RSS MiB | calibration pass + scoring s | transplant + write s |")
