@@ -65,6 +65,35 @@ class TensorPlan:
         return n
 
 
+def create_planned_file(path: Path, items: list[TensorPlan], metadata: dict[str, str] | None = None) -> tuple[int, dict[str, int]]:
+    """Create a safetensors file with its final header and room for every planned tensor.
+
+    Returns the open file descriptor and each tensor's absolute byte offset, so that tensors can
+    be ``pwrite``-n in any order as soon as they exist (nothing is buffered).
+    """
+    header: dict[str, Any] = {"__metadata__": {"format": "pt", **(metadata or {})}}
+    offset = 0
+    for item in items:
+        header[item.name] = {"dtype": item.dtype, "shape": list(item.shape), "data_offsets": [offset, offset + item.nbytes]}
+        offset += item.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    data_start = 8 + len(raw)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.pwrite(fd, len(raw).to_bytes(8, "little") + raw, 0)
+    os.ftruncate(fd, data_start + offset)
+    return fd, {item.name: data_start + header[item.name]["data_offsets"][0] for item in items}
+
+
+def pwrite_tensor(fd: int, tensor: torch.Tensor, offset: int) -> int:
+    """Write a contiguous CPU tensor's bytes at ``offset``; returns the byte count."""
+    data = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+    done = 0
+    while done < len(data):
+        done += os.pwrite(fd, data[done:], offset + done)
+    return done
+
+
 def check_output_path(out: Path, inputs: Iterable[Path], force: bool) -> None:
     """Refuse to write into (or over) an input, and refuse an existing OUT without --force."""
     target = out.resolve()
@@ -146,21 +175,10 @@ class StreamingWriter:
     def _create_shards(self) -> None:
         self._shards = self._plan_shards()
         for file_name, items in zip(self.shard_names(), self._shards):
-            header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-            offset = 0
-            for item in items:
-                header[item.name] = {"dtype": item.dtype, "shape": list(item.shape), "data_offsets": [offset, offset + item.nbytes]}
-                offset += item.nbytes
-            raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
-            raw += b" " * (-len(raw) % 8)
-            data_start = 8 + len(raw)
-            fd = os.open(self.tmp / file_name, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-            os.pwrite(fd, len(raw).to_bytes(8, "little") + raw, 0)
-            os.ftruncate(fd, data_start + offset)
+            fd, offsets = create_planned_file(self.tmp / file_name, items)
             self._fds[file_name] = fd
             for item in items:
-                begin = header[item.name]["data_offsets"][0]
-                self._layout[item.name] = (file_name, data_start + begin)
+                self._layout[item.name] = (file_name, offsets[item.name])
 
     # -- context ----------------------------------------------------------------------------
     def __enter__(self) -> "StreamingWriter":
@@ -226,13 +244,8 @@ class StreamingWriter:
                         raise NonFiniteError(name, bad, f"in the result ({self.plan[name].dtype}): an input holds NaN/Inf weights "
                                              "or the result overflows the output dtype; nothing was written")
                 file_name, offset = self._layout[name]
-                data = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
-                fd = self._fds[file_name]
-                done = 0
-                while done < len(data):
-                    done += os.pwrite(fd, data[done:], offset + done)
-                self.bytes_written += len(data)
-                del data, tensor
+                self.bytes_written += pwrite_tensor(self._fds[file_name], tensor, offset)
+                del tensor
                 if done_callback is not None:
                     done_callback()
             except BaseException as err:  # surfaced on the next write() or at exit

