@@ -1,8 +1,9 @@
 """Stage 2: safety-critical units of the reference delta, scored and masked per tensor.
 
 Units are LoRA *elements* (the official code: one scalar of ``lora_A`` or ``lora_B``), the
-*rows* (output neurons) of ΔW_ref, or single *weights* of ΔW_ref (scored like elements). Scorers, all from the input second moment C = E[xxᵀ] of
-the module in the reference model (no stored activations):
+*rows* (output neurons) of ΔW_ref, or single *weights* of ΔW_ref (scored like elements).
+Scorers, all from the input second moment C = E[xxᵀ] of the module in the reference model (no
+stored activations):
 
 - ``magnitude``: |w| (rows: ‖ΔW_i‖₂). Needs no calibration data.
 - ``wanda``: |w_ij|·‖x_j‖ with ‖x_j‖ = √C_jj (Wei et al.; for ``lora_B`` the input is A·x,
