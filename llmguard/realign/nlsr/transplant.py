@@ -128,14 +128,13 @@ def write_delta_units(
         result = jobs.get(name)
         if result is not None:
             mask = result.unit_mask()
-            rows = mask.dim() == 1  # row units index rows, weight units flat entries
-            index = (mask if rows else mask.reshape(-1)).nonzero().squeeze(1)
+            # row units index rows of the weight; weight units index its flattened entries
+            units: Any = (lambda t: t) if mask.dim() == 1 else (lambda t: t.reshape(-1))
+            index = units(mask).nonzero().squeeze(1)
             tensor = tensor.clone()
-            view = tensor if rows else tensor.view(-1)
-            reference_values = reference.weight(name, device)
-            reference_values = reference_values if rows else reference_values.reshape(-1)
+            view = units(tensor)  # a view (tensor is contiguous): writing into it patches tensor
             original = view[index].clone()
-            patched = reference_values[index.to(device)].to(tensor.dtype).cpu()
+            patched = units(reference.weight(name, device))[index.to(device)].to(tensor.dtype).cpu()
             view[index] = patched
             recorder.record(name, index, original, patched)
         writer.write(name, tensor)

@@ -34,13 +34,15 @@ def _searched(ctx: DemoContext, common: list, out, grid: str, model: str) -> lis
                available=lambda: verb_exists("realign", "nlsr"))
 def nlsr(ctx: DemoContext) -> list[DemoRow]:
     tb = ctx.testbed
-    common = ["--finetuned", tb.finetuned_lora, "--aligned", tb.aligned_lora, "--base", tb.aligned_sft,
-              "--calibration", tb.data["safety_refusal_sft"], "--force", "--device", ctx.device, "--json"]
+
+    def inputs(finetuned, aligned) -> list:
+        return ["--finetuned", finetuned, "--aligned", aligned, "--base", tb.aligned_sft,
+                "--calibration", tb.data["safety_refusal_sft"], "--force", "--device", ctx.device, "--json"]
+
+    lora, full = inputs(tb.finetuned_lora, tb.aligned_lora), inputs(tb.finetuned_full, tb.aligned)
     out = ctx.work / "nlsr-finetuned-lora"
-    doc = ctx.cli("realign", "nlsr", *common, "-o", out)
+    doc = ctx.cli("realign", "nlsr", *lora, "-o", out)
     rows = [_row(ctx, "defaults", out, doc["modules_patched"])]
-    rows += _searched(ctx, common, ctx.work / "nlsr-finetuned-lora-searched", SEARCH_GRID, "finetuned-lora")
-    full = ["--finetuned", tb.finetuned_full, "--aligned", tb.aligned, "--base", tb.aligned_sft,
-            "--calibration", tb.data["safety_refusal_sft"], "--force", "--device", ctx.device, "--json"]
+    rows += _searched(ctx, lora, ctx.work / "nlsr-finetuned-lora-searched", SEARCH_GRID, "finetuned-lora")
     rows += _searched(ctx, full, ctx.work / "nlsr-finetuned-full-searched", FULL_SEARCH_GRID, "finetuned-full")
     return rows
