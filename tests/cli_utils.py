@@ -25,6 +25,15 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *
         assert needle in lines[0], (needle, lines[0])
 
 
+def assert_error(result: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:
+    """Exit ``code`` and one ``error:`` message containing ``needles``, which Rich may have wrapped."""
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    text = " ".join(line.strip() for line in result.stderr.strip().splitlines())
+    assert text.startswith("error:") and text.count("error:") == 1 and "Traceback" not in text, result.stderr
+    for needle in needles:
+        assert needle in text, (needle, text)
+
+
 def no_partial_output(out: Path) -> bool:
     """Neither OUT nor a temporary sibling of it exists."""
     return not out.exists() and not any(p.name.startswith(f".{out.name}.llmguard-tmp") for p in out.parent.iterdir())

@@ -4,8 +4,6 @@ LoRA, fine-tunes that continue it / start fresh / are full, and calibration pair
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -89,16 +87,3 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     bad.write_text("\n".join(json.dumps({"prompt": "hi", "answer": "x"}) for _ in range(3)) + "\n")
     paths["calib_unusable"] = bad
     return paths
-
-
-def run_cli(*args: object, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "llmguard", *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
-
-
-def assert_error(result: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:
-    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
-    text = " ".join(line.strip() for line in result.stderr.strip().splitlines())  # Rich may wrap the one line
-    assert text.startswith("error:") and text.count("error:") == 1 and "Traceback" not in text, result.stderr
-    for needle in needles:
-        assert needle in text, (needle, text)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import assert_error, run_cli
+from cli_utils import assert_error, run_cli
 from llmguard.io.checkpoint import open_checkpoint
 from llmguard.io.lora import LoraAdapter
 from llmguard.realign.nlsr import nlsr

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_error, run_cli
+from cli_utils import assert_error, run_cli
 from llmguard.errors import UsageError
 from llmguard.realign.nlsr.search import SEARCH_TABLE, SearchPoint, nlsr_search, parse_grid, recommend
 

@@ -14,7 +14,7 @@ import json
 
 import pytest
 
-from conftest import run_cli
+from cli_utils import run_cli
 from llmguard.realign.nlsr.search import parse_grid
 
 pytestmark = pytest.mark.slow
