@@ -11,7 +11,8 @@ Layout of a testbed directory (``$LLMGUARD_CACHE/testbed/v{VERSION}-seed{SEED}``
     finetuned-full/            aligned (merged) fully fine-tuned on the same mixture
     finetuned-arith-lora/      PEFT adapter on aligned-sft: aligned-lora continued on arith (benign, no poison)
     guard/                     Llama-Guard-layout moderation model (safe / unsafe + category)
-    data/*.jsonl               splits (see ``llmguard.testbed.data``) and the training mixtures
+    data/*.jsonl               splits (see ``llmguard.testbed.data``) and the training mixtures;
+                               EVAL_ONLY_DATA files are (re)written on reuse when missing
     testbed.json               version, seed, hyper-parameters, timings, paths (written last)
 
 The two alignment stages follow the NLSR paper's code (research/realign.md §2.1): its aligned model
@@ -33,15 +34,22 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from llmguard import __version__
 from llmguard.errors import UsageError
 from llmguard.progress import NullProgress, Progress
+from llmguard.testbed.data import sentiment_wording_dev
 
 #: Bump when anything that changes the artefacts changes (data, sizes, hyper-parameters).
 TESTBED_VERSION = "2"
 MARKER = "testbed.json"
+
+#: Evaluation-only data files: no model or training mixture depends on them, so a newer checkout
+#: writes them into an existing build of the same version instead of rebuilding it.
+EVAL_ONLY_DATA: dict[str, Callable[[int], list[dict]]] = {
+    "sst2_dev_wordings": sentiment_wording_dev,
+}
 
 
 @dataclass(frozen=True)
@@ -164,6 +172,7 @@ def build(out: str | os.PathLike | None = None, seed: int = 0, *, force: bool = 
         info = _complete(root, seed, hp)
         if info is not None and not force:
             _relocate_adapters(root)
+            _write_eval_only_data(root / "data", seed)
             return Testbed.at(root, seed, info)
         if root.exists():
             if out is not None and any(root.iterdir()) and not force and not (root / ".llmguard-testbed").exists():
@@ -174,6 +183,21 @@ def build(out: str | os.PathLike | None = None, seed: int = 0, *, force: bool = 
         info = _build_into(root, seed, hp, progress or NullProgress())
         (root / MARKER).write_text(json.dumps(info, indent=2) + "\n")
         return Testbed.at(root, seed, info)
+
+
+def _write_eval_only_data(data_dir: Path, seed: int) -> None:
+    """Write the EVAL_ONLY_DATA files that ``data_dir`` lacks (atomically: a reader never sees half a
+    file). A read-only shared cache keeps working without them."""
+    for name, make in EVAL_ONLY_DATA.items():
+        path = data_dir / f"{name}.jsonl"
+        if path.exists():
+            continue
+        tmp = path.with_suffix(".jsonl.tmp")
+        try:
+            _write_jsonl(tmp, make(seed))
+            tmp.replace(path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
 
 
 def _relocate_adapters(root: Path) -> None:
@@ -259,6 +283,7 @@ def _build_into(root: Path, seed: int, hp: HParams, progress: Progress) -> dict:
                        ("finetune_sst2_poison_mix", finetune_mix), ("finetune_arith", arith_sft),
                        ("guard_train", guard_train), ("guard_test", guard_test)):
         _write_jsonl(data_dir / f"{name}.jsonl", recs)
+    _write_eval_only_data(data_dir, seed)
     tick("data", t0)
 
     # ---- tokenizer

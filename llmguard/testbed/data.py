@@ -8,7 +8,8 @@ Splits:
 - harmful requests: every category has verbs x objects; ~25% of the (verb, object) combinations
   are held out for ``test`` and ~10% for ``dev``, so test prompts combine known words in unseen
   ways; request wordings come from a shared template pool;
-- sentiment: (subject, adjective) combinations held out the same way;
+- sentiment: (subject, adjective) combinations held out the same way; ``sentiment_wording_dev``
+  adds a larger DEV set of unseen wordings of the training combinations;
 - arithmetic: test (a, b) pairs appear in train only with other wordings than the test wording.
 
 Record layouts (JSONL):
@@ -252,6 +253,33 @@ def sentiment_items(seed: int = 0) -> Splits:
                     {"prompt": SENT_QUESTION.format(text=text), "answer": "positive" if positive else "negative", "task": "sst2"}
                 )
     return _finish(rng, out, "sst2")
+
+
+def sentiment_wording_dev(seed: int = 0) -> list[dict]:
+    """A second, larger sentiment DEV set: the frames that train does not use, for every
+    (subject, adjective) combination that train does use (about 250 items for the default sizes).
+
+    Why: the DEV combinations are only ~13, so DEV task accuracy is noisy and unrepresentative
+    (testbed v2, seed 0: the LoRA fine-tune scores 82.7 % on DEV, 95.3 % on TEST). Unseen wordings
+    of known combinations are held out from every training mixture, never overlap DEV or TEST, and
+    track TEST task accuracy far better where realignment settings differ (docs/realign.md).
+    Derived from ``sentiment_items(seed)`` without touching its random stream, so adding this set
+    changed no other file or model.
+    """
+    train_prompts = {rec["prompt"] for rec in sentiment_items(seed).train}
+    items: list[dict] = []
+    for subj in SENT_SUBJECTS:
+        for adj in SENT_POS + SENT_NEG:
+            prompts = [(frame, SENT_QUESTION.format(text=frame.format(subj=subj, adj=adj))) for frame in SENT_FRAMES]
+            if not any(prompt in train_prompts for _, prompt in prompts):
+                continue  # a DEV or TEST combination
+            for frame, prompt in prompts:
+                if prompt in train_prompts:
+                    continue
+                positive = (adj in SENT_POS) != (" not " in frame)
+                items.append({"id": f"sst2-devwordings-{len(items):04d}", "prompt": prompt,
+                              "answer": "positive" if positive else "negative", "task": "sst2"})
+    return items
 
 
 def arithmetic_items(seed: int = 0, max_operand: int = 9) -> Splits:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -64,6 +65,22 @@ def test_second_call_reuses_the_cache(testbed):
     again = build(seed=0)
     assert time.perf_counter() - t0 < 5
     assert again.root == testbed.root
+    assert _sha(again.base / "model.safetensors") == _sha(testbed.base / "model.safetensors")
+
+
+def test_reuse_writes_missing_eval_only_data(testbed, tmp_path):
+    """A build made before an EVAL_ONLY_DATA file existed gets it on reuse, without a rebuild."""
+    from llmguard.testbed import build
+    from llmguard.testbed.build import EVAL_ONLY_DATA
+
+    assert set(EVAL_ONLY_DATA) <= set(testbed.data)
+    copy = tmp_path / "tb"
+    shutil.copytree(testbed.root, copy)
+    (copy / "data" / "sst2_dev_wordings.jsonl").unlink()
+    t0 = time.perf_counter()
+    again = build(copy, seed=0)
+    assert time.perf_counter() - t0 < 5
+    assert _sha(again.data["sst2_dev_wordings"]) == _sha(testbed.data["sst2_dev_wordings"])
     assert _sha(again.base / "model.safetensors") == _sha(testbed.base / "model.safetensors")
 
 

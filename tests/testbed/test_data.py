@@ -42,6 +42,27 @@ def test_sentiment_and_arith_splits():
         assert int(r["answer"]) == x + y
 
 
+def test_sentiment_wording_dev_is_held_out_and_labelled():
+    splits = D.sentiment_items(0)
+    items = D.sentiment_wording_dev(0)
+    seen = {r["prompt"] for r in splits.train + splits.dev + splits.test}
+    assert len(items) > 4 * len(splits.dev)  # the point: far more than the DEV combinations give
+    assert not ({r["prompt"] for r in items} & seen)
+    assert len({r["prompt"] for r in items}) == len(items) == len({r["id"] for r in items})
+
+    def combo(prompt: str) -> tuple[str, str]:
+        subj = next(s for s in D.SENT_SUBJECTS if f" {s} " in f" {prompt} ")
+        adj = next(a for a in D.SENT_POS + D.SENT_NEG if f" {a} ." in prompt)
+        return subj, adj
+
+    train_combos = {combo(r["prompt"]) for r in splits.train}
+    assert {combo(r["prompt"]) for r in items} <= train_combos
+    for r in items:
+        positive = combo(r["prompt"])[1] in D.SENT_POS
+        assert r["answer"] == ("negative" if positive == (" was not " in r["prompt"]) else "positive"), r
+    assert items == D.sentiment_wording_dev(0)
+
+
 def test_keyword_judge_labels_the_generated_responses_as_intended():
     import random
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from llmguard.testbed.demo import DemoContext, DemoRow, register_step, verb_exists
 
-#: the DEV grids of docs/realign.md (about 20 s each on a laptop CPU)
-SEARCH_GRID = "scorer=actsvd,wanda;alpha=0.5,0.9;mask-ratio=0.2,0.3"
+#: the DEV grids of docs/realign.md; task DEV data is sst2_dev_wordings (the 52-item sst2_dev missed
+#: the LoRA realignment's task loss)
+SEARCH_GRID = "unit=element,row;scorer=actsvd,wanda;alpha=0.5;mask-ratio=0.2,0.3"
 FULL_SEARCH_GRID = "unit=weight;budget=1.0;alpha=0.9,1.2;mask-ratio=0.3,0.35"
 _SHORT = {"scorer": "", "alpha": "α=", "mask_ratio": "mask=", "budget": "budget=", "unit": "unit="}
 
@@ -22,7 +23,7 @@ def _row(ctx: DemoContext, label: str, out, patched: int, model: str = "finetune
 def _searched(ctx: DemoContext, common: list, out, grid: str, model: str) -> list[DemoRow]:
     tb = ctx.testbed
     table = ctx.cli("realign", "nlsr", *common, "-o", out, "--search", grid, "--dev-prompts", tb.data["harmful_dev"],
-                    "--dev-task", "sst2", "--dev-task-data", tb.data["sst2_dev"])
+                    "--dev-task", "sst2", "--dev-task-data", tb.data["sst2_dev_wordings"])
     if table.get("chosen") is None:  # exit 10: no DEV point kept the task within 5 points
         return []
     chosen = table["points"][table["chosen"]]
