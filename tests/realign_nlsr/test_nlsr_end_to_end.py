@@ -144,6 +144,37 @@ def test_fresh_adapter_is_compared_in_delta_space(tiny, tmp_path):
     torch.testing.assert_close(merged[name], source_weight(src, name))
 
 
+def test_continued_adapter_with_row_units_writes_a_checkpoint_and_reverts(tiny, tmp_path):
+    """``--unit row`` on a LoRA fine-tune that continues the aligned adapter (what the testbed's DEV
+    search chooses on seed 0): ΔW rows as units, the merged model out, revertible to the merged fine-tune."""
+    out = tmp_path / "out"
+    result = nlsr(tiny["ft_lora"], out, aligned=tiny["aligned"], calibration=tiny["calib"], scorer="wanda", unit="row")
+    assert result.unit == "row" and result.patched == 7
+    assert (out / "model.safetensors").is_file() and not (out / "adapter_config.json").exists()
+    aligned, ft_src = open_source(tiny["aligned"]), open_source(tiny["ft_lora"])
+    ref = Reference(aligned.base, aligned, alpha=0.9)
+    new, patch = _weights(out), load_file(out / "realign_patch.safetensors")
+    patched = [n for n in new if f"{n}::index" in patch]
+    assert len(patched) == 7
+    for name in new:
+        ft_weight = source_weight(ft_src, name)
+        if name not in patched:
+            torch.testing.assert_close(new[name], ft_weight)
+            continue
+        rows = patch[f"{name}::index"]
+        torch.testing.assert_close(new[name][rows], ref.weight(name)[rows])
+        assert not torch.allclose(new[name][rows], ft_weight[rows]), name  # the transplant did something
+        keep = torch.ones(new[name].shape[0], dtype=torch.bool)
+        keep[rows] = False
+        torch.testing.assert_close(new[name][keep], ft_weight[keep])
+    back = tmp_path / "back"
+    r = run_cli("realign", "revert", out, "-o", back)
+    assert r.returncode == 0, r.stderr
+    restored = _weights(back)
+    for name in new:
+        torch.testing.assert_close(restored[name], source_weight(ft_src, name))
+
+
 def test_cli_end_to_end_element_mode_with_revert(tiny, tmp_path):
     out = tmp_path / "realigned"
     r = run_cli("realign", "nlsr", "-a", tiny["aligned"], "-f", tiny["ft_lora"], "-c", tiny["calib"], "-o", out, "--budget", "0.5")
