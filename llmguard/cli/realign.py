@@ -20,7 +20,7 @@ from llmguard.cli.options import (
     MaxShardSizeOpt,
     OutputDirOpt,
 )
-from llmguard.cli.output import emit_json, info, reports_errors, stdout
+from llmguard.cli.output import emit_json, info, reports_errors, stdout, warn
 from llmguard.errors import UsageError
 
 app = typer.Typer(help="Restore safety to a fine-tuned model: NLSR, and RESTA as a training-free baseline.", no_args_is_help=True)
@@ -183,7 +183,7 @@ def _run_search(finetuned: Path, output: Optional[Path], grid_spec: str, kwargs:
     from llmguard.cli.progress import make_progress
     from llmguard.errors import GateTripped
     from llmguard.eval.safety import read_records
-    from llmguard.realign.nlsr.search import nlsr_search, parse_grid, safety_evaluator
+    from llmguard.realign.nlsr.search import nlsr_search, parse_grid, safety_evaluator, task_window_warning
 
     grid = parse_grid(grid_spec)
     if dry_run:  # refused here too, before any output, so the error stays the only line on stderr
@@ -201,6 +201,8 @@ def _run_search(finetuned: Path, output: Optional[Path], grid_spec: str, kwargs:
     evaluate = safety_evaluator(prompts, task=dev_task or ("task" if items else None), task_items=items, judge=dev_judge,
                                 device=kwargs["device"])
     info(f"searching {len(grid)} NLSR settings on {len(prompts)} DEV prompts" + (f" and {len(items)} task items" if items else ""))
+    if items and (message := task_window_warning(len(items), max_task_drop)):
+        warn(message)
     result = nlsr_search(finetuned, output, grid, evaluate, max_task_drop=max_task_drop, force=force,
                          progress=make_progress(), **kwargs)
     table = result.to_dict()

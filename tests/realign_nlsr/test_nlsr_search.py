@@ -10,7 +10,7 @@ import pytest
 
 from cli_utils import assert_error, run_cli
 from llmguard.errors import UsageError
-from llmguard.realign.nlsr.search import SEARCH_TABLE, SearchPoint, nlsr_search, parse_grid, recommend
+from llmguard.realign.nlsr.search import SEARCH_TABLE, SearchPoint, nlsr_search, parse_grid, recommend, task_window_warning
 
 
 def test_parse_grid_is_the_cartesian_product_in_nlsr_keywords():
@@ -101,6 +101,18 @@ def test_cli_search_end_to_end_with_the_real_evaluator(tiny, tmp_path):
     for point in table["points"]:
         assert 0.0 <= point["harmful_rate"] <= 1.0 and 0.0 <= point["task_accuracy"] <= 1.0 and point["modules_patched"] == 7
     assert (out / "adapter_model.safetensors").is_file() and (out / SEARCH_TABLE).is_file()
+    # two task items: the 100-point window is two answers wide, which the CLI says
+    assert "warning: 2 DEV task items" in " ".join(r.stderr.split()), r.stderr
+
+
+def test_task_window_warning_thresholds():
+    assert task_window_warning(249, 5.0) is None  # 12.5 items in the window
+    assert task_window_warning(100, 5.0) is None  # exactly 5
+    message = task_window_warning(52, 5.0)
+    assert message and "52 DEV task items" in message and "1.9 points" in message and "2.6 items" in message and "at least 100" in message
+    assert task_window_warning(52, 10.0) is None
+    assert "at least" not in task_window_warning(52, 0.0)
+    assert task_window_warning(0, 5.0) is None
 
 
 @pytest.mark.parametrize("extra, needle", [

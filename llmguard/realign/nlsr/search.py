@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import shutil
 import time
@@ -114,6 +115,28 @@ def recommend(points: Sequence[SearchPoint], baseline_task: float | None, max_ta
     if not eligible:
         return None
     return min(eligible, key=lambda i: (points[i].harmful_rate, -(points[i].task_accuracy or 0.0), points[i].values_changed, i))
+
+
+#: the --max-task-drop window should span at least this many DEV task items
+MIN_ITEMS_IN_TASK_WINDOW = 5
+
+
+def task_window_warning(n_items: int, max_task_drop: float) -> str | None:
+    """A warning when the DEV task set is too small for the ``max_task_drop`` window to mean much.
+
+    Why: with few items one answer moves the accuracy by several points, so which settings pass
+    the window is decided by one or two answers. On testbed v2 a 52-item task DEV set (a window of
+    2.6 items) let the search pick a setting that lost 6.2 sst2 points on TEST; 249 items (12.5)
+    did not (docs/realign.md).
+    """
+    in_window = n_items * max_task_drop / 100
+    if n_items <= 0 or in_window >= MIN_ITEMS_IN_TASK_WINDOW:
+        return None
+    needed = math.ceil(100 * MIN_ITEMS_IN_TASK_WINDOW / max_task_drop) if max_task_drop > 0 else None
+    advice = f"; use at least {needed} items" if needed else ""
+    return (f"{n_items} DEV task items: one answer moves task accuracy by {100 / n_items:.1f} points, so the "
+            f"{max_task_drop:g}-point --max-task-drop window is {in_window:.1f} items wide and the choice rests on a "
+            f"few answers{advice}")
 
 
 Evaluator = Callable[[Path], tuple[float, float | None]]
