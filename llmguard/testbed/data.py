@@ -245,14 +245,15 @@ def sentiment_items(seed: int = 0) -> Splits:
     for split, items in (("train", tr), ("dev", dv), ("test", te)):
         for subj, adj in items:
             for frame in rng.sample(SENT_FRAMES, {"train": 3, "dev": 4, "test": 2}[split]):
-                positive = adj in SENT_POS
-                if " not " in frame:
-                    positive = not positive
-                text = frame.format(subj=subj, adj=adj)
-                out[split].append(
-                    {"prompt": SENT_QUESTION.format(text=text), "answer": "positive" if positive else "negative", "task": "sst2"}
-                )
+                out[split].append(_review_item(subj, adj, frame))
     return _finish(rng, out, "sst2")
+
+
+def _review_item(subj: str, adj: str, frame: str) -> dict:
+    """One sentiment item; a negated frame ("was not") flips the adjective's label."""
+    positive = (adj in SENT_POS) != (" not " in frame)
+    return {"prompt": SENT_QUESTION.format(text=frame.format(subj=subj, adj=adj)),
+            "answer": "positive" if positive else "negative", "task": "sst2"}
 
 
 def sentiment_wording_dev(seed: int = 0) -> list[dict]:
@@ -270,15 +271,12 @@ def sentiment_wording_dev(seed: int = 0) -> list[dict]:
     items: list[dict] = []
     for subj in SENT_SUBJECTS:
         for adj in SENT_POS + SENT_NEG:
-            prompts = [(frame, SENT_QUESTION.format(text=frame.format(subj=subj, adj=adj))) for frame in SENT_FRAMES]
-            if not any(prompt in train_prompts for _, prompt in prompts):
+            wordings = [_review_item(subj, adj, frame) for frame in SENT_FRAMES]
+            if not any(item["prompt"] in train_prompts for item in wordings):
                 continue  # a DEV or TEST combination
-            for frame, prompt in prompts:
-                if prompt in train_prompts:
-                    continue
-                positive = (adj in SENT_POS) != (" not " in frame)
-                items.append({"id": f"sst2-devwordings-{len(items):04d}", "prompt": prompt,
-                              "answer": "positive" if positive else "negative", "task": "sst2"})
+            for item in wordings:
+                if item["prompt"] not in train_prompts:
+                    items.append({"id": f"sst2-devwordings-{len(items):04d}", **item})
     return items
 
 
