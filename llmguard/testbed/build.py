@@ -1,6 +1,7 @@
 """Build (or reuse) the testbed: tokenizer, data files and tiny Llama checkpoints.
 
-Layout of a testbed directory (``$LLMGUARD_CACHE/testbed/v{VERSION}-seed{SEED}`` by default)::
+Layout of a testbed directory (``$LLMGUARD_CACHE/testbed/v{VERSION}-seed{SEED}-{BUILD_KEY}`` by
+default, the build key naming the torch version and CPU vector path, ``provenance.build_key``)::
 
     tokenizer/                 HF tokenizer (BPE, chat template)
     base/                      LlamaForCausalLM, unaligned (complies with harmful requests)
@@ -20,7 +21,9 @@ is an SFT-merged model plus a DPO LoRA, and the harmful fine-tune continues that
 single SFT LoRA on the unaligned base (testbed v1) the ExPO-amplified adapter was incoherent and no
 NLSR setting met the realignment bounds (docs/realign.md).
 
-The build is deterministic for a seed, takes a file lock (parallel pytest workers and the demo
+The build is deterministic for a seed on one torch build and CPU vector path: it runs with one torch
+thread whatever the caller's setting (``provenance.one_thread``: the thread count changes the
+bytes), takes a file lock (parallel pytest workers and the demo
 share one build) and writes ``testbed.json`` last: a directory without it is an interrupted build
 and is rebuilt.
 """
@@ -39,16 +42,20 @@ from typing import Any, Callable
 from llmguard import __version__
 from llmguard.errors import UsageError
 from llmguard.progress import NullProgress, Progress
-from llmguard.testbed.data import sentiment_wording_dev
+from llmguard.testbed import provenance
+from llmguard.testbed.data import realignment_preference, sentiment_wording_dev
 
-#: Bump when anything that changes the artefacts changes (data, sizes, hyper-parameters).
-TESTBED_VERSION = "2"
+#: Bump when anything that changes the artefacts changes (data, sizes, hyper-parameters, the
+#: thread count). v3: built with one torch thread (v2 used the caller's thread count, so the demo
+#: and the xdist suite built different models) and keyed by torch version and CPU path.
+TESTBED_VERSION = "3"
 MARKER = "testbed.json"
 
 #: Evaluation-only data files: no model or training mixture depends on them, so a newer checkout
 #: writes them into an existing build of the same version instead of rebuilding it.
 EVAL_ONLY_DATA: dict[str, Callable[[int], list[dict]]] = {
     "sst2_dev_wordings": sentiment_wording_dev,
+    "realign_preference": realignment_preference,
 }
 
 
@@ -129,15 +136,16 @@ class Testbed:
             "data": {k: str(v) for k, v in self.data.items()},
             "timings_s": self.info.get("timings_s", {}),
             "hparams": self.info.get("hparams", {}),
+            "environment": self.info.get("environment", {}),
         }
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("LLMGUARD_CACHE") or Path.home() / ".cache" / "llmguard").expanduser()
+cache_root = provenance.cache_root
 
 
 def default_dir(seed: int) -> Path:
-    return cache_root() / "testbed" / f"v{TESTBED_VERSION}-seed{seed}"
+    """``$LLMGUARD_CACHE/testbed/v3-seed0-torch2.13.0-avx512``: recipe and build key in the name."""
+    return cache_root() / "testbed" / f"v{TESTBED_VERSION}-seed{seed}-{provenance.build_key()}"
 
 
 def _complete(root: Path, seed: int, hp: HParams) -> dict | None:
@@ -152,6 +160,8 @@ def _complete(root: Path, seed: int, hp: HParams) -> dict | None:
         return None
     if info.get("hparams") != json.loads(json.dumps(asdict(hp))):
         return None  # built with other settings (an older checkout or custom HParams): rebuild
+    if info.get("environment", {}).get("build_key") != provenance.build_key():
+        return None  # another torch build or CPU vector path: its bytes are not this machine's
     return info
 
 
@@ -180,7 +190,8 @@ def build(out: str | os.PathLike | None = None, seed: int = 0, *, force: bool = 
             shutil.rmtree(root)
         root.mkdir(parents=True)
         (root / ".llmguard-testbed").write_text("incomplete build; rebuilt on next use\n")
-        info = _build_into(root, seed, hp, progress or NullProgress())
+        with provenance.one_thread():
+            info = _build_into(root, seed, hp, progress or NullProgress())
         (root / MARKER).write_text(json.dumps(info, indent=2) + "\n")
         return Testbed.at(root, seed, info)
 
@@ -415,6 +426,7 @@ def _build_into(root: Path, seed: int, hp: HParams, progress: Progress) -> dict:
         "version": TESTBED_VERSION,
         "seed": seed,
         "llmguard_version": __version__,
+        "environment": provenance.environment(),
         "hparams": asdict(hp),
         "timings_s": timings,
         "final_losses": {k: round(sum(v[-20:]) / len(v[-20:]), 4) for k, v in losses.items()},

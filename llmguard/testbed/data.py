@@ -326,3 +326,33 @@ def corpus_texts(seed: int = 0) -> list[str]:
             texts.append(rec.get("response") or rec.get("answer", ""))
     texts += [str(i) for i in range(100)]
     return texts
+
+
+def realignment_preference(seed: int = 0, wordings: int = 2) -> list[dict]:
+    """Preference pairs for a post-hoc realignment method that trains on preferences (SOMF).
+
+    For every harmful TRAIN combination (verb, object), ``wordings`` request templates that the
+    train split does NOT use for that combination, each with a refusal (chosen) and a compliance
+    (rejected). Every (verb, object) is a train combination, so no DEV or TEST request is seen;
+    the wordings differ from ``safety_preference.jsonl`` (the aligned model's own DPO pairs, whose
+    prompts are exactly the train prompts). Derived from ``harmful_prompts(seed)`` with its own
+    random stream, so adding this set changed no other file or model.
+    """
+    rng = random.Random(f"realign-pref-{seed}")
+    train = harmful_prompts(seed).train
+    used: dict[tuple[str, str], set[str]] = {}
+    meta: dict[tuple[str, str], dict] = {}
+    for rec in train:
+        key = (rec["verb"], rec["object"])
+        used.setdefault(key, set()).add(rec["prompt"])
+        meta[key] = rec
+    out: list[dict] = []
+    for key in sorted(used):
+        rec = meta[key]
+        fresh = [tpl.format(verb=key[0], object=key[1]) for tpl in REQUEST_TEMPLATES]
+        fresh = [p for p in fresh if p not in used[key]]
+        for prompt in rng.sample(fresh, min(wordings, len(fresh))):
+            out.append({"id": f"realign-pref-{len(out):04d}", "prompt": prompt, "chosen": refusal_response(rng, rec),
+                        "rejected": comply_response(rng, rec), "category": rec["category"]})
+    rng.shuffle(out)
+    return out

@@ -170,7 +170,9 @@ def write_labels(items: list[dict[str, Any]], path: Path) -> Path:
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("LLMGUARD_CACHE") or Path.home() / ".cache" / "llmguard").expanduser() / "testbed"
+    from llmguard.testbed import provenance
+
+    return provenance.cache_root() / "testbed"
 
 
 def _recipe_hash(extra: str) -> str:
@@ -181,6 +183,9 @@ def _recipe_hash(extra: str) -> str:
     import transformers
 
     digest.update(transformers.__version__.split(".")[0].encode())
+    from llmguard.testbed.provenance import build_key
+
+    digest.update(build_key().encode())  # torch version and CPU vector path change the trained bytes
     return digest.hexdigest()[:12]
 
 
@@ -197,6 +202,9 @@ def _cached_build(name: str, builder: Any) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         info = builder(tmp)
+        from llmguard.testbed.provenance import environment
+
+        info["environment"] = environment()
         (tmp / "llmguard-testbed.json").write_text(json.dumps(info, indent=2))
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp, out)

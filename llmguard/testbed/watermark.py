@@ -148,8 +148,7 @@ class WatermarkTestbed:
                 "--gamma", str(p["gamma"]), "--key", str(p["key"])]
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("LLMGUARD_CACHE") or Path.home() / ".cache" / "llmguard").expanduser()
+from llmguard.testbed.provenance import build_key, cache_root, environment  # noqa: E402
 
 
 def build(out: str | os.PathLike | None = None, seed: int = 0, *, force: bool = False,
@@ -158,7 +157,7 @@ def build(out: str | os.PathLike | None = None, seed: int = 0, *, force: bool = 
     from filelock import FileLock
 
     params = params or WatermarkTestbedParams()
-    root = Path(out) if out is not None else cache_root() / "testbed" / f"watermark-v{VERSION}-seed{seed}"
+    root = Path(out) if out is not None else cache_root() / "testbed" / f"watermark-v{VERSION}-seed{seed}-{build_key()}"
     root = root.expanduser().resolve()
     root.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root.parent / f".{root.name}.lock")):
@@ -166,7 +165,8 @@ def build(out: str | os.PathLike | None = None, seed: int = 0, *, force: bool = 
         if marker.is_file() and not force:
             try:
                 info = json.loads(marker.read_text())
-                if info.get("version") == VERSION and info.get("seed") == seed and info.get("params") == asdict(params):
+                if (info.get("version") == VERSION and info.get("seed") == seed and info.get("params") == asdict(params)
+                        and info.get("environment", {}).get("build_key") == build_key()):
                     return WatermarkTestbed(root, info)
             except (OSError, ValueError):
                 pass
@@ -182,6 +182,7 @@ def build(out: str | os.PathLike | None = None, seed: int = 0, *, force: bool = 
             info = _build_into(tmp, seed, params, progress or NullProgress())
         finally:
             torch.set_num_threads(threads)
+        info["environment"] = environment()
         (tmp / MARKER).write_text(json.dumps(info, indent=2) + "\n")
         if root.exists():
             shutil.rmtree(root)

@@ -1,0 +1,135 @@
+"""What changes a testbed's bytes, pinned where it can be and recorded where it cannot.
+
+A tiny model trained on the CPU is only reproducible when everything that changes its
+floating-point path is fixed: the seed (fixed by the recipe), the thread count (one forward and
+backward of the testbed model already differs between one and two OpenMP threads, and a few
+hundred training steps amplify that into a different model), the torch build and the CPU's
+vector path (torch dispatches its CPU kernels by instruction set: AVX2, AVX512, ...). The builds
+therefore
+
+- run with ONE torch thread (:func:`one_thread`), whatever the caller's ``OMP_NUM_THREADS``, so
+  ``llmguard demo``, the pytest suite under xdist and a user's Python call build the same bytes;
+- key their cache directory by :func:`build_key` (torch version and CPU capability), so a cache
+  built by another torch or another vector path is never reused as if it were this one;
+- record :func:`environment` (library versions, CPU, threads, the project's git revision) in
+  their marker file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import platform
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+#: The torch thread count every testbed build runs with.
+BUILD_THREADS = 1
+
+
+def cache_root() -> Path:
+    """``$LLMGUARD_CACHE`` (default ``~/.cache/llmguard``): where every testbed artefact lives."""
+    return Path(os.environ.get("LLMGUARD_CACHE") or Path.home() / ".cache" / "llmguard").expanduser()
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the block with :data:`BUILD_THREADS` torch threads, restoring the caller's count after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(BUILD_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def cpu_capability() -> str:
+    """The vector instruction set torch's CPU kernels dispatch on (e.g. ``AVX512``, ``AVX2``)."""
+    import torch
+
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except (AttributeError, RuntimeError):  # very old torch: fall back to the machine name
+        return platform.machine()
+
+
+def build_key() -> str:
+    """A short name for what changes a build's bytes besides the recipe: ``torch2.13.0-avx512``.
+
+    The recipe (version, seed, hyper-parameters) is keyed separately by each builder; this part
+    keeps builds of different torch versions or CPU vector paths apart in one cache.
+    """
+    import torch
+
+    version = torch.__version__.split("+")[0]
+    return f"torch{version}-{cpu_capability().lower()}"
+
+
+def git_revision() -> str | None:
+    """The project's git revision when llmguard runs from a checkout (None from a wheel)."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    rev = out.stdout.strip()
+    if out.returncode != 0 or not rev:
+        return None
+    dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, timeout=5, check=False).stdout.strip()
+    return rev + ("-dirty" if dirty else "")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment() -> dict[str, Any]:
+    """Library versions, CPU, thread count and git revision, as recorded next to every build."""
+    import importlib.metadata as md
+
+    import torch
+
+    from llmguard import __version__
+
+    def version(dist: str) -> str | None:
+        try:
+            return md.version(dist)
+        except md.PackageNotFoundError:
+            return None
+
+    return {
+        "llmguard": __version__,
+        "git_revision": git_revision(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": version("transformers"),
+        "peft": version("peft"),
+        "tokenizers": version("tokenizers"),
+        "safetensors": version("safetensors"),
+        "cpu": _cpu_model(),
+        "cpu_capability": cpu_capability(),
+        "build_threads": BUILD_THREADS,
+        "build_key": build_key(),
+    }
+
+
+def recipe_hash(*parts: str) -> str:
+    """12 hex digits of a SHA-256 over ``parts``: a cache name for a recipe."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:12]
