@@ -177,7 +177,6 @@ complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_su
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l dtype -d 'Output dtype: auto (as the input), float32, bfloat16 or float16.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l max-shard-size -d 'Largest output shard in bytes, e.g. 5GB, 500MB (bytes, not parameters).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l dry-run -d 'Show what would be patched; write nothing.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l top -d 'Modules shown in the similarity chart (0: all).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l search -d 'Try every point of GRID on DEV data and keep the best, e.g. alpha=0.5,0.9;budget=0.25,0.5 (keys: alpha, budget, threshold, mask-ratio, scorer, unit, actsvd-keep, amplify-mode).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l dev-prompts -d '--search: held-out DEV harmful prompts (JSONL with a prompt field).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l dev-task -d '--search: task name for --dev-task-data (sst2, arith or any label).' -F
@@ -186,6 +185,7 @@ complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_su
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l max-task-drop -d '--search: largest DEV task-accuracy loss (points) a chosen point may have.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l force -d 'Replace OUT if it exists.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l allow-pickle -d 'Accept .bin/.pt pickle checkpoints (loaded with weights_only=True).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l top -d 'Modules shown in the similarity chart (0: all).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l json -d 'Print one JSON document on stdout instead of a table.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l help -s h -d 'Show help and exit.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from resta' -l finetuned -s f -d 'Fine-tuned checkpoint or LoRA adapter.' -F
