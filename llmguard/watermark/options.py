@@ -161,3 +161,55 @@ class DetectOptions(SchemeChoice, Options):
             raise UsageError(f"--html {self.html}: is a directory")
         if self.vocab_source(self.model is not None) == "tokenizer" and self.tokenizer is None:
             raise UsageError("--vocab-size tokenizer needs --tokenizer; give --vocab-size N with --ids-field")
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerateOptions(SchemeChoice, Options):
+    """Every parameter of ``watermark generate``: model, prompts, scheme, sampling and the output file."""
+
+    verb: ClassVar[str] = "watermark generate"
+
+    model: str = option(help="Model directory (HF layout) or hub id.", short="-m", panel=PANEL_INPUT)
+    prompts: Path = option(help="JSONL/JSON prompts (or plain text, one per line).", short="-p", panel=PANEL_INPUT)
+    output: Path = option(help="Output JSONL (written atomically).", short="-o", panel=PANEL_OUTPUT)
+    adapter: str | None = option(None, help="PEFT adapter directory.", panel=PANEL_INPUT)
+    prompt_field: str = option("prompt", help="JSON field with the prompt.", panel=PANEL_INPUT)
+    skip_bad: bool = option(False, help="Skip malformed prompt records (warned).", panel=PANEL_INPUT, manifest=False)
+    template: str = option("none", help="Prompt formatting: none (as given), auto (chat template if any), plain, chat.", panel=PANEL_INPUT,
+                           choices=("none", "auto", "plain", "chat"), manifest=False)
+    scheme: str = scheme_option()
+    profile: str | None = profile_option()
+    seeding: str | None = seeding_option()
+    gamma: float | None = gamma_option()
+    delta: float | None = delta_option()
+    key: int | None = key_option()
+    context_width: int | None = context_width_option()
+    vocab_size: str = vocab_size_option()
+    rng_device: str = rng_device_option()
+    no_watermark: bool = option(False, help="Plain generation (the control).", panel=PANEL_WM, manifest=False)
+    max_new_tokens: int = option(64, help="New tokens per prompt.", panel="Method", manifest=False)
+    sample: bool = option(True, help="Multinomial sampling (default) or greedy.", flag="--sample/--greedy", panel="Method", manifest=False)
+    temperature: float = option(1.0, help="Sampling temperature (with --sample).", panel="Method", min=0, min_exclusive=True, manifest=False)
+    top_p: float = option(1.0, help="Nucleus sampling mass (with --sample).", panel="Method", min=0, max=1, min_exclusive=True,
+                          manifest=False)
+    seed: int = option(0, help="Sampling seed (recorded).", panel="Method", manifest=False)
+    fmt: str = option("plain", help="plain (prompt/text records) or sft (instruction/input/output).", flag="--format", panel=PANEL_OUTPUT,
+                      choices=("plain", "sft"), manifest_key="format")
+    batch_size: int = option(16, help="Prompts per generation batch.", panel=PANEL_PERF, min=1, manifest=False)
+    device: str = option("auto", help="auto, cpu, cuda or cuda:N.", envvar="LLMGUARD_DEVICE", panel=PANEL_PERF, manifest=False)
+    dtype: str = option("auto", help="auto, float32, bfloat16 or float16.", panel=PANEL_PERF, manifest=False)
+    force: bool = option(False, help="Replace OUT if it exists.", panel="Dangerous options", manifest=False)
+
+    def validate(self) -> None:
+        if not self.no_watermark:
+            self.check_scheme()
+        if self.output.exists() and not self.force:
+            raise UsageError(f"{self.output} exists; pass --force to replace it")
+        if self.output.is_dir():
+            raise UsageError(f"{self.output} is a directory")
+
+    def sampling(self) -> dict[str, Any]:
+        """The sampling settings as recorded with every output record."""
+        return {"do_sample": self.sample, "temperature": self.temperature if self.sample else None,
+                "top_p": self.top_p if self.sample else None, "max_new_tokens": self.max_new_tokens, "seed": self.seed,
+                "batch_size": self.batch_size, "template": self.template}
