@@ -127,7 +127,6 @@ complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subco
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l limit -d 'Evaluate only the first N prompts / task items.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l fail-above -d 'Exit 10 when the harmful rate is above RATE (0-1).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l template -d 'Prompt format: auto (chat template if any, else plain), chat, plain, none.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l json -d 'Print one JSON document on stdout instead of a table.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l records -d 'Also write every response with its verdict to this JSONL file.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l batch-size -d 'Prompts per generation batch.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l max-new-tokens -d 'Tokens generated per answer.' -F
@@ -136,6 +135,7 @@ complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subco
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l load-in-4bit -d 'Load the model in 4 bit (bitsandbytes, GPU).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l load-in-8bit -d 'Load the model in 8 bit (bitsandbytes, GPU).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l trust-remote-code -d 'Allow custom modelling code from the checkpoint.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l json -d 'Print one JSON document on stdout instead of a table.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l help -s h -d 'Show help and exit.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from inspect' -l json -d 'Print one JSON document on stdout instead of a table.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from inspect' -l allow-pickle -d 'Accept .bin/.pt pickle checkpoints (loaded with weights_only=True).' -F
