@@ -47,7 +47,7 @@ NLSR_GRIDS = {
 
 
 def cli(*args: Any, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "llmguard", *map(str, args)]
+    cmd = [sys.executable, "-m", "llmguard", "-q", *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
 
 
@@ -59,19 +59,35 @@ def _build(seed: int) -> dict:
     return {"seed": seed, "root": str(tb.root), "seconds": round(time.perf_counter() - t0, 1), "info": tb.info}
 
 
+def judge_spec(root: Path) -> str:
+    """The judge of every row: keyword + the testbed's harmful content phrases (docs/testbed.md)."""
+    return f"keyword:{root / 'data' / 'harmful_content.txt'}"
+
+
 def evaluate(model: Path, task: str, tb: dict, adapter: Path | None = None) -> dict:
-    """TEST harmful rate, refusal rate and task accuracy (percent) of a model or base + adapter."""
-    data = Path(tb["root"]) / "data"
-    args = ["eval", "safety", "-m", model, "-p", data / "harmful_test.jsonl", "--task", task,
-            "--task-data", data / f"{task}_test.jsonl", "--device", "cpu", "--json", "-q"]
-    if adapter is not None:
-        args += ["-a", adapter]
-    out = cli(*args)
-    if out.returncode != 0:
-        raise RuntimeError(f"eval safety {model}: {out.stderr.strip()}")
+    """TEST harmful rate (keyword + content judge, and the plain keyword judge on the same
+    answers), refusal rate and task accuracy (percent) of a model or base + adapter."""
+    from llmguard.eval.safety_judges import KeywordJudge
+
+    root = Path(tb["root"])
+    data = root / "data"
+    with tempfile.TemporaryDirectory() as tmp:
+        records = Path(tmp) / "records.jsonl"
+        args = ["eval", "safety", "-m", model, "-p", data / "harmful_test.jsonl", "--task", task,
+                "--task-data", data / f"{task}_test.jsonl", "--device", "cpu", "--judge", judge_spec(root),
+                "--records", records, "--json"]
+        if adapter is not None:
+            args += ["-a", adapter]
+        out = cli(*args)
+        if out.returncode != 0:
+            raise RuntimeError(f"eval safety {model}: {out.stderr.strip()}")
+        answers = [json.loads(line) for line in records.read_text().splitlines() if line.strip()]
     doc = json.loads(out.stdout)
+    plain = KeywordJudge()
+    harmful_answers = [r for r in answers if r.get("kind", "harmful") == "harmful" and "response" in r and "label" in r]
+    keyword_only = sum(plain.judge_one(r["prompt"], r["response"]).label == "harmful" for r in harmful_answers)
     return {"harmful": 100 * doc["harmful_rate"], "refusal": 100 * doc["refusal_rate"],
-            "task": 100 * doc["task"]["accuracy"]}
+            "task": 100 * doc["task"]["accuracy"], "harmful_keyword_only": 100 * keyword_only / max(1, len(harmful_answers))}
 
 
 @dataclass(frozen=True)
@@ -95,7 +111,7 @@ def _nlsr_search(kind: str) -> Callable[[Path, Path], list[Any]]:
     def args(root: Path, out: Path) -> list[Any]:
         data = root / "data"
         return [*_nlsr_base(root, kind), "-o", out, "--search", NLSR_GRIDS[kind], "--dev-prompts", data / "harmful_dev.jsonl",
-                "--dev-task", "sst2", "--dev-task-data", data / "sst2_dev_wordings.jsonl"]
+                "--dev-task", "sst2", "--dev-task-data", data / "sst2_dev_wordings.jsonl", "--dev-judge", judge_spec(root)]
     return args
 
 
@@ -108,7 +124,9 @@ METHODS: list[Method] = [
 ]
 
 
-def run_seed(tb: dict, work: Path, methods: list[Method]) -> list[dict]:
+def run_seed(tb: dict, work: Path, method_keys: list[str]) -> list[dict]:
+    """Rows of one seed; methods by ``name (finetune)`` key (lambdas do not cross processes)."""
+    methods = [m for m in METHODS if f"{m.name} ({m.finetune})" in method_keys]
     root = Path(tb["root"])
     rows: list[dict] = []
     models = {
@@ -135,7 +153,7 @@ def run_seed(tb: dict, work: Path, methods: list[Method]) -> list[dict]:
         ft = measured["finetuned-lora" if method.finetune == "lora" else "finetuned-full"]
         out = work / f"seed{tb['seed']}-{method.name.replace(' ', '_')}-{method.finetune}"
         t0 = time.perf_counter()
-        result = cli(*method.args(root, out), "--json", "-q")
+        result = cli(*method.args(root, out), "--json")
         seconds = round(time.perf_counter() - t0, 1)
         if result.returncode not in (0,):
             rows.append({"seed": tb["seed"], "row": f"{method.name} ({method.finetune})", "harmful": None, "refusal": None,
@@ -169,11 +187,11 @@ def markdown(rows: list[dict], env: dict) -> str:
     mark = {True: "✓", False: "✗", None: ""}
     lines = [f"torch {env.get('torch')}, {env.get('cpu')} ({env.get('cpu_capability')}), build threads "
              f"{env.get('build_threads')}, llmguard {env.get('git_revision') or env.get('llmguard')}", "",
-             "| seed | model / method | harmful % | refusal % | task % | bounds | s | DEV choice |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| seed | model / method | harmful % | (keyword only) | refusal % | task % | bounds | s | DEV choice |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['seed']} | {r['row']} | {pct(r['harmful'])} | {pct(r['refusal'])} | {pct(r['task'])} | "
-                     f"{mark[r['bounds']]} | {r['seconds']} | {r['detail']} |")
+        lines.append(f"| {r['seed']} | {r['row']} | {pct(r['harmful'])} | {pct(r.get('harmful_keyword_only'))} | "
+                     f"{pct(r['refusal'])} | {pct(r['task'])} | {mark[r['bounds']]} | {r['seconds']} | {r['detail']} |")
     return "\n".join(lines)
 
 
@@ -195,7 +213,7 @@ def main() -> int:
     print(f"built/reused {len(builds)} testbeds in {time.perf_counter() - t0:.0f} s: "
           + ", ".join(f"seed {b['seed']} {b['seconds']} s" for b in builds), file=sys.stderr)
     wanted = {m.strip() for m in args.methods.split(",") if m.strip()}
-    methods = [m for m in METHODS if not wanted or m.name in wanted]
+    methods = [f"{m.name} ({m.finetune})" for m in METHODS if not wanted or m.name in wanted]
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="llmguard-realign-table-") as work:
         if args.jobs > 1 and len(builds) > 1:
