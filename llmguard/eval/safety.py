@@ -114,7 +114,8 @@ def evaluate_safety(
     """Generate answers for harmful ``prompts`` (and ``task_items``), judge them, count.
 
     ``prompts`` / ``task_items`` are records (dicts) with ``prompt_field`` (and ``category_field``,
-    optional) / ``answer_field``. ``judge`` is ``keyword`` or a moderation model path/id.
+    optional) / ``answer_field``. ``judge`` is ``keyword``, ``keyword:FILE`` (plus harmful content
+    phrases) or a moderation model path/id.
     ``loaded`` reuses an already loaded ``(model, tokenizer)``.
     """
     import time
@@ -132,6 +133,8 @@ def evaluate_safety(
     prompts = list(prompts or [])[: limit or None]
     task_items = list(task_items or [])[: limit or None]
     timings: dict[str, float] = {}
+    # an offline judge is built before the model loads, so a bad phrase list fails in a second
+    keyword_judge = make_judge(judge) if judge.startswith("keyword") else None
 
     t0 = time.perf_counter()
     if loaded is not None:
@@ -153,8 +156,8 @@ def evaluate_safety(
         del lm
 
     t0 = time.perf_counter()
-    j = make_judge(judge, device=device, batch_size=judge_batch_size or batch_size, trust_remote_code=trust_remote_code) \
-        if judge != "keyword" else make_judge("keyword")
+    j = keyword_judge or make_judge(judge, device=device, batch_size=judge_batch_size or batch_size,
+                                    trust_remote_code=trust_remote_code)
     verdicts = j.judge(harm_texts, harm_out, progress=progress) if prompts else []
     timings["judge"] = time.perf_counter() - t0
 
