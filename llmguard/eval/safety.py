@@ -9,8 +9,6 @@ normalised first line of the answer with the reference.
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,64 +22,7 @@ TASKS = ("sst2", "arith")
 
 # ----------------------------------------------------------------------------- data
 
-def read_records(path: str | os.PathLike, *, required: Sequence[str], what: str = "data") -> list[dict]:
-    """Records of a JSONL / JSON (list) / CSV file; one-line errors naming file, line and field.
-
-    Parquet and hub datasets go through ``datasets``.
-    """
-    p = Path(path)
-    if not p.exists():
-        raise InvalidInputError(f"{p}: {what} file does not exist")
-    if p.is_dir():
-        raise InvalidInputError(f"{p}: {what} must be a file, not a directory")
-    suffix = p.suffix.lower()
-    records: list[tuple[int, Any]] = []
-    try:
-        if suffix in (".jsonl", ".ndjson") or suffix not in (".json", ".csv", ".parquet"):
-            with open(p, encoding="utf-8") as fh:
-                for lineno, line in enumerate(fh, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        records.append((lineno, json.loads(line)))
-                    except json.JSONDecodeError as err:
-                        raise InvalidInputError(f"{p}:{lineno}: not valid JSON ({err.msg})") from None
-        elif suffix == ".json":
-            try:
-                data = json.loads(p.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as err:
-                raise InvalidInputError(f"{p}:{err.lineno}: not valid JSON ({err.msg})") from None
-            if isinstance(data, dict) and "data" in data:
-                data = data["data"]
-            if not isinstance(data, list):
-                raise InvalidInputError(f"{p}: a .json {what} file must hold a list of records")
-            records = [(i + 1, r) for i, r in enumerate(data)]
-        elif suffix == ".csv":
-            with open(p, encoding="utf-8", newline="") as fh:
-                records = [(i + 2, dict(r)) for i, r in enumerate(csv.DictReader(fh))]
-        else:
-            from datasets import load_dataset
-
-            ds = load_dataset("parquet", data_files=str(p), split="train")
-            records = [(i + 1, r) for i, r in enumerate(ds)]
-    except UnicodeDecodeError:
-        raise InvalidInputError(f"{p}: {what} file is not UTF-8 text") from None
-    if not records:
-        raise InvalidInputError(f"{p}: {what} file has no records")
-    out = []
-    for lineno, rec in records:
-        where = f"{p}:{lineno}" if suffix != ".json" else f"{p}: record {lineno}"
-        if not isinstance(rec, dict):
-            raise InvalidInputError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-        for name in required:
-            if name not in rec or rec[name] is None:
-                raise InvalidInputError(f"{where}: field {name!r} is missing")
-            if not isinstance(rec[name], (str, int, float)):
-                raise InvalidInputError(f"{where}: field {name!r} must be a string")
-            if isinstance(rec[name], str) and not rec[name].strip():
-                raise InvalidInputError(f"{where}: field {name!r} is empty")
-        out.append(rec)
-    return out
+from llmguard.io.records import read_records  # noqa: E402,F401 - the one records reader, re-exported here
 
 # ----------------------------------------------------------------------------- scoring
 
