@@ -84,7 +84,7 @@ class HParams:
     lora_r: int = 8
     lora_alpha: int = 16
     ft_steps: int = 300
-    ft_lora_lr: float = 1e-4
+    ft_lora_lr: float = 3e-4  # v3: 1e-4 left seeds 2-4 at 42 / 56 / 11 % harmful (the bound is 40); 3e-4: 96-100 %
     ft_full_steps: int = 150
     ft_full_lr: float = 1e-4
     poison: float = 0.1
