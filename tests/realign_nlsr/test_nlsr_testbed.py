@@ -16,7 +16,7 @@ import json
 import pytest
 
 from cli_utils import run_cli
-from llmguard.realign.nlsr.search import parse_grid
+from llmguard.realign.nlsr.grid import AUTO_GRIDS, parse_grid
 
 pytestmark = pytest.mark.slow
 
@@ -72,10 +72,7 @@ def test_defaults_halve_the_lora_finetunes_harmful_rate(testbed, test_split, tmp
 #: DEV search grids (kept small: every point is a realign and a DEV evaluation). DEV task data is
 #: ``sst2_dev_wordings`` (249 unseen wordings of training combinations): the 52-item ``sst2_dev``
 #: could not see the LoRA realignment's task loss (docs/realign.md).
-GRIDS = {
-    "lora": "unit=element,row;scorer=actsvd,wanda;alpha=0.5;mask-ratio=0.2,0.3",
-    "full": "unit=weight;budget=1.0;alpha=0.9,1.2;mask-ratio=0.3,0.35",
-}
+GRIDS = {"lora": "auto", "full": "auto"}  # the library's documented grid per kind of fine-tune
 
 
 @pytest.mark.parametrize("kind", ["lora", "full"])
@@ -94,7 +91,7 @@ def test_dev_search_then_test_bounds(testbed, test_split, aligned_harmful, tmp_p
                      "--dev-prompts", data["harmful_dev"], "--dev-task", "sst2", "--dev-task-data", data["sst2_dev_wordings"], "--dev-judge", _judge(testbed), "--json")
     assert result.returncode == 0, f"exit {result.returncode} (10: no DEV setting keeps the task): {result.stderr[-2000:]}"
     table = json.loads(result.stdout)
-    assert len(table["points"]) == len(parse_grid(GRIDS[kind]))
+    assert len(table["points"]) == len(parse_grid(AUTO_GRIDS[kind]))
     chosen = table["points"][table["chosen"]]
     ft_harmful, ft_acc = _evaluate(finetuned, test_split, testbed)
     new_harmful, new_acc = _evaluate(out, test_split, testbed)
