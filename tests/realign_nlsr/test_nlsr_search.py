@@ -173,3 +173,21 @@ def test_scorer_and_mask_points_share_one_calibration_pass_with_identical_output
                  scorer="wanda", mask_ratio=0.2)
     for name in ("adapter_model.safetensors", "realign_patch.safetensors", "nlsr_modules.json"):
         assert (tmp_path / "chosen" / name).read_bytes() == (fresh.output / name).read_bytes(), name
+
+
+def test_search_auto_picks_the_documented_grid_by_fine_tune_kind(tmp_path):
+    from llmguard.realign.nlsr.grid import AUTO_GRIDS, resolve_grid
+    from llmguard.realign.nlsr.options import NlsrOptions
+
+    adapter = tmp_path / "lora"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    full = tmp_path / "full"
+    full.mkdir()
+    assert resolve_grid("auto", adapter) == AUTO_GRIDS["lora"]
+    assert resolve_grid(" auto ", full) == AUTO_GRIDS["full"]
+    assert resolve_grid("alpha=0.5", adapter) == "alpha=0.5"
+    opts = NlsrOptions(finetuned=full, aligned=tmp_path, output=tmp_path / "out", search="auto", dev_prompts=tmp_path / "d.jsonl",
+                       calibration=tmp_path / "c.jsonl")
+    grid = opts.grid()
+    assert grid == parse_grid(AUTO_GRIDS["full"]) and all(p["unit"] == "weight" for p in grid)
