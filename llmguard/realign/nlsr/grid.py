@@ -19,11 +19,12 @@ MAX_POINTS = 64
 #: A LoRA fine-tune that continues the aligned adapter is searched over element and row units,
 #: both activation-aware scorers and two mask ratios at a moderate amplification; a full
 #: fine-tune over single ΔW weights in every module (rows and half the modules did not reach
-#: the aligned model's safety on the testbed) with stronger amplification and larger masks.
-#: Measured on the testbed, seeds 0-4: docs/realign.md ("Results on the testbed").
+#: the aligned model's safety on the testbed) at the paper's amplification and a stronger one,
+#: with larger masks (on testbed v3 seed 0 α 1.5 / mask 0.45 was needed, on seed 4 α 1.5 cost
+#: 14 task points). Measured on the testbed, seeds 0-4: docs/realign.md ("Results on the testbed").
 AUTO_GRIDS = {
-    "lora": "unit=element,row;scorer=actsvd,wanda;alpha=0.5;mask-ratio=0.2,0.3",
-    "full": "unit=weight;budget=1.0;alpha=1.5,2.0;mask-ratio=0.35,0.45,0.55",
+    "lora": "unit=element,row;scorer=actsvd,wanda;alpha=0.5,0.9;mask-ratio=0.3",
+    "full": "unit=weight;budget=1.0;alpha=0.9,1.5;mask-ratio=0.35,0.45",
 }
 
 
