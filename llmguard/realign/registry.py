@@ -42,3 +42,4 @@ def methods() -> dict[str, RealignMethod]:
 def _load_builtin() -> None:
     import llmguard.realign.nlsr  # noqa: F401
     import llmguard.realign.resta  # noqa: F401
+    import llmguard.realign.somf  # noqa: F401
