@@ -177,7 +177,6 @@ complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_su
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l dtype -d 'Output dtype: auto (as the input), float32, bfloat16 or float16.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l max-shard-size -d 'Largest output shard in bytes, e.g. 5GB, 500MB (bytes, not parameters).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l dry-run -d 'Show what would be patched; write nothing.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l top -d 'Modules shown in the similarity chart (0: all).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l search -d 'Try every point of GRID on DEV data and keep the best, e.g. alpha=0.5,0.9;budget=0.25,0.5 (keys: alpha, budget, threshold, mask-ratio, scorer, unit, actsvd-keep, amplify-mode).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l dev-prompts -d '--search: held-out DEV harmful prompts (JSONL with a prompt field).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l dev-task -d '--search: task name for --dev-task-data (sst2, arith or any label).' -F
@@ -186,6 +185,7 @@ complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_su
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l max-task-drop -d '--search: largest DEV task-accuracy loss (points) a chosen point may have.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l force -d 'Replace OUT if it exists.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l allow-pickle -d 'Accept .bin/.pt pickle checkpoints (loaded with weights_only=True).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l top -d 'Modules shown in the similarity chart (0: all).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l json -d 'Print one JSON document on stdout instead of a table.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l help -s h -d 'Show help and exit.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from resta' -l finetuned -s f -d 'Fine-tuned checkpoint or LoRA adapter.' -F
@@ -236,11 +236,11 @@ complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l fpr -d 'Predict watermarked when p < FPR (overrides --z-threshold).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l aggregate -d 'Corpus results: median z/p, mean -log10 p, and a pooled test with a global dedup tape and prompt-window exclusion (radioactivity).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l group-tokens -d 'Also test fixed groups of N concatenated tokens (Pan et al.: 10000).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l json -d 'JSONL on stdout: one record per text, then the corpus record.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l show -d 'Colour tokens green/red (stdout, or stderr with --json).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l html -d 'Write a self-contained HTML page with the token view and stats.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l fail-on-detect -d 'Exit 10 when any text (with --aggregate: the corpus) is predicted watermarked.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l workers -d 'Processes for permutation green lists (0 = all cores).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l json -d 'JSONL on stdout: one record per text, then the corpus record.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l show -d 'Colour tokens green/red (stdout, or stderr with --json).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l help -s h -d 'Show help and exit.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l model -s m -d 'Model directory (HF layout) or hub id.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l prompts -s p -d 'JSONL/JSON prompts (or plain text, one per line).' -F
@@ -261,11 +261,11 @@ complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l no-watermark -d 'Plain generation (the control).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l max-new-tokens -d 'New tokens per prompt.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l sample -l greedy -d 'Multinomial sampling (default) or greedy.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l temperature -d '' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l top-p -d '' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l temperature -d 'Sampling temperature (with --sample).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l top-p -d 'Nucleus sampling mass (with --sample).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l seed -d 'Sampling seed (recorded).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l format -d 'plain (prompt/text records) or sft (instruction/input/output).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l batch-size -d '' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l batch-size -d 'Prompts per generation batch.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l device -d 'auto, cpu, cuda or cuda:N.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l dtype -d 'auto, float32, bfloat16 or float16.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l force -d 'Replace OUT if it exists.' -F

@@ -14,13 +14,13 @@ _llmguard_words() {
         "eval safety") echo "--model -m --prompts -p --adapter -a --judge -j --task --task-data --prompt-field --category-field --answer-field --limit --fail-above --template --json --records --batch-size --max-new-tokens --device --dtype --load-in-4bit --load-in-8bit --trust-remote-code --help -h" ;;
         "inspect") echo "--json --allow-pickle --scan --help -h" ;;
         "realign") echo "nlsr resta revert --help -h" ;;
-        "realign nlsr") echo "--finetuned -f --aligned -a --output -o --base --reference --calibration -c --calibration-from-reference --harmful-prompts --prompt-field --response-field --template --calibration-samples --max-response-tokens --max-length --skip-bad --alpha --amplify-mode --scorer --mask-ratio --actsvd-keep --unit --select --budget --threshold --prune-rate --epsilon --seed --calibration-mode --batch-tokens --device --dtype --max-shard-size --dry-run --top --search --dev-prompts --dev-task --dev-task-data --dev-judge --max-task-drop --force --allow-pickle --json --help -h" ;;
+        "realign nlsr") echo "--finetuned -f --aligned -a --output -o --base --reference --calibration -c --calibration-from-reference --harmful-prompts --prompt-field --response-field --template --calibration-samples --max-response-tokens --max-length --skip-bad --alpha --amplify-mode --scorer --mask-ratio --actsvd-keep --unit --select --budget --threshold --prune-rate --epsilon --seed --calibration-mode --batch-tokens --device --dtype --max-shard-size --dry-run --search --dev-prompts --dev-task --dev-task-data --dev-judge --max-task-drop --force --allow-pickle --top --json --help -h" ;;
         "realign resta") echo "--finetuned -f --aligned -a --unaligned -u --output -o --gamma -g --base --as-adapter --device --dtype --max-shard-size --force --allow-pickle --json --help -h" ;;
         "realign revert") echo "--output -o --patch --force --json --help -h" ;;
         "testbed") echo "build --help -h" ;;
         "testbed build") echo "--out -o --seed --force --json --help -h" ;;
         "watermark") echo "detect generate --help -h" ;;
-        "watermark detect") echo "--tokenizer -t --text-field --prompt-field --ids-field --skip-bad --model --scheme --profile --seeding --gamma --delta --key --context-width --vocab-size --rng-device --dedup --pvalue --z-threshold --fpr --aggregate --group-tokens --json --show --html --fail-on-detect --workers --help -h" ;;
+        "watermark detect") echo "--tokenizer -t --text-field --prompt-field --ids-field --skip-bad --model --scheme --profile --seeding --gamma --delta --key --context-width --vocab-size --rng-device --dedup --pvalue --z-threshold --fpr --aggregate --group-tokens --html --fail-on-detect --workers --json --show --help -h" ;;
         "watermark generate") echo "--model -m --prompts -p --output -o --adapter --prompt-field --skip-bad --template --scheme --profile --seeding --gamma --delta --key --context-width --vocab-size --rng-device --no-watermark --max-new-tokens --sample --greedy --temperature --top-p --seed --format --batch-size --device --dtype --force --help -h" ;;
     esac
 }

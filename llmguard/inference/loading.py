@@ -189,7 +189,7 @@ def load_causal_lm(
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # stderr stays for llmguard's own progress (SPEC §1)
+    hf_logging.disable_progress_bar()  # stderr stays for llmguard's own progress
 
     source = str(local) if is_local else text
     try:

@@ -1,6 +1,6 @@
 """Watermark testbed: a KGW-watermarked teacher, a radioactive student and a weak reference.
 
-Following notes/testbed-lessons.md (third experiment), scaled down to fit ~40 s on two cores:
+A distillation testbed, scaled down to fit ~40 s on two cores:
 
 - **teacher**: a random sparse bigram language over ``n_words`` words (``successors`` successors per
   word, Dirichlet(0.7) weights) with a KGW watermark on top (transformers' lefthash by default,
@@ -229,9 +229,12 @@ def _sample_model(path: Path, n: int, length: int, seed: int) -> list[list[int]]
 
 
 def median_z(scheme, seqs: list[list[int]]) -> float:
-    from llmguard.watermark.detect import score_token_lists
+    """Median z of ``seqs`` under ``scheme`` (no dedup), through the library detection driver."""
+    from llmguard.watermark.detect import detect
+    from llmguard.watermark.options import DetectOptions
 
-    return float(np.median([s.result.z for s in score_token_lists(scheme, seqs, "none")]))
+    run = detect(DetectOptions(token_ids=seqs, vocab_size=str(scheme.vocab_size), dedup="none"), scheme=scheme)
+    return float(np.median([r["z"] for r in run.records]))
 
 
 def _build_into(root: Path, seed: int, params: WatermarkTestbedParams, progress: Progress) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 The reference model (the amplified aligned model, assembled in memory from the base and
 ΔW_ref) answers harmful prompts greedily; the ``eval safety`` judge keeps the responses it
 calls refusals; up to N kept (prompt, response) pairs (2N prompts are answered) become the calibration data
-(research/realign.md §2.2, step 2; the official code filters with beaver-dam-7b).
+(the paper's step 2; the official code filters with beaver-dam-7b).
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
-"""SOMF: safety realignment by subspace-oriented model fusion (a DPO-trained mask over task vectors)."""
+"""SOMF: safety realignment by subspace-oriented model fusion (a DPO-trained mask over task vectors).
 
-from llmguard.realign.somf.method import SomfResult, somf
+``run_somf(SomfOptions(...)) -> SomfResult``; heavy imports happen inside ``run_somf``.
+"""
+
 from llmguard.realign.somf.options import SomfOptions
 
-__all__ = ["SomfOptions", "SomfResult", "somf"]
+__all__ = ["SomfOptions"]

@@ -89,5 +89,8 @@ def train_mask(masked: MaskedModel, pairs: Sequence[EncodedPair], *, pad_id: int
         log.step_seconds.append(round(time.perf_counter() - t, 5))
         log.peak_rss_bytes.append(peak_rss_bytes())
         progress.advance()
+        note = getattr(progress, "note", None)  # optional part of the protocol: the CLI shows the loss
+        if note is not None:
+            note(f"loss {log.losses[-1]:.4f}")
     masked.reference()
     return log

@@ -16,7 +16,6 @@ from llmguard.io.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from llmguard.io.manifest import MANIFEST_NAME, Manifest
 from llmguard.io.writer import StreamingWriter, TensorPlan, parse_size
 from llmguard.progress import NullProgress, Progress
-from llmguard.realign.registry import register_method
 from llmguard.realign.somf.mask import MASK_FILE, ConcreteMask, apply_mask, densities, load_mask, save_mask
 from llmguard.realign.somf.merge import MERGES, MergeSettings
 from llmguard.realign.somf.options import SomfOptions
@@ -103,15 +102,13 @@ def _plan(tv: TaskVectors, out_dtype: torch.dtype | None) -> list[TensorPlan]:
     return plans
 
 
-@register_method("somf", "subspace-oriented model fusion: a DPO-trained Concrete mask keeps the safe part of each task vector", training_free=False)
-def somf(options: SomfOptions, progress: Progress | None = None) -> SomfResult:
+def run_somf(options: SomfOptions, progress: Progress | None = None) -> SomfResult:
     """Realign (and fuse) fine-tunes with SOMF; write the result unless ``options.dry_run``."""
-    options = options.validate()
     progress = progress or NullProgress()
     device = resolve_device(options.device)
     out_dtype = parse_dtype_option(options.dtype)
     shard_bytes = parse_size(options.max_shard_size)
-    manifest = Manifest(verb="realign somf", parameters=options.parameters())
+    manifest = Manifest(verb=options.verb, parameters=options.parameters())
     with manifest.stage("open inputs") as record:
         tv = open_task_vectors(Path(options.aligned), [Path(p) for p in options.finetuned], base=options.base,
                                allow_pickle=options.allow_pickle, space=options.space)

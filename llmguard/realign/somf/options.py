@@ -1,64 +1,102 @@
-"""Every parameter of ``realign somf``, its default, help text and validation, in one frozen object.
+"""Every parameter of ``realign somf``: inputs, preference data, mask, DPO, fusion, output.
 
-The CLI command is derived from these fields (their ``help`` metadata), the manifest is written
-from :meth:`SomfOptions.parameters`, and :meth:`SomfOptions.validate` runs once, before any input
-is opened, so a bad option is one error line and nothing is read or written.
+Importable without torch (the CLI derives its flags from this class at import time). Validated
+once at construction: a bad value is one usage-error line (exit 2) before any input is opened.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from llmguard.errors import UsageError
+from llmguard.options import (
+    PANEL_INPUT,
+    PANEL_METHOD,
+    PANEL_OUTPUT,
+    Options,
+    allow_pickle_option,
+    base_option,
+    device_option,
+    dtype_option,
+    force_option,
+    max_shard_size_option,
+    option,
+)
+
+PANEL_PREF = "Preference data"
+PANEL_FUSION = "Fusion"
 
 GRANULARITIES = ("element", "row")
 SPACES = ("auto", "factor", "weight")
 MASK_MODES = ("top", "sigmoid", "official")
+MERGE_NAMES = ("ta", "ties", "dare", "avg")
+#: The paper's fusion weights λ per merge (the SOMF code's defaults for multi-model fusion).
+PAPER_LAMBDA = {"ta": 0.3, "ties": 0.4, "dare": 0.3, "avg": 1.0}
 
 
-def _opt(default: Any, help: str, **extra: Any) -> Any:
-    return field(default=default, metadata={"help": help, **extra})
+@dataclass(frozen=True, kw_only=True)
+class SomfOptions(Options):
+    """θ = A + Merge({τ_i ⊙ m / mean(m)}), τ_i = F_i − A, m a Concrete mask trained with DPO."""
 
+    verb: ClassVar[str] = "realign somf"
 
-@dataclass(frozen=True)
-class SomfOptions:
-    """Options of SOMF (subspace-oriented model fusion), validated once by :meth:`validate`."""
+    aligned: Path = option(help="Initially aligned checkpoint or LoRA adapter (the safe model A).", short="-a", panel=PANEL_INPUT)
+    finetuned: tuple[Path, ...] = option(help="Fine-tuned checkpoint or LoRA adapter F_i; repeat it to fuse several with one shared mask.",
+                                         short="-f", panel=PANEL_INPUT)
+    preference: Path | None = option(None, help="Safety preference pairs (JSONL/JSON/CSV with prompt, chosen, rejected).", short="-p",
+                                     panel=PANEL_INPUT)
+    output: Path | None = option(None, help="Output directory (written atomically; LoRA in, LoRA out).", short="-o", panel=PANEL_OUTPUT)
+    base: Path | None = base_option()
+    prompt_field: str = option("prompt", help="Prompt field of the preference data.", panel=PANEL_PREF)
+    chosen_field: str = option("chosen", help="Preferred (safe) response field.", panel=PANEL_PREF)
+    rejected_field: str = option("rejected", help="Dispreferred (harmful) response field.", panel=PANEL_PREF)
+    template: str = option("auto", help="Prompt template: auto, chat, plain, none or a string with {prompt}.", panel=PANEL_PREF)
+    max_length: int = option(256, help="Longest tokenised prompt + response (longer responses are cut).", panel=PANEL_PREF, min=2)
+    space: str = option("auto", help="Task vectors: auto (LoRA factors when every fine-tune continues the aligned adapter, else "
+                        "weights), factor, or weight (W(F_i) − W(A); checkpoint output).", panel=PANEL_METHOD, choices=SPACES)
+    granularity: str = option("element", help="Mask unit: element (one logit per task-vector entry, the paper) or row (one per "
+                              "output row: far fewer logits).", panel=PANEL_METHOD, choices=GRANULARITIES)
+    temperature: float = option(0.5, help="Concrete (relaxed Bernoulli) temperature.", panel=PANEL_METHOD, min=0, min_exclusive=True)
+    init_logit: float = option(0.0, help="Initial mask logit (0: keep probability 0.5).", panel=PANEL_METHOD)
+    beta: float = option(0.1, help="DPO β (sigmoid loss).", panel=PANEL_METHOD, min=0, min_exclusive=True)
+    steps: int = option(150, help="Mask training steps.", panel=PANEL_METHOD, min=1)
+    lr: float = option(1e-2, help="Adam learning rate of the mask logits (the paper's code: 1e-3 for one fine-tune over ~500 "
+                       "larger steps, 1e-2 for fusion).", panel=PANEL_METHOD, min=0, min_exclusive=True)
+    batch_size: int = option(16, help="Preference pairs per step.", panel=PANEL_METHOD, min=1)
+    seed: int = option(0, help="Seed of the mask samples, the batches, DARE drops and --mask-mode official.", panel=PANEL_METHOD)
+    mask_mode: str = option("top", help="Final binary mask: top (the --keep-ratio largest logits of each tensor), sigmoid "
+                            "(σ(ℓ) > 0.5) or official (one seeded relaxed-Bernoulli sample > 0.5, as the paper's code).",
+                            panel=PANEL_METHOD, choices=MASK_MODES)
+    keep_ratio: float = option(0.8, help="--mask-mode top: fraction of units kept per tensor.", panel=PANEL_METHOD, min=0,
+                               min_exclusive=True, max=1)
+    rescale: bool = option(True, help="Rescale the kept task vector by 1/mean(mask), the paper's rule (--no-rescale: keep it as is).",
+                           panel=PANEL_METHOD)
+    mask_file: Path | None = option(None, help="Reuse a trained mask (somf_mask.safetensors of an earlier run) instead of training.",
+                                    panel=PANEL_METHOD)
+    merge: str = option("ta", help="Fusion of the masked task vectors: ta, ties, dare or avg (with one fine-tune ta and avg are "
+                        "the identity at λ 1; ties trims and dare drops the one vector).", panel=PANEL_FUSION, choices=MERGE_NAMES)
+    lam: float | None = option(None, flag="--lambda", help="Fusion weight λ (default: 1 for one fine-tune; ta 0.3, ties 0.4, "
+                               "dare 0.3, avg 1 for fusion, the paper's).", panel=PANEL_FUSION, min=0, min_exclusive=True)
+    density: float | None = option(None, help="ties: fraction of entries kept per vector (default 0.2); dare: fraction kept, "
+                                   "1 − p (default 0.8).", panel=PANEL_FUSION, min=0, min_exclusive=True, max=1)
+    device: str = device_option()
+    dtype: str = dtype_option()
+    max_shard_size: str | int = max_shard_size_option()
+    dry_run: bool = option(False, help="Train the mask and report; write nothing.", panel=PANEL_OUTPUT)
+    force: bool = force_option()
+    allow_pickle: bool = allow_pickle_option()
 
-    aligned: Path = _opt(None, "Initially aligned checkpoint or LoRA adapter (the safe model A).", flag="--aligned", short="-a", panel="Input")
-    finetuned: tuple[Path, ...] = _opt((), "Fine-tuned checkpoint or LoRA adapter F_i (repeat for fusion; one shared mask).", flag="--finetuned", short="-f", panel="Input")
-    preference: Path = _opt(None, "Safety preference pairs (JSONL/JSON/CSV with prompt, chosen, rejected).", flag="--preference", short="-p", panel="Input")
-    output: Path | None = _opt(None, "Output directory (written atomically; LoRA in, LoRA out).", flag="--output", short="-o", panel="Output")
-    base: Path | None = _opt(None, "Base checkpoint of adapter inputs whose adapter_config does not name a local one.", flag="--base", panel="Input")
-    prompt_field: str = _opt("prompt", "Prompt field of the preference data.", panel="Preference data")
-    chosen_field: str = _opt("chosen", "Preferred (safe) response field.", panel="Preference data")
-    rejected_field: str = _opt("rejected", "Dispreferred (harmful) response field.", panel="Preference data")
-    template: str = _opt("auto", "Prompt template: auto, chat, plain, none or a string with {prompt}.", panel="Preference data")
-    max_length: int = _opt(256, "Longest tokenised prompt + response (longer pairs are truncated).", panel="Preference data")
-    space: str = _opt("auto", "Task-vector space: auto (LoRA factors when every fine-tune continues the aligned adapter, else weights), factor or weight (W(F_i) − W(A); checkpoint output).", panel="Method")
-    granularity: str = _opt("element", "Mask unit: element (one logit per task-vector entry, the paper) or row (one per output row).", panel="Method")
-    temperature: float = _opt(0.5, "Concrete (relaxed Bernoulli) temperature.", panel="Method")
-    init_logit: float = _opt(0.0, "Initial mask logit (0: keep probability 0.5).", panel="Method")
-    beta: float = _opt(0.1, "DPO β (sigmoid loss).", panel="Method")
-    steps: int = _opt(150, "Mask training steps.", panel="Method")
-    lr: float = _opt(1e-2, "Adam learning rate of the mask logits (the paper's code used 1e-3 for one fine-tune with more, larger steps).", panel="Method")
-    batch_size: int = _opt(16, "Preference pairs per step.", panel="Method")
-    seed: int = _opt(0, "Seed of the mask samples, the batches, DARE drops and --mask-mode official.", panel="Method")
-    mask_mode: str = _opt("top", "Final binary mask: top (the --keep-ratio largest logits of each tensor), sigmoid (σ(ℓ) > 0.5) or official (one seeded relaxed-Bernoulli sample > 0.5, as the paper's code).", panel="Method")
-    keep_ratio: float = _opt(0.8, "--mask-mode top: fraction of units kept per tensor.", panel="Method")
-    rescale: bool = _opt(True, "Rescale the kept task vector by 1/mean(mask) (the paper); --no-rescale keeps it as is.", panel="Method")
-    merge: str = _opt("ta", "Fusion of the masked task vectors: ta, ties, dare or avg (identity for one fine-tune).", panel="Fusion")
-    lam: float | None = _opt(None, "Fusion weight λ (default 1 for one fine-tune; ta 0.3, ties 0.4, dare 0.3 for fusion, the paper's).", flag="--lambda", panel="Fusion")
-    density: float | None = _opt(None, "TIES: fraction of entries kept per vector (default 0.2); DARE: fraction kept, 1 − p (default 0.8).", panel="Fusion")
-    mask_file: Path | None = _opt(None, "Reuse a trained mask (somf_mask.safetensors) instead of training one.", panel="Method")
-    device: str = _opt("auto", "auto, cpu, cuda or cuda:N.", panel="Performance")
-    dtype: str = _opt("auto", "Output dtype: auto (as the inputs), float32, bfloat16, float16.", panel="Output")
-    max_shard_size: str = _opt("5GB", "Largest output shard (checkpoint output).", panel="Output")
-    force: bool = _opt(False, "Replace an existing output directory.", panel="Output")
-    allow_pickle: bool = _opt(False, "Allow reading pickle (.bin) checkpoints.", panel="Input")
-    dry_run: bool = _opt(False, "Train the mask and report; write nothing.", panel="Output")
+    def validate(self) -> None:
+        if not self.finetuned:
+            raise UsageError("pass at least one --finetuned model")
+        if self.preference is None and self.mask_file is None:
+            raise UsageError("--preference is required (or reuse a trained mask with --mask-file)")
+        if self.output is None and not self.dry_run:
+            raise UsageError("-o/--output is required (or pass --dry-run)")
+        if self.density is not None and self.merge in ("ta", "avg"):
+            raise UsageError(f"--density applies to --merge ties or dare, not {self.merge}")
 
     @property
     def fusion(self) -> bool:
@@ -68,9 +106,7 @@ class SomfOptions:
     def effective_lambda(self) -> float:
         if self.lam is not None:
             return self.lam
-        if not self.fusion:
-            return 1.0
-        return {"ta": 0.3, "ties": 0.4, "dare": 0.3, "avg": 1.0}[self.merge]
+        return PAPER_LAMBDA[self.merge] if self.fusion else 1.0
 
     @property
     def effective_density(self) -> float:
@@ -78,57 +114,7 @@ class SomfOptions:
             return self.density
         return 0.2 if self.merge == "ties" else 0.8
 
-    def validate(self) -> "SomfOptions":
-        """Raise :class:`UsageError` (exit 2) for contradictory or out-of-range options."""
-        from llmguard.realign.somf.merge import MERGES
-
-        if self.aligned is None:
-            raise UsageError("--aligned is required")
-        if not self.finetuned:
-            raise UsageError("pass at least one --finetuned model")
-        if self.preference is None and self.mask_file is None:
-            raise UsageError("--preference is required (or reuse a trained mask with --mask-file)")
-        if self.output is None and not self.dry_run:
-            raise UsageError("-o/--output is required (or pass --dry-run)")
-        if self.granularity not in GRANULARITIES:
-            raise UsageError(f"--granularity {self.granularity!r}: choose {', '.join(GRANULARITIES)}")
-        if self.space not in SPACES:
-            raise UsageError(f"--space {self.space!r}: choose {', '.join(SPACES)}")
-        if self.mask_mode not in MASK_MODES:
-            raise UsageError(f"--mask-mode {self.mask_mode!r}: choose {', '.join(MASK_MODES)}")
-        if self.merge not in MERGES:
-            raise UsageError(f"--merge {self.merge!r}: choose {', '.join(MERGES)}")
-        for name, value in (("--temperature", self.temperature), ("--beta", self.beta)):
-            if not (value > 0 and math.isfinite(value)):
-                raise UsageError(f"{name} {value}: must be a positive number")
-        if self.lam is not None and not (self.lam > 0 and math.isfinite(self.lam)):
-            raise UsageError(f"--lambda {self.lam}: must be a positive number")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise UsageError(f"--lr {self.lr}: must be a positive number")
-        if self.steps < 1 and self.mask_file is None:
-            raise UsageError(f"--steps {self.steps}: must be at least 1")
-        if self.batch_size < 1:
-            raise UsageError(f"--batch-size {self.batch_size}: must be at least 1")
-        if self.max_length < 2:
-            raise UsageError(f"--max-length {self.max_length}: must be at least 2")
-        if not 0 < self.keep_ratio <= 1:
-            raise UsageError(f"--keep-ratio {self.keep_ratio}: must be in (0, 1]")
-        if self.density is not None and not 0 < self.density <= 1:
-            raise UsageError(f"--density {self.density}: must be in (0, 1]")
-        if self.density is not None and self.merge in ("ta", "avg"):
-            raise UsageError(f"--density applies to --merge ties or dare, not {self.merge}")
-        return self
-
     def parameters(self) -> dict[str, Any]:
-        """Every option (paths as strings) plus the effective defaults, for the manifest."""
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, tuple):
-                value = [str(v) for v in value]
-            elif isinstance(value, Path):
-                value = str(value)
-            out[f.name] = value
-        out.update(effective_lambda=self.effective_lambda,
-                   effective_density=self.effective_density if self.merge in ("ties", "dare") else None)
-        return out
+        """The manifest's parameters: every option plus the effective λ and density."""
+        return {**self.to_manifest(), "effective_lambda": self.effective_lambda,
+                "effective_density": self.effective_density if self.merge in ("ties", "dare") else None}
