@@ -13,9 +13,10 @@ from llmguard.cli.output import emit_json, info, reports_errors, stdout, warn
 from llmguard.realign.nlsr.options import NlsrOptions
 from llmguard.realign.registry import get_method
 from llmguard.realign.resta_options import RestaOptions
+from llmguard.realign.safelora.options import SafeLoraOptions
 from llmguard.realign.somf.options import SomfOptions
 
-app = typer.Typer(help="Restore safety to a fine-tuned model: NLSR, SOMF, and RESTA as a training-free baseline.", no_args_is_help=True)
+app = typer.Typer(help="Restore safety to a fine-tuned model: NLSR, SOMF, and RESTA and Safe LoRA as training-free baselines.", no_args_is_help=True)
 
 
 def method_command(name: str, *, panel: str, extra: dict[str, Extra]) -> Any:
@@ -192,3 +193,21 @@ def somf_command(options: SomfOptions, *, json_output: bool = False) -> None:
                  f"{result.mask_parameters} units{loss}; {what}")
     stages = ", ".join(f"{s['name']} {s['seconds']:.2f}s" for s in result.manifest["stages"])
     info(f"{stages}; peak RSS {result.manifest['peak_rss_bytes'] / 2**20:.0f} MiB")
+
+
+@method_command("safelora", panel="Training-free baselines", extra={"json_output": JSON_FLAG})
+def safelora_command(options: SafeLoraOptions, *, json_output: bool = False) -> None:
+    """Safe LoRA: B ← C·B (C = V Vᵀ/‖V‖_F, V = W_aligned − W_base) for modules whose projected cosine is low.
+
+    Example: llmguard realign safelora -a aligned/ --base base/ -f finetuned-lora/ --threshold 0.5 -o projected/
+    """
+    from llmguard.cli.progress import make_progress
+    from llmguard.realign.safelora.method import run_safelora
+
+    result = run_safelora(options, progress=make_progress())
+    if json_output:
+        emit_json({"output": result.output, "dry_run": result.dry_run, "rule": result.rule, "modules_projected": result.projected,
+                   "modules": result.modules, "manifest": result.manifest})
+        return
+    what = "nothing written (dry run)" if result.dry_run else f"wrote adapter {result.output}"
+    stdout.print(f"Safe LoRA: projected {result.projected} of {len(result.modules)} modules ({result.rule}); {what}")

@@ -63,6 +63,13 @@ _BUILTIN = (
         training_free=False,
         demo_step="realign-somf",
     ),
+    RealignMethod(
+        name="safelora",
+        summary="Safe LoRA: project the least aligned LoRA modules onto the alignment subspace V = W_aligned − W_base",
+        options="llmguard.realign.safelora.options:SafeLoraOptions",
+        entry="llmguard.realign.safelora.method:run_safelora",
+        demo_step="realign-safelora",
+    ),
 )
 
 _METHODS: dict[str, RealignMethod] = {}
