@@ -81,6 +81,13 @@ def test_training_moves_the_logits_against_the_rejected_answers(tiny, tmp_path) 
     assert last < first, result.losses
 
 
+def test_gradient_checkpointing_gives_the_same_training(tiny, tmp_path) -> None:
+    plain = run_somf(_options(tiny, tmp_path / "p", steps=3, dry_run=True))
+    checkpointed = run_somf(_options(tiny, tmp_path / "c", steps=3, dry_run=True, gradient_checkpointing=True))
+    assert plain.losses == pytest.approx(checkpointed.losses, abs=1e-5)
+    assert plain.module_density == checkpointed.module_density
+
+
 def test_cli_end_to_end_json(tiny, tmp_path) -> None:
     out = tmp_path / "cli"
     result = run_cli("realign", "somf", "-a", tiny["aligned"], "-f", tiny["ft1"], "-f", tiny["ft2"], "-p", tiny["pref"], "-o", out,

@@ -48,18 +48,26 @@ class _AddDelta(torch.nn.Module):
         return w + self._value(self.name).to(w.dtype)
 
 
-def load_frozen_model(root: Path, device: torch.device) -> Any:
+def load_frozen_model(root: Path, device: torch.device, dtype: torch.dtype = torch.float32, checkpointing: bool = False) -> Any:
     from transformers import AutoModelForCausalLM
 
     if not (root / "config.json").is_file():
         raise InvalidInputError(f"{root}: no config.json; SOMF trains its mask through the model's forward pass")
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(root), dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(str(root), dtype=dtype)
     except Exception as err:  # noqa: BLE001 - an unloadable model is the user's input
         raise InvalidInputError(f"{root}: cannot load the model for mask training ({type(err).__name__}: {err})") from None
     model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    if checkpointing:  # non-reentrant: the logits are reached through closures, not through inputs
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()  # transformers checkpoints only in training mode; dropout is switched off below
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+            if isinstance(getattr(module, "attention_dropout", None), float):
+                module.attention_dropout = 0.0
     return model
 
 
@@ -67,10 +75,10 @@ class MaskedModel:
     """A frozen model + task vectors + a :class:`ConcreteMask`; ``begin_step`` samples a new mask."""
 
     def __init__(self, tv: TaskVectors, mask: ConcreteMask, merge: str, settings: MergeSettings, device: torch.device,
-                 rescale: bool = True) -> None:
+                 rescale: bool = True, dtype: torch.dtype = torch.float32, checkpointing: bool = False) -> None:
         self.tv, self.mask, self.device, self.rescale = tv, mask, device, rescale
         self.merge, self.settings = MERGES[merge], settings
-        self.model = load_frozen_model(tv.aligned.base.root, device)
+        self.model = load_frozen_model(tv.aligned.base.root, device, dtype, checkpointing)
         self.aligned: dict[str, torch.Tensor] = {}
         self.taus: dict[str, list[torch.Tensor]] = {}
         for name in tv.names:
@@ -111,7 +119,7 @@ class MaskedModel:
             with torch.no_grad():
                 for name, p in params.items():
                     if self.tv.aligned.delta(name, self.device) is not None:
-                        p.copy_(weight(self.tv.aligned, name, self.device))
+                        p.copy_(weight(self.tv.aligned, name, self.device).to(p.dtype))
         for name in self.tv.names:
             module_name, _, attr = name.rpartition(".")
             module = self.model.get_submodule(module_name)
@@ -123,8 +131,14 @@ class MaskedModel:
         self._mode, self._cache = "reference", {}
 
     def begin_step(self, generator: torch.Generator) -> None:
-        """Sample a fresh relaxed mask for the next forward pass."""
+        """Sample a fresh relaxed mask and fuse every tensor for the next forward pass.
+
+        Fused up front, outside the model's forward, so that gradient checkpointing recomputes
+        only the layers (the fused tensors are inputs of the checkpointed regions, not part of them).
+        """
         self._mode, self._generator, self._cache = "train", generator, {}
+        for name in self.tv.names:
+            self.value(name)
 
     def use_binary(self, masks: dict[str, torch.Tensor]) -> None:
         """Apply a fixed binary mask (evaluation of the final mask without writing it)."""

@@ -65,8 +65,12 @@ def final_mask(tv: TaskVectors, options: SomfOptions, device: torch.device, prog
     with manifest.stage("load model + task vectors") as record:
         torch.manual_seed(options.seed)
         mask = ConcreteMask(tv.shapes, options.granularity, options.temperature, options.init_logit).to(device)
-        masked = MaskedModel(tv, mask, options.merge, _settings(options), device, rescale=options.rescale)
-        record.update(mask_parameters=mask.parameter_count, model_parameters=sum(p.numel() for p in masked.model.parameters()))
+        train_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(
+            options.train_dtype, torch.bfloat16 if device.type == "cuda" else torch.float32)
+        masked = MaskedModel(tv, mask, options.merge, _settings(options), device, rescale=options.rescale, dtype=train_dtype,
+                             checkpointing=options.gradient_checkpointing)
+        record.update(mask_parameters=mask.parameter_count, model_parameters=sum(p.numel() for p in masked.model.parameters()),
+                      train_dtype=str(train_dtype).removeprefix("torch."))
     with manifest.stage("train mask") as record:
         log = train_mask(masked, pairs, pad_id=tokenizer.pad_token_id, steps=options.steps, lr=options.lr,
                          beta=options.beta, batch_size=options.batch_size, seed=options.seed, progress=progress)

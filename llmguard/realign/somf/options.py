@@ -15,6 +15,7 @@ from llmguard.options import (
     PANEL_INPUT,
     PANEL_METHOD,
     PANEL_OUTPUT,
+    PANEL_PERF,
     Options,
     allow_pickle_option,
     base_option,
@@ -82,6 +83,11 @@ class SomfOptions(Options):
     density: float | None = option(None, help="ties: fraction of entries kept per vector (default 0.2); dare: fraction kept, "
                                    "1 − p (default 0.8).", panel=PANEL_FUSION, min=0, min_exclusive=True, max=1)
     device: str = device_option()
+    train_dtype: str = option("auto", help="Dtype of the frozen model during mask training: auto (bfloat16 on CUDA, float32 on "
+                              "CPU), float32 or bfloat16. Task vectors and logits stay float32.", panel=PANEL_PERF,
+                              choices=("auto", "float32", "bfloat16"))
+    gradient_checkpointing: bool = option(False, help="Recompute activations in the backward pass (less memory, ~30% more time).",
+                                          panel=PANEL_PERF)
     dtype: str = dtype_option()
     max_shard_size: str | int = max_shard_size_option()
     dry_run: bool = option(False, help="Train the mask and report; write nothing.", panel=PANEL_OUTPUT)
