@@ -89,8 +89,8 @@ def child(kind: str, root: Path, steps: int, batch: int) -> dict:
     return {"seconds_per_step": times, "reference_seconds": 0.0, "peak_rss_bytes": peak_rss_bytes()}
 
 
-def run_child(kind: str, work: Path, steps: int, batch: int) -> dict:
-    cmd = [sys.executable, __file__, "--child", kind, "--work", str(work), "--steps", str(steps), "--batch", str(batch)]
+def run_child(kind: str, work: Path, shape: str, steps: int, batch: int) -> dict:
+    cmd = [sys.executable, __file__, "--child", kind, "--work", str(work), "--shape", shape, "--steps", str(steps), "--batch", str(batch)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -121,8 +121,8 @@ def main() -> None:
     nlsr_bench.build_adapters(root / "base", dims, root / "aligned", root / "finetuned")
     build_preference(root / "pref.jsonl", dims["vocab"], opts.pairs, opts.seq)
     print(f"[{opts.shape}] inputs ready in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
-    ours = run_child("ours", opts.work, opts.steps, opts.batch)
-    official = run_child("official", opts.work, opts.steps, opts.batch)
+    ours = run_child("ours", opts.work, opts.shape, opts.steps, opts.batch)
+    official = run_child("official", opts.work, opts.shape, opts.steps, opts.batch)
 
     def per_step(r: dict) -> float:
         later = r["seconds_per_step"][1:] or r["seconds_per_step"]
