@@ -59,9 +59,9 @@ complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subco
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l no-cache -d 'Neither read nor write the generation cache.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l resume -d 'Continue OUTPUT: skip records already in it.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l force -d 'Replace OUTPUT if it exists.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l json -d 'Print the summary as one JSON document.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l max-unparsed -d 'Exit 1 when more than this share of judge outputs did not parse.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l fail-below -d 'Exit 10 when a criterions mean score is below this (CI gate).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l json -d 'Print the summary as one JSON document.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l help -s h -d 'Show help and exit.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from agree' -l pred -d 'Judge results JSONL (eval hdc / eval ace-m3 output, or any JSONL with id + scores).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from agree' -l human -d 'Human labels JSONL (id + one field per criterion, or criterion + score).' -F
@@ -111,9 +111,9 @@ complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subco
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l no-cache -d 'Neither read nor write the generation cache.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l resume -d 'Continue OUTPUT: skip records already in it.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l force -d 'Replace OUTPUT if it exists.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l json -d 'Print the summary as one JSON document.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l max-unparsed -d 'Exit 1 when more than this share of judge outputs did not parse.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l fail-below -d 'Exit 10 when a criterions mean score is below this (CI gate).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l json -d 'Print the summary as one JSON document.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l help -s h -d 'Show help and exit.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l model -s m -d 'Model directory (HF layout), adapter directory, or hub id.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l prompts -s p -d 'Harmful prompts (JSONL/JSON/CSV/Parquet) with a prompt field and an optional category field.' -F

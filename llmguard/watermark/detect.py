@@ -446,12 +446,12 @@ def detect(options: Any, progress: Progress | None = None, *, scheme: Scheme | N
 
 def _tokenized_inputs(o: Any, tok: Any, scheme: Scheme, vsize: int, warn: Callable[[str], None]) -> tuple[list, list[Tokenized], list]:
     """The records that can be scored, their tokens (prompt stripped) and prompt ids."""
-    from llmguard.watermark.data import Record, read_records
+    from llmguard.watermark.data import Record, read_texts
 
     if o.token_ids is not None:
         records = [Record(i, f"text {i}", ids=list(ids)) for i, ids in enumerate(o.token_ids)]
     else:
-        read = read_records(o.source, text_field=o.text_field, prompt_field=o.prompt_field, ids_field=o.ids_field, skip_bad=o.skip_bad)
+        read = read_texts(o.source, text_field=o.text_field, prompt_field=o.prompt_field, ids_field=o.ids_field, skip_bad=o.skip_bad)
         for msg in read.skipped:
             warn(f"skipped {msg}")
         records = read.records

@@ -29,7 +29,7 @@ class GenerationResult:
 
 def read_prompts(options: GenerateOptions, warn: Callable[[str], None]) -> tuple[list[str], list[dict[str, Any]]]:
     """The prompts and their id metadata: JSONL/JSON records, or plain text one prompt per line."""
-    from llmguard.watermark.data import read_records, read_source
+    from llmguard.watermark.data import read_source, read_texts
 
     path = options.prompts
     if not path.exists():
@@ -40,7 +40,7 @@ def read_prompts(options: GenerateOptions, warn: Callable[[str], None]) -> tuple
         if not lines:
             raise InvalidInputError(f"{path}: no prompts")
         return lines, [{} for _ in lines]
-    read = read_records(str(path), text_field=options.prompt_field, skip_bad=options.skip_bad)
+    read = read_texts(str(path), text_field=options.prompt_field, skip_bad=options.skip_bad)
     for msg in read.skipped:
         warn(f"skipped {msg}")
     return [r.text for r in read.records], [r.meta for r in read.records]

@@ -38,7 +38,7 @@ def pairs_from_reference(
 
     import torch
 
-    from llmguard.eval.safety import read_records
+    from llmguard.io.records import read_records
     from llmguard.eval.safety_judges import make_judge
     from llmguard.inference import format_prompt, generate, load_causal_lm
     from llmguard.io.checkpoint import open_checkpoint

@@ -192,7 +192,7 @@ def _calibrate(o: NlsrOptions, inputs: NlsrInputs, ref: Reference, config: Any, 
     if config is None:
         raise InvalidInputError(f"{inputs.base.root}: no config.json; the calibration pass needs the model architecture")
     with manifest.stage("calibration data") as record:
-        from llmguard.io.calibration import encode_pairs, load_pairs
+        from llmguard.realign.nlsr.calibration_data import encode_pairs, load_pairs
 
         if o.calibration_pairs is None:
             assert o.calibration is not None

@@ -131,7 +131,7 @@ class DevData:
 
 def load_dev_data(options: NlsrOptions) -> DevData:
     """``--dev-prompts`` and ``--dev-task-data`` read and checked."""
-    from llmguard.eval.safety import read_records
+    from llmguard.io.records import read_records
 
     assert options.dev_prompts is not None, "validated: --search needs --dev-prompts"
     prompts = read_records(options.dev_prompts, required=["prompt"], what="dev prompts")

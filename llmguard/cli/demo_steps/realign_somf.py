@@ -3,7 +3,7 @@ trained with DPO on the held-out-wording realignment preference pairs), then eva
 
 from __future__ import annotations
 
-from llmguard.testbed.demo import DemoContext, DemoRow, register_step, verb_exists
+from llmguard.cli.demo_runner import DemoContext, DemoRow, register_step, verb_exists
 
 
 @register_step("realign-somf", order=32, description="realign somf (defaults) on finetuned-lora and finetuned-full, then eval safety",

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from llmguard.testbed.demo import DemoContext, DemoRow, register_step, verb_exists
+from llmguard.cli.demo_runner import DemoContext, DemoRow, register_step, verb_exists
 
 
 @register_step("realign-safelora", order=33, description="realign safelora (threshold 0.5) on finetuned-lora, then eval safety",
