@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterable
-
 import numpy as np
 import torch
 
@@ -134,8 +132,3 @@ def load_mask(path: Path, expected: dict[str, tuple[int, ...]], granularity: str
 def densities(masks: dict[str, torch.Tensor]) -> dict[str, float]:
     return {name: round(density(m), 6) for name, m in masks.items()}
 
-
-def overall_density(masks: dict[str, torch.Tensor], sizes: Iterable[int]) -> float:
-    sizes = list(sizes)
-    kept = sum(density(m) * s for m, s in zip(masks.values(), sizes))
-    return kept / max(1, sum(sizes))
