@@ -2,22 +2,22 @@
 _llmguard_words() {
     case "$1" in
         "") echo "demo diff eval inspect realign testbed watermark --quiet -q --verbose -v --version --help -h" ;;
-        "demo") echo "--seed --testbed --out -o --steps --list --device --json --help -h" ;;
-        "diff") echo "--base --top --json --allow-pickle --device --help -h" ;;
+        "demo") echo "--seed --testbed --out -o --steps --device --list --json --help -h" ;;
+        "diff") echo "--base --device --top --json --allow-pickle --help -h" ;;
         "eval") echo "ace-m3 agree hdc safety --help -h" ;;
         "eval ace-m3") echo "--output -o --judge --branch --conclusion --text-only-judge --backend --load-in-4bit --load-in-8bit --trust-remote-code --merge --scale --template --prompt-format --max-new-tokens --retries --retry-temperature --seed --id-field --question-field --answer-field --reference-field --image-field --no-reference --group-field --keep-field --skip-bad --limit --device --dtype --batch-size --cache --no-cache --resume --force --max-unparsed --fail-below --json --help -h" ;;
-        "eval agree") echo "--pred --human --by --criteria --id-field --human-id-field --tie-threshold --bootstrap --seed --json --fail-below --help -h" ;;
+        "eval agree") echo "--pred --human --by --criteria --id-field --human-id-field --tie-threshold --bootstrap --seed --fail-below --json --help -h" ;;
         "eval hdc") echo "--output -o --judge --expert-pqr --expert-mkc --expert-exp --backend --load-in-4bit --load-in-8bit --trust-remote-code --pairwise --swap --aspects --aggregate --template --prompt-format --max-new-tokens --retries --retry-temperature --seed --id-field --question-field --answer-field --answer-b-field --reference-field --no-reference --group-field --keep-field --skip-bad --limit --device --dtype --batch-size --cache --no-cache --resume --force --max-unparsed --fail-below --json --help -h" ;;
-        "eval safety") echo "--model -m --prompts -p --adapter -a --judge -j --task --task-data --prompt-field --category-field --answer-field --limit --fail-above --template --json --records --batch-size --max-new-tokens --device --dtype --load-in-4bit --load-in-8bit --trust-remote-code --help -h" ;;
-        "inspect") echo "--json --allow-pickle --scan --help -h" ;;
+        "eval safety") echo "--model -m --prompts -p --adapter -a --judge -j --task --task-data --prompt-field --category-field --answer-field --limit --fail-above --template --records --batch-size --max-new-tokens --device --dtype --load-in-4bit --load-in-8bit --json --trust-remote-code --help -h" ;;
+        "inspect") echo "--scan --json --allow-pickle --help -h" ;;
         "realign") echo "nlsr resta revert safelora somf --help -h" ;;
-        "realign nlsr") echo "--finetuned -f --aligned -a --output -o --base --reference --calibration -c --calibration-from-reference --harmful-prompts --prompt-field --response-field --template --calibration-samples --max-response-tokens --max-length --skip-bad --alpha --amplify-mode --scorer --mask-ratio --actsvd-keep --unit --select --budget --threshold --prune-rate --epsilon --seed --calibration-mode --batch-tokens --device --dtype --max-shard-size --dry-run --search --dev-prompts --dev-task --dev-task-data --dev-judge --max-task-drop --force --allow-pickle --top --json --help -h" ;;
-        "realign resta") echo "--finetuned -f --aligned -a --unaligned -u --output -o --gamma -g --base --as-adapter --device --dtype --max-shard-size --force --allow-pickle --json --help -h" ;;
-        "realign revert") echo "--output -o --patch --force --json --help -h" ;;
-        "realign safelora") echo "--aligned -a --base --finetuned -f --output -o --threshold --top-k --device --dtype --dry-run --force --allow-pickle --json --help -h" ;;
-        "realign somf") echo "--aligned -a --finetuned -f --preference -p --output -o --base --prompt-field --chosen-field --rejected-field --template --max-length --space --granularity --temperature --init-logit --beta --steps --lr --batch-size --seed --mask-mode --keep-ratio --rescale --mask-file --merge --lambda --density --device --train-dtype --gradient-checkpointing --dtype --max-shard-size --dry-run --force --allow-pickle --json --help -h" ;;
+        "realign nlsr") echo "--finetuned -f --aligned -a --output -o --base --reference --calibration -c --calibration-from-reference --harmful-prompts --prompt-field --response-field --template --calibration-samples --max-response-tokens --max-length --skip-bad --alpha --amplify-mode --scorer --mask-ratio --actsvd-keep --unit --select --budget --threshold --prune-rate --epsilon --seed --calibration-mode --batch-tokens --device --dtype --max-shard-size --dry-run --search --dev-prompts --dev-task --dev-task-data --dev-judge --max-task-drop --top --json --force --allow-pickle --help -h" ;;
+        "realign resta") echo "--finetuned -f --aligned -a --unaligned -u --output -o --gamma -g --base --as-adapter --device --dtype --max-shard-size --json --force --allow-pickle --help -h" ;;
+        "realign revert") echo "--output -o --patch --json --force --help -h" ;;
+        "realign safelora") echo "--aligned -a --base --finetuned -f --output -o --threshold --top-k --device --dtype --dry-run --json --force --allow-pickle --help -h" ;;
+        "realign somf") echo "--aligned -a --finetuned -f --preference -p --output -o --base --prompt-field --chosen-field --rejected-field --template --max-length --space --granularity --temperature --init-logit --beta --steps --lr --batch-size --seed --mask-mode --keep-ratio --rescale --mask-file --merge --lambda --density --device --train-dtype --gradient-checkpointing --dtype --max-shard-size --dry-run --json --force --allow-pickle --help -h" ;;
         "testbed") echo "build --help -h" ;;
-        "testbed build") echo "--out -o --seed --force --json --help -h" ;;
+        "testbed build") echo "--out -o --seed --json --force --help -h" ;;
         "watermark") echo "detect generate --help -h" ;;
         "watermark detect") echo "--tokenizer -t --text-field --prompt-field --ids-field --skip-bad --model --scheme --profile --seeding --gamma --delta --key --context-width --vocab-size --rng-device --dedup --pvalue --z-threshold --fpr --aggregate --group-tokens --html --fail-on-detect --workers --json --show --help -h" ;;
         "watermark generate") echo "--model -m --prompts -p --output -o --adapter --prompt-field --skip-bad --template --scheme --profile --seeding --gamma --delta --key --context-width --vocab-size --rng-device --no-watermark --max-new-tokens --sample --greedy --temperature --top-p --seed --format --batch-size --device --dtype --force --help -h" ;;

@@ -11,15 +11,15 @@ complete -c llmguard -n '__fish_seen_subcommand_from demo' -l seed -d 'Testbed s
 complete -c llmguard -n '__fish_seen_subcommand_from demo' -l testbed -d 'Testbed directory (default: the cache; built if missing).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from demo' -l out -s o -d 'Where the demo writes its artefacts (default: $LLMGUARD_CACHE/demo/seed<N>).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from demo' -l steps -d 'Comma-separated subset of steps to run (default: all available).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from demo' -l list -d 'List the registered steps and exit.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from demo' -l device -d 'Device for the verbs: cpu, cuda, auto.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from demo' -l list -d 'List the registered steps and exit.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from demo' -l json -d 'Print one JSON document on stdout instead of a table.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from demo' -l help -s h -d 'Show help and exit.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from diff' -l base -d 'Compare deltas θ − BASE instead of raw weights (needed for adapter vs checkpoint when the adapters base is not local).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from diff' -l device -d 'Where the math runs: auto, cpu, cuda or cuda:N.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from diff' -l top -d 'Rows in the chart of least similar modules.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from diff' -l json -d 'Print one JSON document on stdout instead of a table.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from diff' -l allow-pickle -d 'Accept .bin/.pt pickle checkpoints (loaded with weights_only=True).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from diff' -l device -d 'Where the math runs: auto, cpu, cuda or cuda:N.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from diff' -l help -s h -d 'Show help and exit.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and not __fish_seen_subcommand_from ace-m3 agree hdc safety' -a ace-m3 -d 'Judge answers to medical image questions ACE-M3 style: branch judges write criterion analyses, a Conclusion judge merges them into the final score (experimental preset: the papers prompts are unknown).'
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and not __fish_seen_subcommand_from ace-m3 agree hdc safety' -a agree -d 'Agreement of judge results with human labels per criterion: Pearson, Spearman, Kendall tau-b, ICC(2,1) and ICC(3,1), quadratic-weighted kappa, MAE, exact/±1 agreement, pairwise accuracy with and without ties, swap consistency, bootstrap 95% CIs over items.'
@@ -72,8 +72,8 @@ complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subco
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from agree' -l tie-threshold -d 'Judge score differences up to this count as ties.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from agree' -l bootstrap -d 'Bootstrap resamples over items for 95% CIs (0: none).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from agree' -l seed -d 'Bootstrap seed.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from agree' -l json -d 'Print the report as one JSON document.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from agree' -l fail-below -d 'Exit 10 when a cells Pearson r is below this (CI gate).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from agree' -l json -d 'Print the report as one JSON document.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from agree' -l help -s h -d 'Show help and exit.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l output -s o -d 'Results JSONL (one record per item and criterion).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l judge -d 'Judge model directory (HF layout) or hub id, used for every criterion not given its own.' -F
@@ -127,7 +127,6 @@ complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subco
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l limit -d 'Evaluate only the first N prompts / task items.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l fail-above -d 'Exit 10 when the harmful rate is above RATE (0-1).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l template -d 'Prompt format: auto (chat template if any, else plain), chat, plain, none.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l json -d 'Print one JSON document on stdout instead of a table.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l records -d 'Also write every response with its verdict to this JSONL file.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l batch-size -d 'Prompts per generation batch.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l max-new-tokens -d 'Tokens generated per answer.' -F
@@ -135,11 +134,12 @@ complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subco
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l dtype -d 'Output dtype: auto (as the input), float32, bfloat16 or float16.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l load-in-4bit -d 'Load the model in 4 bit (bitsandbytes, GPU).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l load-in-8bit -d 'Load the model in 8 bit (bitsandbytes, GPU).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l json -d 'Print one JSON document on stdout instead of a table.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l trust-remote-code -d 'Allow custom modelling code from the checkpoint.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l help -s h -d 'Show help and exit.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from inspect' -l scan -d 'Also read every tensor (one at a time) and count NaN/Inf values; exit 3 if any.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from inspect' -l json -d 'Print one JSON document on stdout instead of a table.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from inspect' -l allow-pickle -d 'Accept .bin/.pt pickle checkpoints (loaded with weights_only=True).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from inspect' -l scan -d 'Also read every tensor (one at a time) and count NaN/Inf values; exit 3 if any.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from inspect' -l help -s h -d 'Show help and exit.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and not __fish_seen_subcommand_from nlsr resta revert safelora somf' -a nlsr -d 'NLSR: transplant safety-critical neurons of an amplified aligned model into the least similar modules.'
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and not __fish_seen_subcommand_from nlsr resta revert safelora somf' -a resta -d 'RESTA: θ_out = θ_F + γ·(θ_A − θ_U), streamed tensor by tensor.'
@@ -179,16 +179,16 @@ complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_su
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l dtype -d 'Output dtype: auto (as the input), float32, bfloat16 or float16.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l max-shard-size -d 'Largest output shard in bytes, e.g. 5GB, 500MB (bytes, not parameters).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l dry-run -d 'Show what would be patched; write nothing.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l search -d 'Try every point of GRID on DEV data and keep the best, e.g. alpha=0.5,0.9;budget=0.25,0.5 (keys: alpha, budget, threshold, mask-ratio, scorer, unit, actsvd-keep, amplify-mode).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l search -d 'Try every point of GRID on DEV data and keep the best, e.g. alpha=0.5,0.9;budget=0.25,0.5 (keys: alpha, budget, threshold, mask-ratio, scorer, unit, actsvd-keep, amplify-mode), or auto: the documented grid for a LoRA or a full fine-tune.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l dev-prompts -d '--search: held-out DEV harmful prompts (JSONL with a prompt field).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l dev-task -d '--search: task name for --dev-task-data (sst2, arith or any label).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l dev-task-data -d '--search: DEV task items (prompt, answer) whose accuracy must hold.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l dev-judge -d '--search: keyword, or a moderation model (Llama Guard / beaver-dam layout).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l max-task-drop -d '--search: largest DEV task-accuracy loss (points) a chosen point may have.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l force -d 'Replace OUT if it exists.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l allow-pickle -d 'Accept .bin/.pt pickle checkpoints (loaded with weights_only=True).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l top -d 'Modules shown in the similarity chart (0: all).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l json -d 'Print one JSON document on stdout instead of a table.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l force -d 'Replace OUT if it exists.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l allow-pickle -d 'Accept .bin/.pt pickle checkpoints (loaded with weights_only=True).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l help -s h -d 'Show help and exit.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from resta' -l finetuned -s f -d 'Fine-tuned checkpoint or LoRA adapter.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from resta' -l aligned -s a -d 'Aligned checkpoint or adapter.' -F
@@ -200,14 +200,14 @@ complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_su
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from resta' -l device -d 'Where the math runs: auto, cpu, cuda or cuda:N.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from resta' -l dtype -d 'Output dtype: auto (as the input), float32, bfloat16 or float16.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from resta' -l max-shard-size -d 'Largest output shard in bytes, e.g. 5GB, 500MB (bytes, not parameters).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from resta' -l json -d 'Print one JSON document on stdout instead of a table.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from resta' -l force -d 'Replace OUT if it exists.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from resta' -l allow-pickle -d 'Accept .bin/.pt pickle checkpoints (loaded with weights_only=True).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from resta' -l json -d 'Print one JSON document on stdout instead of a table.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from resta' -l help -s h -d 'Show help and exit.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from revert' -l output -s o -d 'Output directory (written atomically).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from revert' -l patch -d 'Patch file (default: the one inside PATCHED).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from revert' -l force -d 'Replace OUT if it exists.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from revert' -l json -d 'Print one JSON document on stdout instead of a table.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from revert' -l force -d 'Replace OUT if it exists.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from revert' -l help -s h -d 'Show help and exit.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from safelora' -l aligned -s a -d 'Aligned checkpoint (or a LoRA adapter on a local base): W_aligned.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from safelora' -l base -d 'Unaligned base checkpoint: W_base (V = W_aligned − W_base).' -F
@@ -218,9 +218,9 @@ complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_su
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from safelora' -l device -d 'Where the math runs: auto, cpu, cuda or cuda:N.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from safelora' -l dtype -d 'Output dtype: auto (as the input), float32, bfloat16 or float16.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from safelora' -l dry-run -d 'Compute the cosines and report; write nothing.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from safelora' -l json -d 'Print one JSON document on stdout instead of a table.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from safelora' -l force -d 'Replace OUT if it exists.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from safelora' -l allow-pickle -d 'Accept .bin/.pt pickle checkpoints (loaded with weights_only=True).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from safelora' -l json -d 'Print one JSON document on stdout instead of a table.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from safelora' -l help -s h -d 'Show help and exit.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l aligned -s a -d 'Initially aligned checkpoint or LoRA adapter (the safe model A).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l finetuned -s f -d 'Fine-tuned checkpoint or LoRA adapter F_i; repeat it to fuse several with one shared mask.' -F
@@ -254,15 +254,15 @@ complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_su
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l dtype -d 'Output dtype: auto (as the input), float32, bfloat16 or float16.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l max-shard-size -d 'Largest output shard in bytes, e.g. 5GB, 500MB (bytes, not parameters).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l dry-run -d 'Train the mask and report; write nothing.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l json -d 'Print one JSON document on stdout instead of a table.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l force -d 'Replace OUT if it exists.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l allow-pickle -d 'Accept .bin/.pt pickle checkpoints (loaded with weights_only=True).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l json -d 'Print one JSON document on stdout instead of a table.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l help -s h -d 'Show help and exit.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from testbed; and not __fish_seen_subcommand_from build' -a build -d 'Build the testbed once (about 2 minutes on 2 CPU cores), or print where the cached one is.'
 complete -c llmguard -n '__fish_seen_subcommand_from testbed; and __fish_seen_subcommand_from build' -l out -s o -d 'Directory to build into (default: $LLMGUARD_CACHE/testbed/v<version>-seed<N>).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from testbed; and __fish_seen_subcommand_from build' -l seed -d 'Seed of the data and the training runs.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from testbed; and __fish_seen_subcommand_from build' -l force -d 'Rebuild even if a complete testbed is there.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from testbed; and __fish_seen_subcommand_from build' -l json -d 'Print one JSON document on stdout instead of a table.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from testbed; and __fish_seen_subcommand_from build' -l force -d 'Rebuild even if a complete testbed is there.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from testbed; and __fish_seen_subcommand_from build' -l help -s h -d 'Show help and exit.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and not __fish_seen_subcommand_from detect generate' -a detect -d 'Detect KGW-family and Unigram watermarks: z, exact p (log space), green counts, per text and per corpus.'
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and not __fish_seen_subcommand_from detect generate' -a generate -d 'Generate watermarked (or plain) continuations for prompts; the prompt is stripped from every output.'
