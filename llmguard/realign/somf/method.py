@@ -67,7 +67,7 @@ def final_mask(tv: TaskVectors, options: SomfOptions, device: torch.device, prog
         mask = ConcreteMask(tv.shapes, options.granularity, options.temperature, options.init_logit).to(device)
         train_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(
             options.train_dtype, torch.bfloat16 if device.type == "cuda" else torch.float32)
-        masked = MaskedModel(tv, mask, options.merge, _settings(options), device, rescale=options.rescale, dtype=train_dtype,
+        masked = MaskedModel(tv, mask, options.merge, _settings(options), device, rescale=not options.no_rescale, dtype=train_dtype,
                              checkpointing=options.gradient_checkpointing)
         record.update(mask_parameters=mask.parameter_count, model_parameters=sum(p.numel() for p in masked.model.parameters()),
                       train_dtype=str(train_dtype).removeprefix("torch."))
@@ -151,7 +151,7 @@ def run_somf(options: SomfOptions, progress: Progress | None = None) -> SomfResu
                 if tv.space == "weight" and not is_floating(item.dtype):
                     writer.write(item.name, tv.aligned.base.read(item.name))
                 else:
-                    writer.write(item.name, fused_tensor(tv, item.name, masks.get(item.name), merge, settings, device, options.rescale))
+                    writer.write(item.name, fused_tensor(tv, item.name, masks.get(item.name), merge, settings, device, not options.no_rescale))
                 progress.advance()
             record["tensors"] = len(plan)
         save_mask(writer.tmp / MASK_FILE, masks, {"granularity": result_args["granularity"], "space": tv.space,

@@ -72,8 +72,8 @@ class SomfOptions(Options):
                             panel=PANEL_METHOD, choices=MASK_MODES)
     keep_ratio: float = option(0.8, help="--mask-mode top: fraction of units kept per tensor.", panel=PANEL_METHOD, min=0,
                                min_exclusive=True, max=1)
-    rescale: bool = option(True, help="Rescale the kept task vector by 1/mean(mask), the paper's rule (--no-rescale: keep it as is).",
-                           panel=PANEL_METHOD)
+    no_rescale: bool = option(False, help="Keep the masked task vector as is instead of rescaling it by 1/mean(mask) (the paper's "
+                              "rule).", panel=PANEL_METHOD)
     mask_file: Path | None = option(None, help="Reuse a trained mask (somf_mask.safetensors of an earlier run) instead of training.",
                                     panel=PANEL_METHOD)
     merge: str = option("ta", help="Fusion of the masked task vectors: ta, ties, dare or avg (with one fine-tune ta and avg are "
