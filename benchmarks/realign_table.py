@@ -119,6 +119,12 @@ METHODS: list[Method] = [
     Method("nlsr defaults", "lora", lambda r, o: [*_nlsr_base(r, "lora"), "-o", o], bound="halve"),
     Method("nlsr --search", "lora", _nlsr_search("lora")),
     Method("nlsr --search", "full", _nlsr_search("full")),
+    Method("somf defaults", "lora", lambda r, o: ["realign", "somf", "-a", r / "aligned-lora", "-f", r / "finetuned-lora",
+                                                  "-p", r / "data" / "realign_preference.jsonl", "-o", o]),
+    Method("somf defaults", "full", lambda r, o: ["realign", "somf", "-a", r / "aligned", "-f", r / "finetuned-full",
+                                                  "-p", r / "data" / "realign_preference.jsonl", "-o", o]),
+    Method("safelora τ0.5", "lora", lambda r, o: ["realign", "safelora", "-a", r / "aligned", "--base", r / "base",
+                                                  "-f", r / "finetuned-lora", "-o", o], bound="none"),
 ]
 
 

@@ -4,7 +4,7 @@ complete -c llmguard -n '__fish_use_subcommand' -a demo -d 'Build the testbed (o
 complete -c llmguard -n '__fish_use_subcommand' -a diff -d 'Per-module cosine similarity and relative change ‖B−A‖/‖A‖ of two checkpoints or adapters.'
 complete -c llmguard -n '__fish_use_subcommand' -a eval -d 'Evaluate models: harmful rate, medical LLM-as-judge, agreement with humans.'
 complete -c llmguard -n '__fish_use_subcommand' -a inspect -d 'Summarise a checkpoint or adapter: architecture, parameters, dtypes, shards, LoRA settings.'
-complete -c llmguard -n '__fish_use_subcommand' -a realign -d 'Restore safety to a fine-tuned model: NLSR, and RESTA as a training-free baseline.'
+complete -c llmguard -n '__fish_use_subcommand' -a realign -d 'Restore safety to a fine-tuned model: NLSR, SOMF, and RESTA and Safe LoRA as training-free baselines.'
 complete -c llmguard -n '__fish_use_subcommand' -a testbed -d 'Build the testbed: tiny real Llama checkpoints and synthetic safety/task data.'
 complete -c llmguard -n '__fish_use_subcommand' -a watermark -d 'Detect and generate LLM watermarks (KGW family, Unigram), exactly as the reference implementations.'
 complete -c llmguard -n '__fish_seen_subcommand_from demo' -l seed -d 'Testbed seed.' -F
@@ -141,9 +141,11 @@ complete -c llmguard -n '__fish_seen_subcommand_from inspect' -l scan -d 'Also r
 complete -c llmguard -n '__fish_seen_subcommand_from inspect' -l json -d 'Print one JSON document on stdout instead of a table.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from inspect' -l allow-pickle -d 'Accept .bin/.pt pickle checkpoints (loaded with weights_only=True).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from inspect' -l help -s h -d 'Show help and exit.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from realign; and not __fish_seen_subcommand_from nlsr resta revert' -a nlsr -d 'NLSR: transplant safety-critical neurons of an amplified aligned model into the least similar modules.'
-complete -c llmguard -n '__fish_seen_subcommand_from realign; and not __fish_seen_subcommand_from nlsr resta revert' -a resta -d 'RESTA: θ_out = θ_F + γ·(θ_A − θ_U), streamed tensor by tensor.'
-complete -c llmguard -n '__fish_seen_subcommand_from realign; and not __fish_seen_subcommand_from nlsr resta revert' -a revert -d 'Undo a realign patch exactly: restore every overwritten value.'
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and not __fish_seen_subcommand_from nlsr resta revert safelora somf' -a nlsr -d 'NLSR: transplant safety-critical neurons of an amplified aligned model into the least similar modules.'
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and not __fish_seen_subcommand_from nlsr resta revert safelora somf' -a resta -d 'RESTA: θ_out = θ_F + γ·(θ_A − θ_U), streamed tensor by tensor.'
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and not __fish_seen_subcommand_from nlsr resta revert safelora somf' -a revert -d 'Undo a realign patch exactly: restore every overwritten value.'
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and not __fish_seen_subcommand_from nlsr resta revert safelora somf' -a safelora -d 'Safe LoRA: B ← C·B (C = V Vᵀ/‖V‖_F, V = W_aligned − W_base) for modules whose projected cosine is low.'
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and not __fish_seen_subcommand_from nlsr resta revert safelora somf' -a somf -d 'SOMF: learn a mask over each fine-tunes task vector with DPO on safety pairs, keep the safe part, fuse.'
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l finetuned -s f -d 'Fine-tuned checkpoint or LoRA adapter to realign.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l aligned -s a -d 'Initially aligned checkpoint or LoRA adapter.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l output -s o -d 'Output directory (written atomically; adapter in, adapter out).' -F
@@ -207,6 +209,55 @@ complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_su
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from revert' -l json -d 'Print one JSON document on stdout instead of a table.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from revert' -l force -d 'Replace OUT if it exists.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from revert' -l help -s h -d 'Show help and exit.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from safelora' -l aligned -s a -d 'Aligned checkpoint (or a LoRA adapter on a local base): W_aligned.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from safelora' -l base -d 'Unaligned base checkpoint: W_base (V = W_aligned − W_base).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from safelora' -l finetuned -s f -d 'Fine-tuned LoRA adapter to project.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from safelora' -l output -s o -d 'Output directory: the projected LoRA adapter (written atomically).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from safelora' -l threshold -d 'Project every module whose cosine between C·ΔW and ΔW is at most this (the papers threshold rule).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from safelora' -l top-k -d 'Project the K modules with the lowest cosine instead (the official codes default rule, K = 10).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from safelora' -l device -d 'Where the math runs: auto, cpu, cuda or cuda:N.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from safelora' -l dtype -d 'Output dtype: auto (as the input), float32, bfloat16 or float16.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from safelora' -l dry-run -d 'Compute the cosines and report; write nothing.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from safelora' -l json -d 'Print one JSON document on stdout instead of a table.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from safelora' -l force -d 'Replace OUT if it exists.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from safelora' -l allow-pickle -d 'Accept .bin/.pt pickle checkpoints (loaded with weights_only=True).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from safelora' -l help -s h -d 'Show help and exit.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l aligned -s a -d 'Initially aligned checkpoint or LoRA adapter (the safe model A).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l finetuned -s f -d 'Fine-tuned checkpoint or LoRA adapter F_i; repeat it to fuse several with one shared mask.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l preference -s p -d 'Safety preference pairs (JSONL/JSON/CSV with prompt, chosen, rejected).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l output -s o -d 'Output directory (written atomically; LoRA in, LoRA out).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l base -d 'Base checkpoint of the adapters (default: the adapters base_model_name_or_path, when local).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l prompt-field -d 'Prompt field of the preference data.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l chosen-field -d 'Preferred (safe) response field.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l rejected-field -d 'Dispreferred (harmful) response field.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l template -d 'Prompt template: auto, chat, plain, none or a string with {prompt}.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l max-length -d 'Longest tokenised prompt + response (longer responses are cut).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l space -d 'Task vectors: auto (LoRA factors when every fine-tune continues the aligned adapter, else weights), factor, or weight (W(F_i) − W(A); checkpoint output).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l granularity -d 'Mask unit: element (one logit per task-vector entry, the paper) or row (one per output row: far fewer logits).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l temperature -d 'Concrete (relaxed Bernoulli) temperature.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l init-logit -d 'Initial mask logit (0: keep probability 0.5).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l beta -d 'DPO β (sigmoid loss).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l steps -d 'Mask training steps.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l lr -d 'Adam learning rate of the mask logits (the papers code: 1e-3 for one fine-tune over ~500 larger steps, 1e-2 for fusion).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l batch-size -d 'Preference pairs per step.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l seed -d 'Seed of the mask samples, the batches, DARE drops and --mask-mode official.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l mask-mode -d 'Final binary mask: top (the --keep-ratio largest logits of each tensor), sigmoid (σ(ℓ) > 0.5) or official (one seeded relaxed-Bernoulli sample > 0.5, as the papers code).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l keep-ratio -d '--mask-mode top: fraction of units kept per tensor.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l no-rescale -d 'Keep the masked task vector as is instead of rescaling it by 1/mean(mask) (the papers rule).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l mask-file -d 'Reuse a trained mask (somf_mask.safetensors of an earlier run) instead of training.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l merge -d 'Fusion of the masked task vectors: ta, ties, dare or avg (with one fine-tune ta and avg are the identity at λ 1; ties trims and dare drops the one vector).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l lambda -d 'Fusion weight λ (default: 1 for one fine-tune; ta 0.3, ties 0.4, dare 0.3, avg 1 for fusion, the papers).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l density -d 'ties: fraction of entries kept per vector (default 0.2); dare: fraction kept, 1 − p (default 0.8).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l device -d 'Where the math runs: auto, cpu, cuda or cuda:N.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l train-dtype -d 'Dtype of the frozen model during mask training: auto (bfloat16 on CUDA, float32 on CPU), float32 or bfloat16. Task vectors and logits stay float32.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l gradient-checkpointing -d 'Recompute activations in the backward pass (less memory, ~30% more time).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l dtype -d 'Output dtype: auto (as the input), float32, bfloat16 or float16.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l max-shard-size -d 'Largest output shard in bytes, e.g. 5GB, 500MB (bytes, not parameters).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l dry-run -d 'Train the mask and report; write nothing.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l json -d 'Print one JSON document on stdout instead of a table.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l force -d 'Replace OUT if it exists.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l allow-pickle -d 'Accept .bin/.pt pickle checkpoints (loaded with weights_only=True).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l help -s h -d 'Show help and exit.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from testbed; and not __fish_seen_subcommand_from build' -a build -d 'Build the testbed once (about 2 minutes on 2 CPU cores), or print where the cached one is.'
 complete -c llmguard -n '__fish_seen_subcommand_from testbed; and __fish_seen_subcommand_from build' -l out -s o -d 'Directory to build into (default: $LLMGUARD_CACHE/testbed/v<version>-seed<N>).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from testbed; and __fish_seen_subcommand_from build' -l seed -d 'Seed of the data and the training runs.' -F

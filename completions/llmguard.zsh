@@ -13,10 +13,12 @@ _llmguard_words() {
         "eval hdc") echo "--output -o --judge --expert-pqr --expert-mkc --expert-exp --backend --load-in-4bit --load-in-8bit --trust-remote-code --pairwise --swap --aspects --aggregate --template --prompt-format --max-new-tokens --retries --retry-temperature --seed --id-field --question-field --answer-field --answer-b-field --reference-field --no-reference --group-field --keep-field --skip-bad --limit --device --dtype --batch-size --cache --no-cache --resume --force --max-unparsed --fail-below --json --help -h" ;;
         "eval safety") echo "--model -m --prompts -p --adapter -a --judge -j --task --task-data --prompt-field --category-field --answer-field --limit --fail-above --template --records --batch-size --max-new-tokens --device --dtype --load-in-4bit --load-in-8bit --json --trust-remote-code --help -h" ;;
         "inspect") echo "--scan --json --allow-pickle --help -h" ;;
-        "realign") echo "nlsr resta revert --help -h" ;;
+        "realign") echo "nlsr resta revert safelora somf --help -h" ;;
         "realign nlsr") echo "--finetuned -f --aligned -a --output -o --base --reference --calibration -c --calibration-from-reference --harmful-prompts --prompt-field --response-field --template --calibration-samples --max-response-tokens --max-length --skip-bad --alpha --amplify-mode --scorer --mask-ratio --actsvd-keep --unit --select --budget --threshold --prune-rate --epsilon --seed --calibration-mode --batch-tokens --device --dtype --max-shard-size --dry-run --search --dev-prompts --dev-task --dev-task-data --dev-judge --max-task-drop --top --json --force --allow-pickle --help -h" ;;
         "realign resta") echo "--finetuned -f --aligned -a --unaligned -u --output -o --gamma -g --base --as-adapter --device --dtype --max-shard-size --json --force --allow-pickle --help -h" ;;
         "realign revert") echo "--output -o --patch --json --force --help -h" ;;
+        "realign safelora") echo "--aligned -a --base --finetuned -f --output -o --threshold --top-k --device --dtype --dry-run --json --force --allow-pickle --help -h" ;;
+        "realign somf") echo "--aligned -a --finetuned -f --preference -p --output -o --base --prompt-field --chosen-field --rejected-field --template --max-length --space --granularity --temperature --init-logit --beta --steps --lr --batch-size --seed --mask-mode --keep-ratio --no-rescale --mask-file --merge --lambda --density --device --train-dtype --gradient-checkpointing --dtype --max-shard-size --dry-run --json --force --allow-pickle --help -h" ;;
         "testbed") echo "build --help -h" ;;
         "testbed build") echo "--out -o --seed --json --force --help -h" ;;
         "watermark") echo "detect generate --help -h" ;;

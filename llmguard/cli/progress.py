@@ -42,6 +42,12 @@ class RichStageProgress:
         if self._task is not None:
             self._bar.advance(self._task, n)
 
+    def note(self, text: str) -> None:
+        """Show ``text`` (e.g. the current loss) after the current stage's name."""
+        if self._task is not None:
+            name = self._bar.tasks[self._task].description.split(" · ")[0]
+            self._bar.update(self._task, description=f"{name} · {text}")
+
     def close(self) -> None:
         self.stage("done", 0)
         self._bar.stop()

@@ -12,8 +12,10 @@ from llmguard.cli.output import emit_json, info, stdout, warn
 from llmguard.realign.nlsr.options import NlsrOptions
 from llmguard.realign.registry import get_method
 from llmguard.realign.resta_options import RestaOptions, RevertOptions
+from llmguard.realign.safelora.options import SafeLoraOptions
+from llmguard.realign.somf.options import SomfOptions
 
-app = typer.Typer(help="Restore safety to a fine-tuned model: NLSR, and RESTA as a training-free baseline.", no_args_is_help=True)
+app = typer.Typer(help="Restore safety to a fine-tuned model: NLSR, SOMF, and RESTA and Safe LoRA as training-free baselines.", no_args_is_help=True)
 
 
 def method_command(name: str, *, panel: str, extra: dict[str, Extra]) -> Any:
@@ -157,3 +159,47 @@ def revert_command(options: RevertOptions, *, json_output: bool = False) -> None
         emit_json({"output": result.output, "tensors_restored": result.tensors_restored, "values_restored": result.values_restored})
         return
     stdout.print(f"wrote {result.output}: restored {result.values_restored} values in {result.tensors_restored} tensors")
+
+
+@method_command("somf", panel="Methods", extra={"json_output": JSON_FLAG})
+def somf_command(options: SomfOptions, *, json_output: bool = False) -> None:
+    """SOMF: learn a mask over each fine-tune's task vector with DPO on safety pairs, keep the safe part, fuse.
+
+    Example: llmguard realign somf -a aligned-lora/ -f finetuned-lora/ -p preference.jsonl -o realigned/
+    """
+    from llmguard.cli.progress import make_progress
+    from llmguard.realign.somf.method import run_somf
+
+    result = run_somf(options, progress=make_progress())
+    losses = result.losses
+    summary = {"output": result.output, "dry_run": result.dry_run, "space": result.space, "granularity": result.granularity,
+               "mask_parameters": result.mask_parameters, "mask_density": result.mask_density,
+               "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
+               "module_density": result.module_density, "manifest": result.manifest}
+    if json_output:
+        emit_json(summary)
+        return
+    what = "nothing written (dry run)" if result.dry_run else f"wrote {'adapter' if result.space == 'factor' else 'checkpoint'} {result.output}"
+    loss = f"; DPO loss {losses[0]:.4f} → {losses[-1]:.4f}" if losses else ""
+    stdout.print(f"SOMF ({result.space} space, {result.granularity} mask): kept {result.mask_density:.1%} of "
+                 f"{result.mask_parameters} units{loss}; {what}")
+    stages = ", ".join(f"{s['name']} {s['seconds']:.2f}s" for s in result.manifest["stages"])
+    info(f"{stages}; peak RSS {result.manifest['peak_rss_bytes'] / 2**20:.0f} MiB")
+
+
+@method_command("safelora", panel="Training-free baselines", extra={"json_output": JSON_FLAG})
+def safelora_command(options: SafeLoraOptions, *, json_output: bool = False) -> None:
+    """Safe LoRA: B ← C·B (C = V Vᵀ/‖V‖_F, V = W_aligned − W_base) for modules whose projected cosine is low.
+
+    Example: llmguard realign safelora -a aligned/ --base base/ -f finetuned-lora/ --threshold 0.5 -o projected/
+    """
+    from llmguard.cli.progress import make_progress
+    from llmguard.realign.safelora.method import run_safelora
+
+    result = run_safelora(options, progress=make_progress())
+    if json_output:
+        emit_json({"output": result.output, "dry_run": result.dry_run, "rule": result.rule, "modules_projected": result.projected,
+                   "modules": result.modules, "manifest": result.manifest})
+        return
+    what = "nothing written (dry run)" if result.dry_run else f"wrote adapter {result.output}"
+    stdout.print(f"Safe LoRA: projected {result.projected} of {len(result.modules)} modules ({result.rule}); {what}")

@@ -56,6 +56,21 @@ _BUILTIN = (
         entry="llmguard.realign.nlsr.method:run_nlsr",
         demo_step="realign-nlsr",
     ),
+    RealignMethod(
+        name="somf",
+        summary="subspace-oriented model fusion: a DPO-trained Concrete mask keeps the safe part of each task vector",
+        options="llmguard.realign.somf.options:SomfOptions",
+        entry="llmguard.realign.somf.method:run_somf",
+        training_free=False,
+        demo_step="realign-somf",
+    ),
+    RealignMethod(
+        name="safelora",
+        summary="Safe LoRA: project the least aligned LoRA modules onto the alignment subspace V = W_aligned − W_base",
+        options="llmguard.realign.safelora.options:SafeLoraOptions",
+        entry="llmguard.realign.safelora.method:run_safelora",
+        demo_step="realign-safelora",
+    ),
 )
 
 _METHODS: Registry[RealignMethod] = Registry("realign method")

@@ -1,0 +1,163 @@
+"""The frozen model with the fused, masked task vectors applied inside its forward pass.
+
+Only one model is ever loaded: A (aligned) with every weight frozen. In factor space each adapted
+``nn.Linear`` gets a LoRA branch whose factors are A's plus Merge({τ̃_i}); in weight space each
+masked weight gets a parametrization W_A + Merge({τ̃_i}). The fused tensors are recomputed from
+the mask once per step (``begin_step``) and never written back, so there is no copy of the model
+per step and no second (reference) model: :meth:`MaskedModel.reference` turns the task vectors off
+(the aligned model itself), which is the DPO reference.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch.nn.utils import parametrize
+
+from llmguard.errors import InvalidInputError
+from llmguard.realign.somf.mask import ConcreteMask, apply_mask
+from llmguard.realign.somf.merge import MERGES, MergeSettings
+from llmguard.realign.somf.task_vectors import TaskVectors, weight
+
+
+class _LoraBranch(torch.nn.Module):
+    """y = base(x) + s · (x Aᵀ) Bᵀ with A, B provided by the owning :class:`MaskedModel` per step."""
+
+    def __init__(self, base: torch.nn.Linear, a_key: str, b_key: str, scaling: float, value: Callable[[str], torch.Tensor]) -> None:
+        super().__init__()
+        self.base = base
+        self.a_key, self.b_key, self.scaling = a_key, b_key, scaling
+        self._value = value
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self._value(self.a_key), self._value(self.b_key)
+        return self.base(x) + self.scaling * torch.nn.functional.linear(torch.nn.functional.linear(x, a.to(x.dtype)), b.to(x.dtype))
+
+
+class _AddDelta(torch.nn.Module):
+    """Parametrization W ↦ W + Δ(step) of one frozen weight."""
+
+    def __init__(self, name: str, value: Callable[[str], torch.Tensor]) -> None:
+        super().__init__()
+        self.name = name
+        self._value = value
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w + self._value(self.name).to(w.dtype)
+
+
+def load_frozen_model(root: Path, device: torch.device, dtype: torch.dtype = torch.float32, checkpointing: bool = False) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    if not (root / "config.json").is_file():
+        raise InvalidInputError(f"{root}: no config.json; SOMF trains its mask through the model's forward pass")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(root), dtype=dtype)
+    except Exception as err:  # noqa: BLE001 - an unloadable model is the user's input
+        raise InvalidInputError(f"{root}: cannot load the model for mask training ({type(err).__name__}: {err})") from None
+    model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if checkpointing:  # non-reentrant: the logits are reached through closures, not through inputs
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()  # transformers checkpoints only in training mode; dropout is switched off below
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+            if isinstance(getattr(module, "attention_dropout", None), float):
+                module.attention_dropout = 0.0
+    return model
+
+
+class MaskedModel:
+    """A frozen model + task vectors + a :class:`ConcreteMask`; ``begin_step`` samples a new mask."""
+
+    def __init__(self, tv: TaskVectors, mask: ConcreteMask, merge: str, settings: MergeSettings, device: torch.device,
+                 rescale: bool = True, dtype: torch.dtype = torch.float32, checkpointing: bool = False) -> None:
+        self.tv, self.mask, self.device, self.rescale = tv, mask, device, rescale
+        self.merge, self.settings = MERGES[merge], settings
+        self.model = load_frozen_model(tv.aligned.base.root, device, dtype, checkpointing)
+        self.aligned: dict[str, torch.Tensor] = {}
+        self.taus: dict[str, list[torch.Tensor]] = {}
+        for name in tv.names:
+            a = tv.aligned_value(name, device)
+            self.taus[name] = tv.taus(name, device, a)
+            if tv.space == "factor":
+                self.aligned[name] = a
+        self._mode = "reference"
+        self._generator: torch.Generator | None = None
+        self._cache: dict[str, torch.Tensor] = {}
+        self.fixed: dict[str, torch.Tensor] | None = None
+        if tv.space == "factor":
+            self._install_branches()
+        else:
+            self._install_parametrizations()
+
+    # -- installation -------------------------------------------------------------------------
+    def _install_branches(self) -> None:
+        adapter = self.tv.aligned.adapter
+        assert adapter is not None
+        for name, module in adapter.modules.items():
+            try:
+                target = self.model.get_submodule(name)
+            except AttributeError:
+                raise InvalidInputError(f"adapter module {name!r} is not a module of {self.tv.aligned.base.root}") from None
+            if not isinstance(target, torch.nn.Linear) or adapter.fan_in_fan_out:
+                raise InvalidInputError(f"adapter module {name!r}: factor-space SOMF supports LoRA on nn.Linear modules only")
+            parent_name, _, child = name.rpartition(".")
+            parent = self.model.get_submodule(parent_name) if parent_name else self.model
+            setattr(parent, child, _LoraBranch(target, module.a_key, module.b_key, module.scaling, self.value))
+
+    def _install_parametrizations(self) -> None:
+        params = dict(self.model.named_parameters())
+        missing = [n for n in self.tv.names if n not in params]
+        if missing:
+            raise InvalidInputError(f"tensor {missing[0]!r} is not a parameter of the model at {self.tv.aligned.base.root}")
+        if self.tv.aligned.adapter is not None:  # the loaded weights are the base's: make them W(A)
+            with torch.no_grad():
+                for name, p in params.items():
+                    if self.tv.aligned.delta(name, self.device) is not None:
+                        p.copy_(weight(self.tv.aligned, name, self.device).to(p.dtype))
+        for name in self.tv.names:
+            module_name, _, attr = name.rpartition(".")
+            module = self.model.get_submodule(module_name)
+            parametrize.register_parametrization(module, attr, _AddDelta(name, self.value), unsafe=True)
+
+    # -- per-step values ----------------------------------------------------------------------
+    def reference(self) -> None:
+        """Task vectors off: the model is A (the DPO reference)."""
+        self._mode, self._cache = "reference", {}
+
+    def begin_step(self, generator: torch.Generator) -> None:
+        """Sample a fresh relaxed mask and fuse every tensor for the next forward pass.
+
+        Fused up front, outside the model's forward, so that gradient checkpointing recomputes
+        only the layers (the fused tensors are inputs of the checkpointed regions, not part of them).
+        """
+        self._mode, self._generator, self._cache = "train", generator, {}
+        for name in self.tv.names:
+            self.value(name)
+
+    def use_binary(self, masks: dict[str, torch.Tensor]) -> None:
+        """Apply a fixed binary mask (evaluation of the final mask without writing it)."""
+        self._mode, self.fixed, self._cache = "fixed", masks, {}
+
+    def value(self, name: str) -> torch.Tensor:
+        cached = self._cache.get(name)
+        if cached is not None:
+            return cached
+        if self._mode == "reference":
+            delta = torch.zeros((), device=self.device)
+        else:
+            if self._mode == "train":
+                assert self._generator is not None
+                m = self.mask.sample(name, self._generator)
+            else:
+                assert self.fixed is not None
+                m = self.fixed[name].to(self.device, torch.float32)
+            delta = self.merge(name, [apply_mask(t, m, self.rescale) for t in self.taus[name]], self.settings)
+        out = self.aligned[name] + delta if self.tv.space == "factor" else delta
+        self._cache[name] = out
+        return out

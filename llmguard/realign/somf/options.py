@@ -1,0 +1,126 @@
+"""Every parameter of ``realign somf``: inputs, preference data, mask, DPO, fusion, output.
+
+Importable without torch (the CLI derives its flags from this class at import time). Validated
+once at construction: a bad value is one usage-error line (exit 2) before any input is opened.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from llmguard.errors import UsageError
+from llmguard.options import (
+    PANEL_INPUT,
+    PANEL_METHOD,
+    PANEL_OUTPUT,
+    PANEL_PERF,
+    Options,
+    allow_pickle_option,
+    base_option,
+    device_option,
+    dtype_option,
+    force_option,
+    max_shard_size_option,
+    option,
+)
+
+PANEL_PREF = "Preference data"
+PANEL_FUSION = "Fusion"
+
+GRANULARITIES = ("element", "row")
+SPACES = ("auto", "factor", "weight")
+MASK_MODES = ("top", "sigmoid", "official")
+MERGE_NAMES = ("ta", "ties", "dare", "avg")
+#: The paper's fusion weights λ per merge (the SOMF code's defaults for multi-model fusion).
+PAPER_LAMBDA = {"ta": 0.3, "ties": 0.4, "dare": 0.3, "avg": 1.0}
+
+
+@dataclass(frozen=True, kw_only=True)
+class SomfOptions(Options):
+    """θ = A + Merge({τ_i ⊙ m / mean(m)}), τ_i = F_i − A, m a Concrete mask trained with DPO."""
+
+    verb: ClassVar[str] = "realign somf"
+
+    aligned: Path = option(help="Initially aligned checkpoint or LoRA adapter (the safe model A).", short="-a", panel=PANEL_INPUT)
+    finetuned: tuple[Path, ...] = option(help="Fine-tuned checkpoint or LoRA adapter F_i; repeat it to fuse several with one shared mask.",
+                                         short="-f", panel=PANEL_INPUT)
+    preference: Path | None = option(None, help="Safety preference pairs (JSONL/JSON/CSV with prompt, chosen, rejected).", short="-p",
+                                     panel=PANEL_INPUT)
+    output: Path | None = option(None, help="Output directory (written atomically; LoRA in, LoRA out).", short="-o", panel=PANEL_OUTPUT)
+    base: Path | None = base_option()
+    prompt_field: str = option("prompt", help="Prompt field of the preference data.", panel=PANEL_PREF)
+    chosen_field: str = option("chosen", help="Preferred (safe) response field.", panel=PANEL_PREF)
+    rejected_field: str = option("rejected", help="Dispreferred (harmful) response field.", panel=PANEL_PREF)
+    template: str = option("auto", help="Prompt template: auto, chat, plain, none or a string with {prompt}.", panel=PANEL_PREF)
+    max_length: int = option(256, help="Longest tokenised prompt + response (longer responses are cut).", panel=PANEL_PREF, min=2)
+    space: str = option("auto", help="Task vectors: auto (LoRA factors when every fine-tune continues the aligned adapter, else "
+                        "weights), factor, or weight (W(F_i) − W(A); checkpoint output).", panel=PANEL_METHOD, choices=SPACES)
+    granularity: str = option("element", help="Mask unit: element (one logit per task-vector entry, the paper) or row (one per "
+                              "output row: far fewer logits).", panel=PANEL_METHOD, choices=GRANULARITIES)
+    temperature: float = option(0.5, help="Concrete (relaxed Bernoulli) temperature.", panel=PANEL_METHOD, min=0, min_exclusive=True)
+    init_logit: float = option(0.0, help="Initial mask logit (0: keep probability 0.5).", panel=PANEL_METHOD)
+    beta: float = option(0.1, help="DPO β (sigmoid loss).", panel=PANEL_METHOD, min=0, min_exclusive=True)
+    steps: int = option(150, help="Mask training steps.", panel=PANEL_METHOD, min=1)
+    lr: float = option(1e-2, help="Adam learning rate of the mask logits (the paper's code: 1e-3 for one fine-tune over ~500 "
+                       "larger steps, 1e-2 for fusion).", panel=PANEL_METHOD, min=0, min_exclusive=True)
+    batch_size: int = option(16, help="Preference pairs per step.", panel=PANEL_METHOD, min=1)
+    seed: int = option(0, help="Seed of the mask samples, the batches, DARE drops and --mask-mode official.", panel=PANEL_METHOD)
+    mask_mode: str = option("top", help="Final binary mask: top (the --keep-ratio largest logits of each tensor), sigmoid "
+                            "(σ(ℓ) > 0.5) or official (one seeded relaxed-Bernoulli sample > 0.5, as the paper's code).",
+                            panel=PANEL_METHOD, choices=MASK_MODES)
+    keep_ratio: float = option(0.8, help="--mask-mode top: fraction of units kept per tensor.", panel=PANEL_METHOD, min=0,
+                               min_exclusive=True, max=1)
+    no_rescale: bool = option(False, help="Keep the masked task vector as is instead of rescaling it by 1/mean(mask) (the paper's "
+                              "rule).", panel=PANEL_METHOD)
+    mask_file: Path | None = option(None, help="Reuse a trained mask (somf_mask.safetensors of an earlier run) instead of training.",
+                                    panel=PANEL_METHOD)
+    merge: str = option("ta", help="Fusion of the masked task vectors: ta, ties, dare or avg (with one fine-tune ta and avg are "
+                        "the identity at λ 1; ties trims and dare drops the one vector).", panel=PANEL_FUSION, choices=MERGE_NAMES)
+    lam: float | None = option(None, flag="--lambda", help="Fusion weight λ (default: 1 for one fine-tune; ta 0.3, ties 0.4, "
+                               "dare 0.3, avg 1 for fusion, the paper's).", panel=PANEL_FUSION, min=0, min_exclusive=True)
+    density: float | None = option(None, help="ties: fraction of entries kept per vector (default 0.2); dare: fraction kept, "
+                                   "1 − p (default 0.8).", panel=PANEL_FUSION, min=0, min_exclusive=True, max=1)
+    device: str = device_option()
+    train_dtype: str = option("auto", help="Dtype of the frozen model during mask training: auto (bfloat16 on CUDA, float32 on "
+                              "CPU), float32 or bfloat16. Task vectors and logits stay float32.", panel=PANEL_PERF,
+                              choices=("auto", "float32", "bfloat16"))
+    gradient_checkpointing: bool = option(False, help="Recompute activations in the backward pass (less memory, ~30% more time).",
+                                          panel=PANEL_PERF)
+    dtype: str = dtype_option()
+    max_shard_size: str | int = max_shard_size_option()
+    dry_run: bool = option(False, help="Train the mask and report; write nothing.", panel=PANEL_OUTPUT)
+    force: bool = force_option()
+    allow_pickle: bool = allow_pickle_option()
+
+    def validate(self) -> None:
+        if not self.finetuned:
+            raise UsageError("pass at least one --finetuned model")
+        if self.preference is None and self.mask_file is None:
+            raise UsageError("--preference is required (or reuse a trained mask with --mask-file)")
+        if self.output is None and not self.dry_run:
+            raise UsageError("-o/--output is required (or pass --dry-run)")
+        if self.density is not None and self.merge in ("ta", "avg"):
+            raise UsageError(f"--density applies to --merge ties or dare, not {self.merge}")
+
+    @property
+    def fusion(self) -> bool:
+        return len(self.finetuned) > 1
+
+    @property
+    def effective_lambda(self) -> float:
+        if self.lam is not None:
+            return self.lam
+        return PAPER_LAMBDA[self.merge] if self.fusion else 1.0
+
+    @property
+    def effective_density(self) -> float:
+        if self.density is not None:
+            return self.density
+        return 0.2 if self.merge == "ties" else 0.8
+
+    def parameters(self) -> dict[str, Any]:
+        """The manifest's parameters: every option plus the effective λ and density."""
+        return {**self.to_manifest(), "effective_lambda": self.effective_lambda,
+                "effective_density": self.effective_density if self.merge in ("ties", "dare") else None}
