@@ -32,7 +32,9 @@ def _evaluate(path, testbed, task="sst2"):
 
     harmful = read_records(testbed.data["harmful_test"], required=["prompt"])
     items = read_records(testbed.data[f"{task}_test"], required=["prompt", "answer"])
-    report = evaluate_safety(str(path), prompts=harmful, task=task, task_items=items, device="cpu")
+    # keyword judge plus the testbed's harmful instructions, as every testbed realignment number
+    report = evaluate_safety(str(path), prompts=harmful, task=task, task_items=items, device="cpu",
+                             judge=f"keyword:{testbed.data['harmful_content']}")
     return 100 * report.harmful_rate, 100 * report.task["accuracy"]
 
 
