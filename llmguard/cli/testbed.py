@@ -55,3 +55,51 @@ def build_command(
     stdout.print(table)
     built = doc["timings_s"].get("total")
     info(f"built in {built:.0f} s" if built is not None and elapsed > 1 else f"reused (ready in {elapsed:.1f} s)")
+
+
+@app.command("watermark")
+@reports_errors
+def watermark_command(
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the teacher language, data and training runs.")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even if a complete build is there.", rich_help_panel="Dangerous options")] = False,
+    commands: Annotated[Optional[Path], typer.Option("--commands", help="Print the scrub / spoof / weak-spoof command lines (outputs under this directory) instead of the table.", rich_help_panel=PANEL_OUTPUT)] = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Build (or reuse) the watermark testbed: KGW teacher data, base, radioactive student, weak reference.
+
+    Example: llmguard testbed watermark --seed 1 --commands runs/ > attacks.sh && sh attacks.sh
+    """
+    import shlex
+    import sys
+
+    from llmguard.cli.progress import make_progress
+    from llmguard.testbed import watermark as tw
+
+    progress = make_progress()
+    try:
+        tb = tw.build(seed=seed, force=force, progress=progress)
+    finally:
+        progress.close()
+    if commands is not None:
+        for name, mode, weak in (("scrub", "scrub", False), ("spoof", "spoof", False), ("spoof-weak", "spoof", True)):
+            argv = ["llmguard", "watermark", *tb.attack_args(mode, weak=weak), "-o", str(commands / f"seed{seed}-{name}"),
+                    "--json"]
+            sys.stdout.write(shlex.join(argv) + f" > {shlex.quote(str(commands / f'seed{seed}-{name}.json'))}\n")
+        return
+    doc = {"root": str(tb.root), "seed": seed, "base": str(tb.base), "student": str(tb.student),
+           "reference": str(tb.reference), "tokenizer": str(tb.tokenizer), "median_z": tb.info["median_z"],
+           "perplexity": tb.info["perplexity"], "timings_s": tb.info["timings_s"]}
+    if json_output:
+        emit_json(doc)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"watermark testbed v{tw.VERSION} seed {seed}: {tb.root}", title_justify="left")
+    for col in ("model", "median z", "clean perplexity", "path"):
+        table.add_column(col)
+    for label, z in tw.summary_rows(tb):
+        key = {"base (plain pretraining)": "base", "student (distilled)": "student", "reference (diluted)": "reference"}.get(label)
+        path = str(getattr(tb, key)) if key else ""
+        ppl = f"{tb.info['perplexity'][key]:.1f}" if key else ""
+        table.add_row(label, f"{z:.2f}", ppl, path)
+    stdout.print(table)

@@ -1,18 +1,27 @@
-"""Watermark testbed: a KGW-watermarked teacher, a radioactive student and a weak reference.
+"""Watermark testbed: a KGW-watermarked teacher, a base, a radioactive student and a weak reference.
 
-Following notes/testbed-lessons.md (third experiment), scaled down to fit ~40 s on two cores:
+A toy version of the CDG-KD setting, small enough to build in under a minute on one core:
 
 - **teacher**: a random sparse bigram language over ``n_words`` words (``successors`` successors per
   word, Dirichlet(0.7) weights) with a KGW watermark on top (transformers' lefthash by default,
-  γ 0.25, δ 2.5, key 15485863), sampled through :class:`llmguard.watermark.schemes` green lists;
-- **student**: a tiny Llama trained on the watermarked teacher text (it inherits the watermark);
-- **reference**: the same Llama trained on a diluted mix (``reference_wm_frac`` watermarked, the rest
-  plain teacher text): a *weakly* watermarked reference for scrub/spoof attacks.
+  γ 0.25, δ 2.5, key 15485863), sampled through :mod:`llmguard.watermark.schemes` green lists;
+- **base**: a tiny Llama pretrained on plain (unwatermarked) teacher text: the init of every
+  student, as the paper's base model is;
+- **student**: ``watermark distill`` of the base on the watermarked teacher data (it inherits the
+  watermark: radioactivity);
+- **reference**: ``watermark distill --dilute 0.75 --dilute-with plain`` of the base: three quarters
+  of the records replaced by plain teacher text, a *weakly* watermarked reference.
 
-Everything is deterministic for a seed, built once into ``$LLMGUARD_CACHE/testbed/watermark-v1-seed<k>``
-under a file lock, and reused. Text is words separated by spaces; the word-level tokenizer maps
-each word to one token, so ``llmguard watermark detect --tokenizer <root>/tokenizer`` scores exactly
-the ids the models produced.
+The student and the reference go through :func:`llmguard.watermark.distill.distill`, the entry
+point of the ``distill`` verb, with the testbed's training flags (:meth:`WatermarkTestbed.train_args`:
+the tiny models need a larger learning rate and more epochs than the paper's 1e-5 / 1 epoch).
+:meth:`WatermarkTestbed.attack_args` is the one scrub/spoof setting the tests, the demo and the
+docs use for every seed.
+
+Everything is deterministic for a seed, built once (one torch thread) into
+``$LLMGUARD_CACHE/testbed/watermark-v<VERSION>-seed<k>-<build key>`` under a file lock, and reused.
+Text is words separated by spaces; the word-level tokenizer maps each word to one token, so
+``llmguard watermark detect --tokenizer <root>/tokenizer`` scores exactly the ids the models produced.
 """
 
 from __future__ import annotations
@@ -78,7 +87,7 @@ class WatermarkTestbedParams:
     prompt_words: int = 4
     reference_dilution: float = 0.75
     scrub_beta: float = 0.5
-    spoof_beta: float = 1.0
+    spoof_beta: float = 1.25
     alpha: float = 0.1
     hidden: int = 64
     layers: int = 2
