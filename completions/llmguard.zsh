@@ -17,11 +17,15 @@ _llmguard_words() {
         "realign nlsr") echo "--finetuned -f --aligned -a --output -o --base --reference --calibration -c --calibration-from-reference --harmful-prompts --prompt-field --response-field --template --calibration-samples --max-response-tokens --max-length --skip-bad --alpha --amplify-mode --scorer --mask-ratio --actsvd-keep --unit --select --budget --threshold --prune-rate --epsilon --seed --calibration-mode --batch-tokens --device --dtype --max-shard-size --dry-run --top --search --dev-prompts --dev-task --dev-task-data --dev-judge --max-task-drop --force --allow-pickle --json --help -h" ;;
         "realign resta") echo "--finetuned -f --aligned -a --unaligned -u --output -o --gamma -g --base --as-adapter --device --dtype --max-shard-size --force --allow-pickle --json --help -h" ;;
         "realign revert") echo "--output -o --patch --force --json --help -h" ;;
-        "testbed") echo "build --help -h" ;;
+        "testbed") echo "build watermark --help -h" ;;
         "testbed build") echo "--out -o --seed --force --json --help -h" ;;
-        "watermark") echo "detect generate --help -h" ;;
+        "testbed watermark") echo "--seed --force --commands --json --help -h" ;;
+        "watermark") echo "detect distill generate scrub spoof --help -h" ;;
         "watermark detect") echo "--tokenizer -t --text-field --prompt-field --ids-field --skip-bad --model --scheme --profile --seeding --gamma --delta --key --context-width --vocab-size --rng-device --dedup --pvalue --z-threshold --fpr --aggregate --group-tokens --json --show --html --fail-on-detect --workers --help -h" ;;
+        "watermark distill") echo "--data --output -o --student-init --lora --lora-r --lora-alpha --epochs --lr --lr-scheduler --warmup-ratio --train-batch-size --grad-accum --max-length --weight-decay --train-seed --template --dilute --dilute-with --device --dtype --force --json --help -h" ;;
         "watermark generate") echo "--model -m --prompts -p --output -o --adapter --prompt-field --skip-bad --template --scheme --profile --seeding --gamma --delta --key --context-width --vocab-size --rng-device --no-watermark --max-new-tokens --sample --greedy --temperature --top-p --seed --format --batch-size --device --dtype --force --help -h" ;;
+        "watermark scrub") echo "--student --reference --prompts --output -o --prompt-field --template --alpha --beta --sample --greedy --temperature --top-p --seed --max-new-tokens --batch-size --device --dtype --load-in-4bit --load-in-8bit --force-vocab --format --data-only --resume --force --student-init --lora --lora-r --lora-alpha --epochs --lr --lr-scheduler --warmup-ratio --train-batch-size --grad-accum --max-length --weight-decay --train-seed --eval-prompts --eval-text --eval-max-new-tokens --eval-seed --scheme --profile --seeding --gamma --key --context-width --z-threshold --json --help -h" ;;
+        "watermark spoof") echo "--student --reference --prompts --output -o --prompt-field --template --alpha --beta --sample --greedy --temperature --top-p --seed --max-new-tokens --batch-size --device --dtype --load-in-4bit --load-in-8bit --force-vocab --format --data-only --resume --force --student-init --lora --lora-r --lora-alpha --epochs --lr --lr-scheduler --warmup-ratio --train-batch-size --grad-accum --max-length --weight-decay --train-seed --eval-prompts --eval-text --eval-max-new-tokens --eval-seed --scheme --profile --seeding --gamma --key --context-width --z-threshold --json --help -h" ;;
     esac
 }
 

@@ -81,6 +81,7 @@ def watermark_command(
     finally:
         progress.close()
     if commands is not None:
+        sys.stdout.write(shlex.join(["mkdir", "-p", str(commands)]) + "\n")
         for name, mode, weak in (("scrub", "scrub", False), ("spoof", "spoof", False), ("spoof-weak", "spoof", True)):
             argv = ["llmguard", "watermark", *tb.attack_args(mode, weak=weak), "-o", str(commands / f"seed{seed}-{name}"),
                     "--json"]
