@@ -251,25 +251,25 @@ complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l fail-on-detect -d 'Exit 10 when any text (with --aggregate: the corpus) is predicted watermarked.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l workers -d 'Processes for permutation green lists (0 = all cores).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l help -s h -d 'Show help and exit.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l data -d 'SFT JSONL (instruction/input/output), e.g. written by scrub/spoof --data-only.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l output -s o -d 'Output model directory (HF layout; written atomically).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l student-init -d 'Model the new student starts from (HF directory; CDG-KD: the base model).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l lora -d 'Train a LoRA adapter instead of all weights (writes a PEFT adapter directory).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l lora-r -d 'LoRA rank.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l lora-alpha -d 'LoRA alpha.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l epochs -d 'Training epochs over the dataset.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l lr -d 'Peak learning rate.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l lr-scheduler -d 'Learning-rate schedule (transformers names: cosine, linear, constant, ...).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l lr-scheduler -d 'Learning-rate schedule (transformers names).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l warmup-ratio -d 'Fraction of the steps spent warming up linearly.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l train-batch-size -d 'Sequences per device per step.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l grad-accum -d 'Gradient accumulation steps.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l max-length -d 'Longest training sequence (prompt + output) in tokens; longer ones are cut.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l weight-decay -d 'AdamW weight decay.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l train-seed -d 'Seed of the data order and initialisation of the adapter.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l train-seed -d 'Seed of the data order (and of a LoRA adapters initialisation).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l data -d 'SFT JSONL (instruction/input/output), e.g. written by scrub/spoof --data-only.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l output -s o -d 'Output model directory (HF layout; written atomically).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l template -d 'Prompt formatting of the instruction: none (as given), auto, plain, chat.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l dilute -d 'Replace this fraction of the records by --dilute-with records (a weak reference).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l dilute-with -d 'SFT JSONL of plain (unwatermarked) records for --dilute.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l device -d 'auto, cpu, cuda or cuda:N.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l device -d 'Where the math runs: auto, cpu, cuda or cuda:N.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l dtype -d 'Training dtype of the weights: float32, bfloat16 or float16.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l force -d 'Replace OUT if it exists.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l json -d 'Print one JSON document on stdout instead of a table.' -F
@@ -302,6 +302,30 @@ complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l dtype -d 'auto, float32, bfloat16 or float16.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l force -d 'Replace OUT if it exists.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l help -s h -d 'Show help and exit.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l eval-prompts -d 'Held-out prompts for the closed loop (JSONL/plain lines); without it, no loop.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l eval-text -d 'Held-out clean text (JSONL text field or plain lines) for perplexity.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l eval-max-new-tokens -d 'New tokens per held-out prompt.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l eval-seed -d 'Sampling seed of the held-out generations.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l scheme -d 'Watermark family to detect: kgw or unigram.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l profile -d 'Detector profile (kgw: hf, kirchenbauer, markllm, fast; unigram: zhao, markllm).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l seeding -d 'Seeding scheme of the profile (profile default).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l gamma -d 'Green-list fraction γ (profile default).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l key -d 'Hash key (profile default).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l context-width -d 'Context width h (profile default).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l z-threshold -d 'Detection threshold on z (and |z|) for the flagged fractions.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l student-init -d 'Model the new student starts from (HF directory; CDG-KD: the base model).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l lora -d 'Train a LoRA adapter instead of all weights (writes a PEFT adapter directory).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l lora-r -d 'LoRA rank.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l lora-alpha -d 'LoRA alpha.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l epochs -d 'Training epochs over the dataset.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l lr -d 'Peak learning rate.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l lr-scheduler -d 'Learning-rate schedule (transformers names).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l warmup-ratio -d 'Fraction of the steps spent warming up linearly.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l train-batch-size -d 'Sequences per device per step.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l grad-accum -d 'Gradient accumulation steps.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l max-length -d 'Longest training sequence (prompt + output) in tokens; longer ones are cut.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l weight-decay -d 'AdamW weight decay.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l train-seed -d 'Seed of the data order (and of a LoRA adapters initialisation).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l student -d 'Student S: the model with the strong (inherited) watermark.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l reference -d 'Reference R: the same tokenizer, a weaker watermark (e.g. distilled on diluted data).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l prompts -d 'Prompts to continue (JSONL/JSON with --prompt-field, SFT records, or plain lines).' -F
@@ -316,7 +340,7 @@ complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l seed -d 'Sampling seed (each batch is seeded from it and its index: resumes repeat exactly).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l max-new-tokens -d 'New tokens per prompt.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l batch-size -d 'Prompts per contrastive batch.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l device -d 'auto, cpu, cuda or cuda:N.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l device -d 'Where the math runs: auto, cpu, cuda or cuda:N.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l dtype -d 'auto, float32, bfloat16 or float16 (generation).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l load-in-4bit -d 'Load S and R in 4 bit (bitsandbytes, GPU).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l load-in-8bit -d 'Load S and R in 8 bit (bitsandbytes, GPU).' -F
@@ -325,32 +349,32 @@ complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l data-only -d 'Stop after writing the dataset (no distillation, no closed loop).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l resume -d 'Continue an interrupted run of the same OUT.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l force -d 'Replace OUT if it exists.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l student-init -d 'Model the new student starts from (HF directory; CDG-KD: the base model).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l lora -d 'Train a LoRA adapter instead of all weights (writes a PEFT adapter directory).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l lora-r -d 'LoRA rank.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l lora-alpha -d 'LoRA alpha.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l epochs -d 'Training epochs over the dataset.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l lr -d 'Peak learning rate.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l lr-scheduler -d 'Learning-rate schedule (transformers names: cosine, linear, constant, ...).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l warmup-ratio -d 'Fraction of the steps spent warming up linearly.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l train-batch-size -d 'Sequences per device per step.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l grad-accum -d 'Gradient accumulation steps.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l max-length -d 'Longest training sequence (prompt + output) in tokens; longer ones are cut.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l weight-decay -d 'AdamW weight decay.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l train-seed -d 'Seed of the data order and initialisation of the adapter.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l eval-prompts -d 'Held-out prompts for the closed loop (JSONL/plain lines); without it, no loop.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l eval-text -d 'Held-out clean text (JSONL text field or plain lines) for perplexity.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l eval-max-new-tokens -d 'New tokens per held-out prompt.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l eval-seed -d 'Sampling seed of the held-out generations.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l scheme -d 'Watermark family to detect: kgw or unigram.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l profile -d 'Detector profile (kgw: hf, kirchenbauer, markllm, fast; unigram: zhao, markllm).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l seeding -d 'Seeding scheme of the profile (profile default).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l gamma -d 'Green-list fraction γ (profile default).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l key -d 'Hash key (profile default).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l context-width -d 'Context width h (profile default).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l z-threshold -d 'Detection threshold on |z| for the flagged fractions.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l json -d 'Print one JSON document on stdout instead of a table.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l help -s h -d 'Show help and exit.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l eval-prompts -d 'Held-out prompts for the closed loop (JSONL/plain lines); without it, no loop.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l eval-text -d 'Held-out clean text (JSONL text field or plain lines) for perplexity.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l eval-max-new-tokens -d 'New tokens per held-out prompt.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l eval-seed -d 'Sampling seed of the held-out generations.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l scheme -d 'Watermark family to detect: kgw or unigram.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l profile -d 'Detector profile (kgw: hf, kirchenbauer, markllm, fast; unigram: zhao, markllm).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l seeding -d 'Seeding scheme of the profile (profile default).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l gamma -d 'Green-list fraction γ (profile default).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l key -d 'Hash key (profile default).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l context-width -d 'Context width h (profile default).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l z-threshold -d 'Detection threshold on z (and |z|) for the flagged fractions.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l student-init -d 'Model the new student starts from (HF directory; CDG-KD: the base model).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l lora -d 'Train a LoRA adapter instead of all weights (writes a PEFT adapter directory).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l lora-r -d 'LoRA rank.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l lora-alpha -d 'LoRA alpha.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l epochs -d 'Training epochs over the dataset.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l lr -d 'Peak learning rate.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l lr-scheduler -d 'Learning-rate schedule (transformers names).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l warmup-ratio -d 'Fraction of the steps spent warming up linearly.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l train-batch-size -d 'Sequences per device per step.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l grad-accum -d 'Gradient accumulation steps.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l max-length -d 'Longest training sequence (prompt + output) in tokens; longer ones are cut.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l weight-decay -d 'AdamW weight decay.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l train-seed -d 'Seed of the data order (and of a LoRA adapters initialisation).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l student -d 'Student S: the model with the strong (inherited) watermark.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l reference -d 'Reference R: the same tokenizer, a weaker watermark (e.g. distilled on diluted data).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l prompts -d 'Prompts to continue (JSONL/JSON with --prompt-field, SFT records, or plain lines).' -F
@@ -365,7 +389,7 @@ complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l seed -d 'Sampling seed (each batch is seeded from it and its index: resumes repeat exactly).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l max-new-tokens -d 'New tokens per prompt.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l batch-size -d 'Prompts per contrastive batch.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l device -d 'auto, cpu, cuda or cuda:N.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l device -d 'Where the math runs: auto, cpu, cuda or cuda:N.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l dtype -d 'auto, float32, bfloat16 or float16 (generation).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l load-in-4bit -d 'Load S and R in 4 bit (bitsandbytes, GPU).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l load-in-8bit -d 'Load S and R in 8 bit (bitsandbytes, GPU).' -F
@@ -374,29 +398,5 @@ complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l data-only -d 'Stop after writing the dataset (no distillation, no closed loop).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l resume -d 'Continue an interrupted run of the same OUT.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l force -d 'Replace OUT if it exists.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l student-init -d 'Model the new student starts from (HF directory; CDG-KD: the base model).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l lora -d 'Train a LoRA adapter instead of all weights (writes a PEFT adapter directory).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l lora-r -d 'LoRA rank.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l lora-alpha -d 'LoRA alpha.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l epochs -d 'Training epochs over the dataset.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l lr -d 'Peak learning rate.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l lr-scheduler -d 'Learning-rate schedule (transformers names: cosine, linear, constant, ...).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l warmup-ratio -d 'Fraction of the steps spent warming up linearly.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l train-batch-size -d 'Sequences per device per step.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l grad-accum -d 'Gradient accumulation steps.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l max-length -d 'Longest training sequence (prompt + output) in tokens; longer ones are cut.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l weight-decay -d 'AdamW weight decay.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l train-seed -d 'Seed of the data order and initialisation of the adapter.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l eval-prompts -d 'Held-out prompts for the closed loop (JSONL/plain lines); without it, no loop.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l eval-text -d 'Held-out clean text (JSONL text field or plain lines) for perplexity.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l eval-max-new-tokens -d 'New tokens per held-out prompt.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l eval-seed -d 'Sampling seed of the held-out generations.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l scheme -d 'Watermark family to detect: kgw or unigram.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l profile -d 'Detector profile (kgw: hf, kirchenbauer, markllm, fast; unigram: zhao, markllm).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l seeding -d 'Seeding scheme of the profile (profile default).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l gamma -d 'Green-list fraction γ (profile default).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l key -d 'Hash key (profile default).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l context-width -d 'Context width h (profile default).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l z-threshold -d 'Detection threshold on |z| for the flagged fractions.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l json -d 'Print one JSON document on stdout instead of a table.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l help -s h -d 'Show help and exit.' -F

@@ -7,11 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-PANEL_INPUT = "Inputs"
-PANEL_OUTPUT = "Output"
-PANEL_METHOD = "Method"
-PANEL_PERF = "Performance"
-PANEL_DANGER = "Dangerous options"
+from llmguard.options import PANEL_DANGER, PANEL_INPUT, PANEL_METHOD, PANEL_OUTPUT, PANEL_PERF  # noqa: F401 - re-exported
 
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print one JSON document on stdout instead of a table.", rich_help_panel=PANEL_OUTPUT)

@@ -20,54 +20,24 @@ from llmguard.cli.options import (
     MaxShardSizeOpt,
     OutputDirOpt,
 )
+from llmguard.cli.derive import JSON_FLAG, verb_command
 from llmguard.cli.output import emit_json, info, reports_errors, stdout, warn
 from llmguard.errors import UsageError
+from llmguard.realign.resta_options import RestaOptions
 
 app = typer.Typer(help="Restore safety to a fine-tuned model: NLSR, and RESTA as a training-free baseline.", no_args_is_help=True)
 
 
-@app.command("resta", rich_help_panel="Training-free baselines")
-@reports_errors
-def resta_command(
-    finetuned: Annotated[Path, typer.Option("--finetuned", "-f", help="Fine-tuned checkpoint or LoRA adapter.", rich_help_panel=PANEL_INPUT)],
-    aligned: Annotated[Path, typer.Option("--aligned", "-a", help="Aligned checkpoint or adapter.", rich_help_panel=PANEL_INPUT)],
-    unaligned: Annotated[Path, typer.Option("--unaligned", "-u", help="Unaligned checkpoint or adapter (often the base).", rich_help_panel=PANEL_INPUT)],
-    output: OutputDirOpt,
-    gamma: Annotated[float, typer.Option("--gamma", "-g", help="Weight γ of the safety vector θ_A − θ_U.", rich_help_panel=PANEL_METHOD)] = 0.5,
-    base: BaseOpt = None,
-    as_adapter: Annotated[
-        bool,
-        typer.Option("--as-adapter", help="Write one exact LoRA adapter instead of a full checkpoint (adapter inputs only).", rich_help_panel=PANEL_OUTPUT),
-    ] = False,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
-    max_shard_size: MaxShardSizeOpt = "5GB",
-    force: ForceOpt = False,
-    allow_pickle: AllowPickleOpt = False,
-    json_output: JsonOpt = False,
-) -> None:
+@verb_command(app, "resta", RestaOptions, panel="Training-free baselines", extra={"json_output": JSON_FLAG})
+def resta_command(options: RestaOptions, *, json_output: bool = False) -> None:
     """RESTA: θ_out = θ_F + γ·(θ_A − θ_U), streamed tensor by tensor.
 
     Example: llmguard realign resta -f ft/ -a aligned/ -u base/ --gamma 0.5 -o out/
     """
     from llmguard.cli.progress import make_progress
-    from llmguard.realign.resta import resta
+    from llmguard.realign.resta import run_resta
 
-    result = resta(
-        finetuned,
-        aligned,
-        unaligned,
-        output,
-        gamma=gamma,
-        base=base,
-        as_adapter=as_adapter,
-        device=device,
-        dtype=dtype,
-        max_shard_size=max_shard_size,
-        force=force,
-        allow_pickle=allow_pickle,
-        progress=make_progress(),
-    )
+    result = run_resta(options, progress=make_progress())
     if json_output:
         emit_json(result.manifest)
         return

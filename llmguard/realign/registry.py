@@ -1,44 +1,78 @@
-"""Registry of realignment methods, so the CLI, the demo and the benchmarks find them by name."""
+"""Registry of realignment methods: the CLI, the demo and the docs find a method here by name.
+
+An entry names the method's options class and its library entry point as ``"module:attribute"``
+strings, so reading the registry imports nothing heavy (the CLI builds its commands from it at
+import time, and ``import llmguard.cli`` must not load torch). A test checks that every entry has
+a CLI verb (``llmguard realign NAME``), a registered ``llmguard demo`` step and a section in its
+docs page. To add a method: write its options class and entry point, then add one
+``RealignMethod`` to ``_BUILTIN`` below (or call :func:`register_method`).
+"""
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any
+
+from llmguard.options import Options
+from llmguard.progress import Progress
 
 
 @dataclass(frozen=True)
 class RealignMethod:
+    """One realignment method: what it is called, what it does, and where its parts live."""
+
     name: str
     summary: str
-    training_free: bool
-    run: Callable[..., object]
+    options: str  # "module:Class", an llmguard.options.Options subclass (importable without torch)
+    entry: str  # "module:function", entry(options, progress=None) -> typed result
+    training_free: bool = True
+    demo_step: str = ""  # the `llmguard demo --steps` name that runs it
+    docs: str = "docs/realign.md"  # the page with a `realign NAME` section
 
+    def options_class(self) -> type[Options]:
+        return _resolve(self.options)
+
+    def run(self, options: Options, progress: Progress | None = None) -> Any:
+        """Run the method's library entry point on validated ``options``."""
+        if not isinstance(options, self.options_class()):
+            raise TypeError(f"realign {self.name}: expected {self.options_class().__name__}, got {type(options).__name__}")
+        return _resolve(self.entry)(options, progress=progress)
+
+
+_BUILTIN = (
+    RealignMethod(
+        name="resta",
+        summary="θ_F + γ·(θ_A − θ_U): add the safety vector back (training-free baseline)",
+        options="llmguard.realign.resta_options:RestaOptions",
+        entry="llmguard.realign.resta:run_resta",
+        demo_step="realign-resta",
+    ),
+)
 
 _METHODS: dict[str, RealignMethod] = {}
 
 
-def register_method(name: str, summary: str, *, training_free: bool = True) -> Callable[[Callable[..., object]], Callable[..., object]]:
-    """Decorator: register ``run`` under ``name`` (duplicates are a programming error)."""
-
-    def decorate(run: Callable[..., object]) -> Callable[..., object]:
-        if name in _METHODS:
-            raise ValueError(f"realign method {name!r} registered twice")
-        _METHODS[name] = RealignMethod(name, summary, training_free, run)
-        return run
-
-    return decorate
+def register_method(method: RealignMethod) -> RealignMethod:
+    """Add ``method`` (a second entry under one name is a programming error)."""
+    if method.name in _METHODS:
+        raise ValueError(f"realign method {method.name!r} registered twice")
+    _METHODS[method.name] = method
+    return method
 
 
 def get_method(name: str) -> RealignMethod:
-    _load_builtin()
     return _METHODS[name]
 
 
 def methods() -> dict[str, RealignMethod]:
-    _load_builtin()
     return dict(_METHODS)
 
 
-def _load_builtin() -> None:
-    import llmguard.realign.nlsr  # noqa: F401
-    import llmguard.realign.resta  # noqa: F401
+def _resolve(reference: str) -> Any:
+    module, _, attribute = reference.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+for _method in _BUILTIN:
+    register_method(_method)

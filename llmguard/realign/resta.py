@@ -8,7 +8,6 @@ unaligned base.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,10 +16,10 @@ from llmguard.io.device import resolve_device
 from llmguard.io.dtypes import parse_dtype_option
 from llmguard.io.manifest import MANIFEST_NAME, Manifest
 from llmguard.io.sources import open_source
-from llmguard.io.writer import DEFAULT_MAX_SHARD_BYTES, StreamingWriter, parse_size
+from llmguard.io.writer import StreamingWriter, parse_size
 from llmguard.progress import NullProgress, Progress
 from llmguard.realign.arithmetic import AdapterCombination, LinearCombination, Term
-from llmguard.realign.registry import register_method
+from llmguard.realign.resta_options import RestaOptions
 
 
 @dataclass
@@ -31,50 +30,25 @@ class RestaResult:
     manifest: dict
 
 
-@register_method("resta", "θ_F + γ·(θ_A − θ_U): add the safety vector back (training-free baseline)")
-def resta(
-    finetuned: str | os.PathLike[str],
-    aligned: str | os.PathLike[str],
-    unaligned: str | os.PathLike[str],
-    output: str | os.PathLike[str],
-    *,
-    gamma: float = 0.5,
-    base: str | os.PathLike[str] | None = None,
-    as_adapter: bool = False,
-    device: str = "auto",
-    dtype: str = "auto",
-    max_shard_size: str | int = DEFAULT_MAX_SHARD_BYTES,
-    force: bool = False,
-    allow_pickle: bool = False,
-    progress: Progress | None = None,
-) -> RestaResult:
-    """Write θ_F + γ·(θ_A − θ_U) to ``output`` (streamed, atomic) and return what was done."""
+def run_resta(options: RestaOptions, progress: Progress | None = None) -> RestaResult:
+    """Write θ_F + γ·(θ_A − θ_U) to ``options.output`` (streamed, atomic) and return what was done."""
+    o = options
     progress = progress or NullProgress()
-    manifest = Manifest(
-        verb="realign resta",
-        parameters={
-            "gamma": gamma,
-            "as_adapter": as_adapter,
-            "device": device,
-            "dtype": dtype,
-            "max_shard_size": max_shard_size,
-            "base": str(base) if base else None,
-        },
-    )
-    out = Path(output)
+    manifest = Manifest(verb=o.verb, parameters=o.to_manifest())
+    out = o.output
     with manifest.stage("open inputs"):
         sources = {
-            "finetuned": open_source(finetuned, base=base, allow_pickle=allow_pickle, role="finetuned"),
-            "aligned": open_source(aligned, base=base, allow_pickle=allow_pickle, role="aligned"),
-            "unaligned": open_source(unaligned, base=base, allow_pickle=allow_pickle, role="unaligned"),
+            role: open_source(getattr(o, role), base=o.base, allow_pickle=o.allow_pickle, role=role)
+            for role in ("finetuned", "aligned", "unaligned")
         }
         terms = [
             Term(1.0, sources["finetuned"], "finetuned"),
-            Term(gamma, sources["aligned"], "aligned"),
-            Term(-gamma, sources["unaligned"], "unaligned"),
+            Term(o.gamma, sources["aligned"], "aligned"),
+            Term(-o.gamma, sources["unaligned"], "unaligned"),
         ]
-        combination = AdapterCombination(terms, parse_dtype_option(dtype)) if as_adapter else LinearCombination(terms, parse_dtype_option(dtype))
-        torch_device = resolve_device(device)
+        out_dtype = parse_dtype_option(o.dtype)
+        combination = AdapterCombination(terms, out_dtype) if o.as_adapter else LinearCombination(terms, out_dtype)
+        torch_device = resolve_device(o.device)
         input_paths = {role: src.path for role, src in sources.items()}
         for role, src in sources.items():
             manifest.add_input(role, src.path)
@@ -84,10 +58,10 @@ def resta(
     writer = StreamingWriter(
         out,
         combination.plan(),
-        max_shard_bytes=parse_size(max_shard_size),
-        force=force,
+        max_shard_bytes=parse_size(o.max_shard_size),
+        force=o.force,
         inputs=input_paths.values(),
-        single_file_name="adapter_model.safetensors" if as_adapter else None,
+        single_file_name="adapter_model.safetensors" if o.as_adapter else None,
     )
     with writer:
         with manifest.stage("stream tensors") as record:
@@ -97,14 +71,14 @@ def resta(
             writer.write_json("adapter_config.json", combination.adapter_config())
             manifest.extra["lora_ranks"] = combination.ranks
         else:
-            copy_auxiliary_files(sources["finetuned"].base, writer, parse_dtype_option(dtype))
-        writer.write_text("README.md", _model_card(sources, gamma, as_adapter))
+            copy_auxiliary_files(sources["finetuned"].base, writer, out_dtype)
+        writer.write_text("README.md", _model_card(sources, o.gamma, o.as_adapter))
         manifest.extra["output"] = str(out)
         manifest.extra["device_used"] = str(torch_device)
         payload = manifest.to_dict()
         writer.write_json(MANIFEST_NAME, payload)
     progress.close()
-    return RestaResult(out, written, as_adapter, payload)
+    return RestaResult(out, written, o.as_adapter, payload)
 
 
 def _model_card(sources: dict, gamma: float, as_adapter: bool) -> str:

@@ -298,12 +298,13 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def _distill(root: Path, name: str, params: WatermarkTestbedParams, seed: int, **extra: Any) -> dict[str, Any]:
     """``watermark distill`` of the base (the library entry point the CLI calls)."""
-    from llmguard.watermark.distill import DistillOptions, TrainOptions, distill
+    from llmguard.watermark.attack_options import DistillOptions
+    from llmguard.watermark.distill import distill
 
-    train = TrainOptions(student_init=str(root / "base"), epochs=params.distill_epochs, learning_rate=params.distill_lr,
-                         train_batch_size=params.distill_batch_size, max_length=params.seq_len + 8, train_seed=seed)
-    res = distill(DistillOptions(data=str(root / "teacher-sft.jsonl"), output=str(root / name), train=train,
-                                 device="cpu", **extra))
+    res = distill(DistillOptions(data=str(root / "teacher-sft.jsonl"), output=str(root / name),
+                                 student_init=str(root / "base"), epochs=params.distill_epochs,
+                                 learning_rate=params.distill_lr, train_batch_size=params.distill_batch_size,
+                                 max_length=params.seq_len + 8, train_seed=seed, device="cpu", **extra))
     return {"steps": res.train.steps, "final_loss": res.train.final_loss, "seconds": res.train.seconds}
 
 
@@ -312,7 +313,7 @@ def _build_into(root: Path, seed: int, params: WatermarkTestbedParams, progress:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from llmguard.testbed.train import train_sft
-    from llmguard.watermark.closed_loop import ClosedLoopOptions, detection_report, held_out_texts, perplexity
+    from llmguard.watermark.closed_loop import detection_report, held_out_texts, perplexity
     from llmguard.inference.loading import load_causal_lm
 
     timings: dict[str, float] = {}
@@ -374,14 +375,13 @@ def _build_into(root: Path, seed: int, params: WatermarkTestbedParams, progress:
         "teacher_watermarked": median_z(scheme, eval_wm[:, k:].tolist()),
         "teacher_plain": median_z(scheme, eval_plain[:, k:].tolist()),
     }
-    loop = ClosedLoopOptions(eval_max_new_tokens=params.eval_tokens, eval_seed=seed)
     prompt_ids = [r[:k].tolist() for r in eval_plain]
     clean = [" ".join(words(r.tolist())) for r in eval_plain]
     ppl: dict[str, float] = {}
     t1 = time.perf_counter()
     for name in ("base", "student", "reference"):
         m, t = load_causal_lm(str(root / name), device="cpu")
-        texts = held_out_texts(m, t, prompt_ids, loop, batch_size=64)
+        texts = held_out_texts(m, t, prompt_ids, max_new_tokens=params.eval_tokens, seed=seed, batch_size=64)
         z[name] = detection_report(name, scheme, t, texts, 4.0).median_z
         ppl[name] = perplexity(m, t, clean)
     timings["evaluate"] = round(time.perf_counter() - t1, 2)

@@ -1,6 +1,6 @@
 """CDG-KD scrubbing and spoofing end to end: contrastive data, distillation, closed loop.
 
-``run_attack(AttackOptions(mode="scrub" | "spoof", ...))``:
+``run_attack(ScrubOptions(...) | SpoofOptions(...))``:
 
 1. loads the student S (strong inherited watermark) and the reference R (weak one) once, checks
    that they share a tokenizer, and writes contrastive continuations of the prompts as an SFT
@@ -19,7 +19,6 @@ generation parameters, checked against ``run.json``) and skips a finished distil
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,97 +26,11 @@ from typing import Any
 
 from llmguard.errors import InvalidInputError, UsageError
 from llmguard.progress import NullProgress, Progress
-from llmguard.watermark.closed_loop import ClosedLoopOptions, ModelReport
-from llmguard.watermark.rule import MODES, check_rule
-from llmguard.watermark.distill import TrainOptions, TrainResult
+from llmguard.watermark.attack_options import AttackOptions, ScrubOptions, SpoofOptions
+from llmguard.watermark.closed_loop import ModelReport
+from llmguard.watermark.distill import TrainResult
 
-PANEL_RULE = "Contrastive rule"
-
-
-def _opt(default: Any, help: str, panel: str = PANEL_RULE, **meta: Any) -> Any:
-    metadata = {"help": help, "panel": panel, **meta}
-    return field(metadata=metadata) if default is ... else field(default=default, metadata=metadata)
-
-
-@dataclass(frozen=True)
-class ContrastiveOptions:
-    """The models, the prompts and the contrastive decoding of ``scrub``/``spoof``."""
-
-    student: str = _opt(..., "Student S: the model with the strong (inherited) watermark.", panel="Inputs")
-    reference: str = _opt(..., "Reference R: the same tokenizer, a weaker watermark (e.g. distilled on diluted data).",
-                          panel="Inputs")
-    prompts: str = _opt(..., "Prompts to continue (JSONL/JSON with --prompt-field, SFT records, or plain lines).",
-                        panel="Inputs")
-    output: str = _opt(..., "Output directory: data.jsonl, student/, report.json, llmguard.json.", panel="Output",
-                       aliases=("-o",))
-    prompt_field: str = _opt("prompt", "JSON field with the prompt.", panel="Inputs")
-    template: str = _opt("none", "Prompt formatting: none (as given), auto (chat template if any), plain, chat.",
-                         panel="Inputs")
-    alpha: float = _opt(0.1, "Plausibility cutoff: keep tokens with p ≥ α·max p of the mask's model (0 < α < 1).")
-    beta: float = _opt(0.5, "Contrast strength β > 0: s = ℓ_R − β(ℓ_S − ℓ_R) (scrub) or ℓ_S + β(ℓ_S − ℓ_R) (spoof).")
-    sample: bool = _opt(True, "Sample from the contrastive scores (default) or take the argmax.", flag="--sample/--greedy")
-    temperature: float = _opt(1.0, "Sampling temperature on the contrastive scores.")
-    top_p: float = _opt(1.0, "Nucleus sampling on the contrastive scores.")
-    seed: int = _opt(0, "Sampling seed (each batch is seeded from it and its index: resumes repeat exactly).")
-    max_new_tokens: int = _opt(256, "New tokens per prompt.")
-    batch_size: int = _opt(50, "Prompts per contrastive batch.", panel="Performance")
-    device: str = _opt("auto", "auto, cpu, cuda or cuda:N.", panel="Performance", envvar="LLMGUARD_DEVICE")
-    dtype: str = _opt("auto", "auto, float32, bfloat16 or float16 (generation).", panel="Performance")
-    load_in_4bit: bool = _opt(False, "Load S and R in 4 bit (bitsandbytes, GPU).", panel="Performance")
-    load_in_8bit: bool = _opt(False, "Load S and R in 8 bit (bitsandbytes, GPU).", panel="Performance")
-    force_vocab: bool = _opt(False, "Accept S and R whose vocab sizes differ although the tokenizer is the same.",
-                             panel="Dangerous options")
-    fmt: str = _opt("sft", "Dataset format: sft (instruction/input/output + provenance).", panel="Output",
-                    flag="--format")
-    data_only: bool = _opt(False, "Stop after writing the dataset (no distillation, no closed loop).", panel="Output")
-    resume: bool = _opt(False, "Continue an interrupted run of the same OUT.", panel="Output")
-    force: bool = _opt(False, "Replace OUT if it exists.", panel="Dangerous options")
-
-    def validate(self) -> None:
-        if self.fmt != "sft":
-            raise UsageError(f"--format must be sft, got {self.fmt!r}")
-        if self.template not in ("none", "auto", "plain", "chat"):
-            raise UsageError(f"--template must be none, auto, plain or chat, got {self.template!r}")
-        if self.temperature <= 0 or not math.isfinite(self.temperature):
-            raise UsageError(f"--temperature must be positive, got {self.temperature}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise UsageError(f"--top-p must be in (0, 1], got {self.top_p}")
-        if self.max_new_tokens < 1:
-            raise UsageError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
-        if self.batch_size < 1:
-            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.load_in_4bit and self.load_in_8bit:
-            raise UsageError("--load-in-4bit and --load-in-8bit are mutually exclusive")
-        if self.resume and self.force:
-            raise UsageError("--resume and --force contradict each other")
-
-    def generation_key(self) -> dict[str, Any]:
-        """What must match for ``--resume`` to continue a dataset."""
-        keep = ("student", "reference", "prompts", "prompt_field", "template", "alpha", "beta", "sample", "temperature",
-                "top_p", "seed", "max_new_tokens", "batch_size", "fmt")
-        return {k: getattr(self, k) for k in keep}
-
-
-@dataclass(frozen=True)
-class AttackOptions:
-    """``watermark scrub`` / ``watermark spoof``."""
-
-    mode: str
-    generation: ContrastiveOptions
-    train: TrainOptions = field(default_factory=TrainOptions)
-    loop: ClosedLoopOptions = field(default_factory=ClosedLoopOptions)
-
-    def validate(self) -> None:
-        if self.mode not in MODES:
-            raise UsageError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        check_rule(self.mode, self.generation.alpha, self.generation.beta)
-        self.generation.validate()
-        if not self.generation.data_only:
-            if self.train.student_init is None:
-                raise UsageError("--student-init is required to distil a new student (or pass --data-only)")
-            self.train.validate()
-            self.loop.validate()
-
+__all__ = ["AttackOptions", "AttackResult", "ScrubOptions", "SpoofOptions", "run_attack"]
 
 @dataclass
 class AttackResult:
@@ -145,7 +58,7 @@ def _vocab_size(model: Any) -> int:
     return int(model.get_output_embeddings().weight.shape[0])
 
 
-def _load_pair(gen: ContrastiveOptions) -> tuple[Any, Any, Any, list[str]]:
+def _load_pair(gen: AttackOptions) -> tuple[Any, Any, Any, list[str]]:
     from llmguard.inference.loading import load_causal_lm
     from llmguard.watermark.contrastive import check_tokenizers
 
@@ -174,9 +87,9 @@ def _read_clean_texts(path: str) -> list[str]:
     return [r.text for r in read_records(path, text_field="text").records]
 
 
-def _check_resume(stage_dir: Path, gen: ContrastiveOptions, mode: str) -> None:
+def _check_resume(stage_dir: Path, gen: AttackOptions) -> None:
     run = stage_dir / "run.json"
-    want = {"mode": mode, **gen.generation_key()}
+    want = gen.generation_key()
     if run.is_file():
         have = json.loads(run.read_text())
         diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
@@ -195,12 +108,11 @@ def run_attack(options: AttackOptions, progress: Progress | None = None) -> Atta
     from llmguard.io.staging import StagedDirectory
     from llmguard.watermark.closed_loop import detection_report, held_out_texts, perplexity
     from llmguard.watermark.contrastive import Sampling, contrastive_generate
-    from llmguard.watermark.distill import options_dict, train_student
+    from llmguard.watermark.distill import train_student
     from llmguard.watermark.sft import SFTRecord, SFTWriter, read_prompts, read_sft
 
-    options.validate()
     progress = progress or NullProgress()
-    gen, train, loop = options.generation, options.train, options.loop
+    gen = train = loop = options  # one flat options object: generation, distillation and closed-loop fields
     inputs = [Path(p) for p in (gen.student, gen.reference, gen.prompts, train.student_init, loop.eval_prompts,
                                 loop.eval_text) if p]
     stage = StagedDirectory(gen.output, [p for p in inputs if p.exists()], force=gen.force, resume=gen.resume,
@@ -212,7 +124,7 @@ def run_attack(options: AttackOptions, progress: Progress | None = None) -> Atta
     if not gen.data_only and not Path(train.student_init).exists():
         raise InvalidInputError(f"--student-init {train.student_init}: model directory does not exist")
 
-    manifest = Manifest(verb=f"watermark {options.mode}", parameters=options_dict(options))
+    manifest = Manifest(verb=options.verb, parameters=options.to_manifest())
     manifest.add_input("prompts", Path(gen.prompts))
     with manifest.stage("load"):
         student, reference, tokenizer, warnings = _load_pair(gen)
@@ -221,7 +133,7 @@ def run_attack(options: AttackOptions, progress: Progress | None = None) -> Atta
     result = AttackResult(options.mode, str(Path(gen.output)), str(Path(gen.output) / "data.jsonl"), 0, 0, 0.0, 0.0,
                           warnings=warnings)
     with stage:
-        _check_resume(stage.path, gen, options.mode)
+        _check_resume(stage.path, gen)
         data_path = stage.path / "data.jsonl"
         writer = SFTWriter(data_path)
         done = writer.open(resume=stage.resumed)
@@ -258,7 +170,8 @@ def run_attack(options: AttackOptions, progress: Progress | None = None) -> Atta
             if eval_prompts:
                 with manifest.stage("closed loop: student and reference"):
                     for name, model in (("student", student), ("reference", reference)):
-                        texts = held_out_texts(model, tokenizer, eval_ids, loop, gen.batch_size, progress)
+                        texts = held_out_texts(model, tokenizer, eval_ids, max_new_tokens=loop.eval_max_new_tokens,
+                                               seed=loop.eval_seed, batch_size=gen.batch_size, progress=progress)
                         rep = detection_report(name, scheme, tokenizer, texts, loop.z_threshold)
                         if clean:
                             rep.perplexity = perplexity(model, tokenizer, clean)
@@ -288,7 +201,8 @@ def run_attack(options: AttackOptions, progress: Progress | None = None) -> Atta
 
                 with manifest.stage("closed loop: new student"):
                     new, new_tok = load_causal_lm(str(student_dir), device=gen.device)
-                    texts = held_out_texts(new, new_tok, eval_ids, loop, gen.batch_size, progress)
+                    texts = held_out_texts(new, new_tok, eval_ids, max_new_tokens=loop.eval_max_new_tokens,
+                                           seed=loop.eval_seed, batch_size=gen.batch_size, progress=progress)
                     rep = detection_report(options.mode, scheme, new_tok, texts, loop.z_threshold)
                     if clean:
                         rep.perplexity = perplexity(new, new_tok, clean)

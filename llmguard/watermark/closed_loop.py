@@ -17,54 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from llmguard.errors import UsageError
 from llmguard.progress import NullProgress, Progress
 from llmguard.watermark.stats import LN10, log_norm_sf
-
-PANEL_EVAL = "Closed loop"
-
-
-def _opt(default: Any, help: str, panel: str = PANEL_EVAL, **meta: Any) -> Any:
-    return field(default=default, metadata={"help": help, "panel": panel, **meta})
-
-
-@dataclass(frozen=True)
-class ClosedLoopOptions:
-    """Held-out evaluation and the watermark to detect (the teacher's)."""
-
-    eval_prompts: str | None = _opt(None, "Held-out prompts for the closed loop (JSONL/plain lines); without it, no loop.")
-    eval_text: str | None = _opt(None, "Held-out clean text (JSONL 'text' field or plain lines) for perplexity.")
-    eval_max_new_tokens: int = _opt(256, "New tokens per held-out prompt.")
-    eval_seed: int = _opt(0, "Sampling seed of the held-out generations.")
-    scheme: str = _opt("kgw", "Watermark family to detect: kgw or unigram.")
-    profile: str | None = _opt(None, "Detector profile (kgw: hf, kirchenbauer, markllm, fast; unigram: zhao, markllm).")
-    seeding: str | None = _opt(None, "Seeding scheme of the profile (profile default).")
-    gamma: float | None = _opt(None, "Green-list fraction γ (profile default).")
-    key: int | None = _opt(None, "Hash key (profile default).")
-    context_width: int | None = _opt(None, "Context width h (profile default).")
-    z_threshold: float = _opt(4.0, "Detection threshold on |z| for the flagged fractions.")
-
-    def validate(self) -> None:
-        from llmguard.watermark.schemes import DEFAULT_PROFILE, REGISTRY
-
-        scheme = self.scheme.lower()
-        if scheme not in DEFAULT_PROFILE:
-            raise UsageError(f"unknown --scheme {self.scheme!r}; choose one of: {', '.join(sorted(DEFAULT_PROFILE))}")
-        if (scheme, (self.profile or DEFAULT_PROFILE[scheme]).lower()) not in REGISTRY:
-            valid = ", ".join(p for s, p in sorted(REGISTRY) if s == scheme)
-            raise UsageError(f"--scheme {scheme} has no --profile {self.profile!r}; valid profiles: {valid}")
-        if self.eval_max_new_tokens < 1:
-            raise UsageError(f"--eval-max-new-tokens must be at least 1, got {self.eval_max_new_tokens}")
-        if self.eval_text is not None and self.eval_prompts is None:
-            raise UsageError("--eval-text needs --eval-prompts (the closed loop)")
-
-    def scheme_for(self, vocab_size: int) -> Any:
-        from llmguard.watermark.schemes import SchemeParams, build_scheme
-
-        return build_scheme(self.scheme, self.profile, SchemeParams(
-            vocab_size=vocab_size, gamma=self.gamma, key=self.key, seeding=self.seeding,
-            context_width=self.context_width))
-
 
 def two_sided_log_p(z: float) -> float:
     """``log P(|N(0,1)| ≥ |z|)``."""
@@ -148,34 +102,14 @@ def perplexity(model: Any, tokenizer: Any, texts: Sequence[str], batch_size: int
     return math.exp(nll / count)
 
 
-def held_out_texts(model: Any, tokenizer: Any, prompt_ids: Sequence[Sequence[int]], options: ClosedLoopOptions,
+def held_out_texts(model: Any, tokenizer: Any, prompt_ids: Sequence[Sequence[int]], *, max_new_tokens: int, seed: int,
                    batch_size: int, progress: Progress | None = None) -> list[str]:
     """Plain sampled continuations (temperature 1, no top-p) of the held-out prompts."""
     from llmguard.watermark.contrastive import Sampling, contrastive_generate
 
     texts: list[str] = []
-    for batch in contrastive_generate(model, None, tokenizer, prompt_ids, mode=None,
-                                      sampling=Sampling(True, 1.0, 1.0, options.eval_seed),
-                                      max_new_tokens=options.eval_max_new_tokens, batch_size=batch_size,
+    for batch in contrastive_generate(model, None, tokenizer, prompt_ids, mode=None, sampling=Sampling(True, 1.0, 1.0, seed),
+                                      max_new_tokens=max_new_tokens, batch_size=batch_size,
                                       progress=progress or NullProgress()):
         texts.extend(batch.texts)
     return texts
-
-
-def evaluate(models: dict[str, tuple[Any, Any]], prompt_ids: Sequence[Sequence[int]], clean_texts: Sequence[str] | None,
-             scheme: Any, options: ClosedLoopOptions, *, batch_size: int = 50, student_key: str = "student",
-             progress: Progress | None = None) -> dict[str, ModelReport]:
-    """One :class:`ModelReport` per model; perplexities are also given relative to ``student_key``'s."""
-    reports: dict[str, ModelReport] = {}
-    for name, (model, tokenizer) in models.items():
-        texts = held_out_texts(model, tokenizer, prompt_ids, options, batch_size, progress)
-        rep = detection_report(name, scheme, tokenizer, texts, options.z_threshold)
-        if clean_texts:
-            rep.perplexity = perplexity(model, tokenizer, clean_texts)
-        reports[name] = rep
-    base = reports.get(student_key)
-    if base is not None and base.perplexity:
-        for rep in reports.values():
-            if rep.perplexity is not None:
-                rep.perplexity_vs_student = rep.perplexity / base.perplexity
-    return reports

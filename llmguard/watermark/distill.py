@@ -16,90 +16,14 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from llmguard.errors import InvalidInputError, UsageError
+from llmguard.errors import InvalidInputError
 from llmguard.progress import NullProgress, Progress
+from llmguard.watermark.attack_options import DistillOptions, TrainFields
 from llmguard.watermark.sft import SFTRecord, dilute, read_sft, write_sft
-
-PANEL_TRAIN = "Distillation"
-SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
-
-
-def _opt(default: Any, help: str, panel: str = PANEL_TRAIN, **meta: Any) -> Any:
-    """A field with its CLI help (``...`` as the default: required)."""
-    metadata = {"help": help, "panel": panel, **meta}
-    if default is ...:
-        return field(metadata=metadata)
-    return field(default=default, metadata=metadata)
-
-
-@dataclass(frozen=True)
-class TrainOptions:
-    """How the fresh student is trained (CDG-KD's recipe by default)."""
-
-    student_init: str | None = _opt(None, "Model the new student starts from (HF directory; CDG-KD: the base model).",
-                                    panel="Inputs")
-    lora: bool = _opt(False, "Train a LoRA adapter instead of all weights (writes a PEFT adapter directory).")
-    lora_r: int = _opt(16, "LoRA rank.")
-    lora_alpha: int = _opt(32, "LoRA alpha.")
-    epochs: float = _opt(1.0, "Training epochs over the dataset.")
-    learning_rate: float = _opt(1e-5, "Peak learning rate.", flag="--lr")
-    lr_scheduler: str = _opt("cosine", "Learning-rate schedule (transformers' names: cosine, linear, constant, ...).")
-    warmup_ratio: float = _opt(0.1, "Fraction of the steps spent warming up linearly.")
-    train_batch_size: int = _opt(4, "Sequences per device per step.")
-    grad_accum: int = _opt(1, "Gradient accumulation steps.")
-    max_length: int = _opt(1024, "Longest training sequence (prompt + output) in tokens; longer ones are cut.")
-    weight_decay: float = _opt(0.0, "AdamW weight decay.")
-    train_seed: int = _opt(0, "Seed of the data order and initialisation of the adapter.")
-
-    def validate(self) -> None:
-        if self.epochs <= 0 or not math.isfinite(self.epochs):
-            raise UsageError(f"--epochs must be positive, got {self.epochs}")
-        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
-            raise UsageError(f"--lr must be positive, got {self.learning_rate}")
-        if self.lr_scheduler not in SCHEDULERS:
-            raise UsageError(f"--lr-scheduler must be one of {', '.join(SCHEDULERS)}, got {self.lr_scheduler!r}")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise UsageError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
-        for name in ("train_batch_size", "grad_accum", "max_length", "lora_r", "lora_alpha"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-
-
-@dataclass(frozen=True)
-class DistillOptions:
-    """``llmguard watermark distill``: train a student on an SFT dataset."""
-
-    data: str = _opt(..., "SFT JSONL (instruction/input/output), e.g. written by scrub/spoof --data-only.",
-                     panel="Inputs")
-    output: str = _opt(..., "Output model directory (HF layout; written atomically).", panel="Output", flag="--output",
-                       aliases=("-o",))
-    train: TrainOptions = field(default_factory=TrainOptions, metadata={"nested": True})
-    template: str = _opt("none", "Prompt formatting of the instruction: none (as given), auto, plain, chat.",
-                         panel="Inputs")
-    dilute: float | None = _opt(None, "Replace this fraction of the records by --dilute-with records (a weak reference).",
-                                panel="Inputs")
-    dilute_with: str | None = _opt(None, "SFT JSONL of plain (unwatermarked) records for --dilute.", panel="Inputs")
-    device: str = _opt("auto", "auto, cpu, cuda or cuda:N.", panel="Performance", envvar="LLMGUARD_DEVICE")
-    dtype: str = _opt("float32", "Training dtype of the weights: float32, bfloat16 or float16.", panel="Performance")
-    force: bool = _opt(False, "Replace OUT if it exists.", panel="Dangerous options")
-
-    def validate(self) -> None:
-        self.train.validate()
-        if self.train.student_init is None:
-            raise UsageError("--student-init is required")
-        if (self.dilute is None) != (self.dilute_with is None):
-            raise UsageError("--dilute and --dilute-with go together")
-        if self.dilute is not None and not 0.0 < self.dilute < 1.0:
-            raise UsageError(f"--dilute must be in (0, 1), got {self.dilute}")
-        if self.template not in ("none", "auto", "plain", "chat"):
-            raise UsageError(f"--template must be none, auto, plain or chat, got {self.template!r}")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise UsageError(f"--dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
-
 
 @dataclass
 class TrainResult:
@@ -166,7 +90,7 @@ def _is_main_process() -> bool:
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) == 0
 
 
-def train_student(records: Sequence[SFTRecord], out_dir: Path, options: TrainOptions, *, template: str = "none",
+def train_student(records: Sequence[SFTRecord], out_dir: Path, options: TrainFields, *, template: str = "none",
                   device: str = "auto", dtype: str = "float32", progress: Progress | None = None) -> TrainResult:
     """Fine-tune ``options.student_init`` on ``records`` and save it (or its adapter) into ``out_dir``."""
     import torch
@@ -174,7 +98,6 @@ def train_student(records: Sequence[SFTRecord], out_dir: Path, options: TrainOpt
 
     from llmguard.inference.loading import load_causal_lm, resolve_device
 
-    options.validate()
     progress = progress or NullProgress()
     t0 = time.perf_counter()
     dev = resolve_device(device)
@@ -247,7 +170,7 @@ class DistillResult:
     diluted: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"verb": "watermark distill", "output": self.options.output, "records": self.records,
+        return {"verb": DistillOptions.verb, "output": self.options.output, "records": self.records,
                 "diluted_records": self.diluted, "train": self.train.to_dict()}
 
 
@@ -256,8 +179,7 @@ def distill(options: DistillOptions, progress: Progress | None = None) -> Distil
     from llmguard.io.manifest import Manifest
     from llmguard.io.staging import StagedDirectory
 
-    options.validate()
-    inputs = [Path(options.data), Path(options.train.student_init)]
+    inputs = [Path(options.data), Path(options.student_init)]
     if options.dilute_with:
         inputs.append(Path(options.dilute_with))
     stage = StagedDirectory(options.output, [p for p in inputs if p.exists()], force=options.force)
@@ -266,16 +188,16 @@ def distill(options: DistillOptions, progress: Progress | None = None) -> Distil
     diluted = 0
     if options.dilute is not None:
         plain = read_sft(options.dilute_with, "--dilute-with")
-        records = dilute(records, plain, options.dilute, seed=options.train.train_seed)
+        records = dilute(records, plain, options.dilute, seed=options.train_seed)
         diluted = sum(1 for r in records if r.provenance.get("dilution") == "plain")
-    init = Path(options.train.student_init)
-    if not init.exists() and not _looks_like_hub_id(options.train.student_init):
+    init = Path(options.student_init)
+    if not init.exists() and not _looks_like_hub_id(options.student_init):
         raise InvalidInputError(f"--student-init {init}: model directory does not exist")
-    manifest = Manifest(verb="watermark distill", parameters=options_dict(options))
+    manifest = Manifest(verb=options.verb, parameters=options.to_manifest())
     manifest.add_input("data", Path(options.data))
     with stage:
         with manifest.stage("distill") as st:
-            result = train_student(records, stage.path, options.train, template=options.template,
+            result = train_student(records, stage.path, options, template=options.template,
                                    device=options.device, dtype=options.dtype, progress=progress)
             st["steps"] = result.steps
         if options.dilute is not None:
@@ -288,11 +210,6 @@ def distill(options: DistillOptions, progress: Progress | None = None) -> Distil
 def _looks_like_hub_id(text: str) -> bool:
     parts = text.split("/")
     return len(parts) == 2 and all(parts) and not text.startswith((".", "~", "/"))
-
-
-def options_dict(options: Any) -> dict[str, Any]:
-    """The fully resolved options (nested groups included), as written into ``llmguard.json``."""
-    return asdict(options)
 
 
 def _write_manifest(path: Path, manifest: Any) -> None:

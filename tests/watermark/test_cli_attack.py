@@ -72,7 +72,7 @@ def test_scrub_data_only_then_resume_repeats_the_records(models, tmp_path):
     assert prov["sampling"] == {"do_sample": True, "temperature": 1.0, "top_p": 0.9, "seed": 5}
     assert rows[3]["instruction"] == json.loads(models["prompts"].read_text().splitlines()[3])["prompt"]
     manifest = json.loads((out / "llmguard.json").read_text())
-    assert manifest["verb"] == "watermark scrub" and manifest["parameters"]["generation"]["beta"] == 0.5
+    assert manifest["verb"] == "watermark scrub" and manifest["parameters"]["beta"] == 0.5 and "resume" not in manifest["parameters"]
     assert not (out / "student").exists()
 
     # an interrupted run: the partial directory holds one whole batch and a torn line
@@ -130,7 +130,7 @@ def test_distill_with_dilution_and_lora(models, tmp_path, tiny_lm_dir):
     doc = json.loads(res.stdout)
     assert doc["records"] == 8 and doc["diluted_records"] == 4 and doc["train"]["kind"] == "lora"
     assert (out / "adapter_config.json").is_file() and (out / "training-data.jsonl").is_file()
-    assert json.loads((out / "llmguard.json").read_text())["parameters"]["train"]["learning_rate"] == 1e-5
+    assert json.loads((out / "llmguard.json").read_text())["parameters"]["learning_rate"] == 1e-5
     # the output exists: refused without --force, replaced with it
     res = invoke("watermark", "distill", "--data", data, "--student-init", tiny_lm_dir, "-o", out, "--device", "cpu")
     assert_error(res, 2, "already exists")

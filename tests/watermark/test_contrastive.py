@@ -215,15 +215,16 @@ def test_two_sided_p():
 @pytest.mark.parametrize("lora", [False, True])
 def test_train_student_writes_a_loadable_model(tok, tiny_lm_dir, tmp_path, lora):
     from llmguard.inference.loading import load_causal_lm
-    from llmguard.watermark.distill import TrainOptions, train_student
+    from llmguard.watermark.attack_options import DistillOptions
+    from llmguard.watermark.distill import train_student
     from llmguard.watermark.sft import SFTRecord
 
     words = sorted(w for w in tok.get_vocab() if not w.startswith("<"))
     records = [SFTRecord(" ".join(words[i:i + 2]), " ".join(words[i + 2:i + 8])) for i in range(24)]
     out = tmp_path / "student"
     out.mkdir()
-    opts = TrainOptions(student_init=str(tiny_lm_dir), lora=lora, epochs=2, learning_rate=5e-3, train_batch_size=8,
-                        lora_r=4, lora_alpha=8)
+    opts = DistillOptions(data="unused.jsonl", output=str(out), student_init=str(tiny_lm_dir), lora=lora, epochs=2,
+                          learning_rate=5e-3, train_batch_size=8, lora_r=4, lora_alpha=8)
     res = train_student(records, out, opts, device="cpu")
     assert res.steps == 6 and res.kind == ("lora" if lora else "full")
     assert res.losses and res.losses[-1] < res.losses[0]
@@ -247,3 +248,20 @@ def test_encode_sft_masks_the_prompt(tok):
     (ids, start), = encode_sft(tok, [SFTRecord(" ".join(words[:3]), " ".join(words[3:5]))], "none", 64)
     assert start == 3 and len(ids) == 6 and ids[-1] == tok.eos_token_id
     assert ids[:3] == tok(" ".join(words[:3]), add_special_tokens=False)["input_ids"]
+
+
+def test_options_validate_once_with_one_line_errors():
+    from llmguard.watermark.attack_options import DistillOptions, ScrubOptions, SpoofOptions
+
+    base = dict(student="S", reference="R", prompts="p.jsonl", output="o", data_only=True)
+    assert ScrubOptions(**base).mode == "scrub" and SpoofOptions(**base).verb == "watermark spoof"
+    for bad, needle in (({"alpha": 1.0}, "--alpha"), ({"beta": 0.0}, "--beta"), ({"top_p": 0.0}, "--top-p"),
+                        ({"data_only": False}, "--student-init"), ({"resume": True, "force": True}, "contradict"),
+                        ({"data_only": False, "student_init": "b", "profile": "nope"}, "--profile")):
+        with pytest.raises(UsageError, match=needle):
+            ScrubOptions(**{**base, **bad})
+    opts = ScrubOptions(**base).replace(beta=1.25)
+    assert opts.beta == 1.25 and opts.to_manifest()["beta"] == 1.25
+    with pytest.raises(UsageError, match="--dilute"):
+        DistillOptions(data="d", output="o", student_init="b", dilute=0.5)
+    assert DistillOptions(data="d", output="o", student_init="b").learning_rate == 1e-5  # the paper's recipe

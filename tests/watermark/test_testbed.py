@@ -28,6 +28,6 @@ def test_student_inherits_watermark():
     for name in ("student", "reference"):
         manifest = json.loads((tb.root / name / "llmguard.json").read_text())
         assert manifest["verb"] == "watermark distill"
-        assert Path(manifest["parameters"]["train"]["student_init"]).name == "base"  # built in a staging dir
+        assert Path(manifest["parameters"]["student_init"]).name == "base"  # built in a staging dir
     assert json.loads((tb.root / "reference" / "llmguard.json").read_text())["parameters"]["dilute"] == 0.75
     assert (tb.root / "reference" / "training-data.jsonl").is_file()

@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import inspect
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 
-from llmguard.cli.options import PANEL_OUTPUT
-from llmguard.cli.options_command import build, options_command
-from llmguard.cli.output import reports_errors
-from llmguard.watermark.attack import AttackOptions, ContrastiveOptions
-from llmguard.watermark.closed_loop import ClosedLoopOptions
-from llmguard.watermark.distill import DistillOptions, TrainOptions
-
-_JSON = inspect.Parameter(
-    "json_output", inspect.Parameter.KEYWORD_ONLY, default=False,
-    annotation=Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout instead of a table.",
-                                            rich_help_panel=PANEL_OUTPUT)])
+from llmguard.cli.derive import JSON_FLAG, verb_command
+from llmguard.watermark.attack_options import AttackOptions, DistillOptions, ScrubOptions, SpoofOptions
 
 
 def _print_models(result: Any) -> None:
@@ -37,15 +27,11 @@ def _print_models(result: Any) -> None:
     stdout.print(table)
 
 
-def _run(mode: str, values: dict[str, Any]) -> None:
+def _run(options: AttackOptions, json_output: bool) -> None:
     from llmguard.cli.output import emit_json, info, warn
     from llmguard.cli.progress import make_progress
     from llmguard.watermark.attack import run_attack
 
-    json_output = values.pop("json_output")
-    options = AttackOptions(mode, build(ContrastiveOptions, values), build(TrainOptions, values),
-                            build(ClosedLoopOptions, values))
-    options.validate()
     progress = make_progress()
     try:
         result = run_attack(options, progress)
@@ -64,28 +50,22 @@ def _run(mode: str, values: dict[str, Any]) -> None:
         _print_models(result)
 
 
-@options_command(ContrastiveOptions, TrainOptions, ClosedLoopOptions, extra=[_JSON])
-def scrub(values: dict[str, Any]) -> None:
+def scrub(options: ScrubOptions, *, json_output: bool) -> None:
     """Scrub an inherited watermark: contrastive data s = ℓ_R − β(ℓ_S − ℓ_R), distil a fresh student, detect."""
-    _run("scrub", values)
+    _run(options, json_output)
 
 
-@options_command(ContrastiveOptions, TrainOptions, ClosedLoopOptions, extra=[_JSON])
-def spoof(values: dict[str, Any]) -> None:
+def spoof(options: SpoofOptions, *, json_output: bool) -> None:
     """Spoof (amplify) an inherited watermark: s = ℓ_S + β(ℓ_S − ℓ_R), distil a fresh student, detect."""
-    _run("spoof", values)
+    _run(options, json_output)
 
 
-@options_command(DistillOptions, extra=[_JSON])
-def distill(values: dict[str, Any]) -> None:
+def distill(options: DistillOptions, *, json_output: bool) -> None:
     """Distil a student on an SFT dataset (transformers Trainer; CDG-KD's recipe by default)."""
-    from llmguard.cli.output import emit_json, info
+    from llmguard.cli.output import emit_json, info, stdout
     from llmguard.cli.progress import make_progress
     from llmguard.watermark.distill import distill as run_distill
 
-    json_output = values.pop("json_output")
-    options = build(DistillOptions, values)
-    options.validate()
     progress = make_progress()
     try:
         result = run_distill(options, progress)
@@ -96,12 +76,10 @@ def distill(values: dict[str, Any]) -> None:
     if json_output:
         emit_json(result.to_dict())
     else:
-        from llmguard.cli.output import stdout
-
         stdout.print(f"{options.output}\t{result.train.kind}\t{result.train.steps} steps\tloss {result.train.final_loss}")
 
 
-def register(app: typer.Typer) -> None:
-    app.command("scrub", rich_help_panel="Verbs")(reports_errors(scrub))
-    app.command("spoof", rich_help_panel="Verbs")(reports_errors(spoof))
-    app.command("distill", rich_help_panel="Verbs")(reports_errors(distill))
+def register(group: typer.Typer) -> None:
+    for name, options_cls, handler in (("scrub", ScrubOptions, scrub), ("spoof", SpoofOptions, spoof),
+                                       ("distill", DistillOptions, distill)):
+        verb_command(group, name, options_cls, panel="Verbs", extra={"json_output": JSON_FLAG})(handler)

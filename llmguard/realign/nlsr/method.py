@@ -24,7 +24,6 @@ from llmguard.realign.nlsr.reference import Reference
 from llmguard.realign.nlsr.scoring import ACTIVATION_SCORERS, SCORERS, check_ratio
 from llmguard.realign.nlsr.selection import Selection, select
 from llmguard.realign.nlsr.transplant import patch_plan, plan as plan_output, write_output
-from llmguard.realign.registry import register_method
 
 MODULE_TABLE = "nlsr_modules.json"
 
@@ -83,7 +82,6 @@ def _module_table(inputs: NlsrInputs, results: list[ModuleResult], selection: Se
     return table
 
 
-@register_method("nlsr", "neuron-level safety realignment: transplant safety-critical reference units into the least similar modules")
 def nlsr(
     finetuned: str | os.PathLike[str],
     output: str | os.PathLike[str] | None,
