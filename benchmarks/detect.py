@@ -45,16 +45,19 @@ CLOCK = "cpu"
 
 
 def time_llmguard(texts, vocab, profile, workers=1, seeding=None, gamma=None, native=True):
-    from llmguard.watermark.detect import score_token_lists
-    from llmguard.watermark.schemes import SchemeParams, build_scheme
+    from llmguard.watermark.detect import detect
+    from llmguard.watermark.options import DetectOptions
+    from llmguard.watermark.schemes import build_scheme
 
+    options = DetectOptions(token_ids=texts, vocab_size=str(vocab), profile=profile, seeding=seeding, gamma=gamma, workers=workers,
+                            dedup="none")
     t0 = clock()
-    scheme = build_scheme("kgw", profile, SchemeParams(vocab_size=vocab, seeding=seeding, gamma=gamma, workers=workers))
+    scheme = build_scheme("kgw", profile, options.scheme_params(vocab, workers))
     if not native and hasattr(scheme, "perms"):
         scheme.perms._use_native = lambda: False  # the torch.randperm fallback path
-    scores = score_token_lists(scheme, texts, "none")
+    run = detect(options, scheme=scheme)
     dt = clock() - t0
-    return dt, [s.result.z for s in scores], getattr(getattr(scheme, "perms", None), "randperm_calls", 0)
+    return dt, [r["z"] for r in run.records], getattr(getattr(scheme, "perms", None), "randperm_calls", 0)
 
 
 def time_transformers(texts, vocab):

@@ -59,9 +59,9 @@ complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subco
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l no-cache -d 'Neither read nor write the generation cache.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l resume -d 'Continue OUTPUT: skip records already in it.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l force -d 'Replace OUTPUT if it exists.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l json -d 'Print the summary as one JSON document.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l max-unparsed -d 'Exit 1 when more than this share of judge outputs did not parse.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l fail-below -d 'Exit 10 when a criterions mean score is below this (CI gate).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l json -d 'Print the summary as one JSON document.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l help -s h -d 'Show help and exit.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from agree' -l pred -d 'Judge results JSONL (eval hdc / eval ace-m3 output, or any JSONL with id + scores).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from agree' -l human -d 'Human labels JSONL (id + one field per criterion, or criterion + score).' -F
@@ -111,9 +111,9 @@ complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subco
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l no-cache -d 'Neither read nor write the generation cache.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l resume -d 'Continue OUTPUT: skip records already in it.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l force -d 'Replace OUTPUT if it exists.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l json -d 'Print the summary as one JSON document.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l max-unparsed -d 'Exit 1 when more than this share of judge outputs did not parse.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l fail-below -d 'Exit 10 when a criterions mean score is below this (CI gate).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l json -d 'Print the summary as one JSON document.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l help -s h -d 'Show help and exit.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l model -s m -d 'Model directory (HF layout), adapter directory, or hub id.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l prompts -s p -d 'Harmful prompts (JSONL/JSON/CSV/Parquet) with a prompt field and an optional category field.' -F
@@ -177,7 +177,6 @@ complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_su
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l dtype -d 'Output dtype: auto (as the input), float32, bfloat16 or float16.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l max-shard-size -d 'Largest output shard in bytes, e.g. 5GB, 500MB (bytes, not parameters).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l dry-run -d 'Show what would be patched; write nothing.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l top -d 'Modules shown in the similarity chart (0: all).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l search -d 'Try every point of GRID on DEV data and keep the best, e.g. alpha=0.5,0.9;budget=0.25,0.5 (keys: alpha, budget, threshold, mask-ratio, scorer, unit, actsvd-keep, amplify-mode).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l dev-prompts -d '--search: held-out DEV harmful prompts (JSONL with a prompt field).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l dev-task -d '--search: task name for --dev-task-data (sst2, arith or any label).' -F
@@ -186,6 +185,7 @@ complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_su
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l max-task-drop -d '--search: largest DEV task-accuracy loss (points) a chosen point may have.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l force -d 'Replace OUT if it exists.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l allow-pickle -d 'Accept .bin/.pt pickle checkpoints (loaded with weights_only=True).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l top -d 'Modules shown in the similarity chart (0: all).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l json -d 'Print one JSON document on stdout instead of a table.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l help -s h -d 'Show help and exit.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from resta' -l finetuned -s f -d 'Fine-tuned checkpoint or LoRA adapter.' -F
@@ -245,11 +245,11 @@ complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l fpr -d 'Predict watermarked when p < FPR (overrides --z-threshold).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l aggregate -d 'Corpus results: median z/p, mean -log10 p, and a pooled test with a global dedup tape and prompt-window exclusion (radioactivity).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l group-tokens -d 'Also test fixed groups of N concatenated tokens (Pan et al.: 10000).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l json -d 'JSONL on stdout: one record per text, then the corpus record.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l show -d 'Colour tokens green/red (stdout, or stderr with --json).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l html -d 'Write a self-contained HTML page with the token view and stats.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l fail-on-detect -d 'Exit 10 when any text (with --aggregate: the corpus) is predicted watermarked.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l workers -d 'Processes for permutation green lists (0 = all cores).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l json -d 'JSONL on stdout: one record per text, then the corpus record.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l show -d 'Colour tokens green/red (stdout, or stderr with --json).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l help -s h -d 'Show help and exit.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l student-init -d 'Model the new student starts from (HF directory; CDG-KD: the base model).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l lora -d 'Train a LoRA adapter instead of all weights (writes a PEFT adapter directory).' -F
@@ -293,11 +293,11 @@ complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l no-watermark -d 'Plain generation (the control).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l max-new-tokens -d 'New tokens per prompt.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l sample -l greedy -d 'Multinomial sampling (default) or greedy.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l temperature -d '' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l top-p -d '' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l temperature -d 'Sampling temperature (with --sample).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l top-p -d 'Nucleus sampling mass (with --sample).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l seed -d 'Sampling seed (recorded).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l format -d 'plain (prompt/text records) or sft (instruction/input/output).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l batch-size -d '' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l batch-size -d 'Prompts per generation batch.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l device -d 'auto, cpu, cuda or cuda:N.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l dtype -d 'auto, float32, bfloat16 or float16.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l force -d 'Replace OUT if it exists.' -F
@@ -306,13 +306,15 @@ complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l eval-text -d 'Held-out clean text (JSONL text field or plain lines) for perplexity.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l eval-max-new-tokens -d 'New tokens per held-out prompt.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l eval-seed -d 'Sampling seed of the held-out generations.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l scheme -d 'Watermark family to detect: kgw or unigram.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l profile -d 'Detector profile (kgw: hf, kirchenbauer, markllm, fast; unigram: zhao, markllm).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l seeding -d 'Seeding scheme of the profile (profile default).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l gamma -d 'Green-list fraction γ (profile default).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l key -d 'Hash key (profile default).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l context-width -d 'Context width h (profile default).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l z-threshold -d 'Detection threshold on z (and |z|) for the flagged fractions.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l scheme -d 'Watermark family: kgw or unigram.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l profile -d 'Implementation to match bit for bit: kgw → hf (default), kirchenbauer, markllm, fast; unigram → zhao (default), markllm.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l seeding -d 'Seeding scheme of the profile: hf lefthash|selfhash; kirchenbauer simple_1|selfhash|minhash|skipgram|ff-<prf>-<h>-<salt>; markllm time|additive|skip|min[-self]; fast hash.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l gamma -d 'Green-list fraction γ (profile default).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l key -d 'Hash key (profile default, 15485863 for KGW).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l context-width -d 'Context width h (MarkLLM prefix_length).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l vocab-size -d 'Vocabulary size of the green lists: tokenizer (len(tokenizer)), model (config.json vocab_size), N, or auto (model for --profile hf when --model is given, as transformers does; else tokenizer).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l rng-device -d 'Device of the torch generator behind the permutations (cpu and cuda give different lists).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l student-init -d 'Model the new student starts from (HF directory; CDG-KD: the base model).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l lora -d 'Train a LoRA adapter instead of all weights (writes a PEFT adapter directory).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l lora-r -d 'LoRA rank.' -F
@@ -355,13 +357,15 @@ complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l eval-text -d 'Held-out clean text (JSONL text field or plain lines) for perplexity.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l eval-max-new-tokens -d 'New tokens per held-out prompt.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l eval-seed -d 'Sampling seed of the held-out generations.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l scheme -d 'Watermark family to detect: kgw or unigram.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l profile -d 'Detector profile (kgw: hf, kirchenbauer, markllm, fast; unigram: zhao, markllm).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l seeding -d 'Seeding scheme of the profile (profile default).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l gamma -d 'Green-list fraction γ (profile default).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l key -d 'Hash key (profile default).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l context-width -d 'Context width h (profile default).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l z-threshold -d 'Detection threshold on z (and |z|) for the flagged fractions.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l scheme -d 'Watermark family: kgw or unigram.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l profile -d 'Implementation to match bit for bit: kgw → hf (default), kirchenbauer, markllm, fast; unigram → zhao (default), markllm.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l seeding -d 'Seeding scheme of the profile: hf lefthash|selfhash; kirchenbauer simple_1|selfhash|minhash|skipgram|ff-<prf>-<h>-<salt>; markllm time|additive|skip|min[-self]; fast hash.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l gamma -d 'Green-list fraction γ (profile default).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l key -d 'Hash key (profile default, 15485863 for KGW).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l context-width -d 'Context width h (MarkLLM prefix_length).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l vocab-size -d 'Vocabulary size of the green lists: tokenizer (len(tokenizer)), model (config.json vocab_size), N, or auto (model for --profile hf when --model is given, as transformers does; else tokenizer).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l rng-device -d 'Device of the torch generator behind the permutations (cpu and cuda give different lists).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l student-init -d 'Model the new student starts from (HF directory; CDG-KD: the base model).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l lora -d 'Train a LoRA adapter instead of all weights (writes a PEFT adapter directory).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l lora-r -d 'LoRA rank.' -F

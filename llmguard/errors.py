@@ -1,4 +1,4 @@
-"""Errors a user can cause, each mapped to the documented exit code (SPEC §1).
+"""Errors a user can cause, each mapped to the documented exit code.
 
 Library code raises these; the CLI turns them into one line on stderr and the exit code,
 never a traceback (``-v`` shows it). Keeping the mapping on the exception class means the

@@ -15,6 +15,7 @@ from llmguard.cli import checkpoint_tools, realign
 from llmguard.cli import demo
 from llmguard.cli import testbed as testbed_cli
 from llmguard.cli.eval import app as eval_app
+from llmguard.cli.global_flags import RootGroup
 from llmguard.cli.output import state
 from llmguard.cli.watermark import app as watermark_app
 from llmguard.errors import EXIT_CODES
@@ -23,6 +24,7 @@ _EPILOG = "Exit codes: " + "; ".join(f"{code} {what}" for code, what in EXIT_COD
 
 app = typer.Typer(
     name="llmguard",
+    cls=RootGroup,
     help="Realign, audit for watermarks, and judge fine-tuned LLM checkpoints.",
     epilog=_EPILOG,
     no_args_is_help=True,
@@ -40,8 +42,8 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or log lines on stderr.")] = False,
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="Show tracebacks on errors.")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or log lines on stderr (before or after the verb).")] = False,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="Show tracebacks on errors (before or after the verb).")] = 0,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,

@@ -33,7 +33,7 @@ def demo_command(
 
     Example: llmguard demo
     """
-    from llmguard.testbed.demo import load_steps, run_demo
+    from llmguard.cli.demo_runner import load_steps, run_demo
 
     if list_steps:
         for name, step in load_steps().items():

@@ -118,14 +118,16 @@ def derive_command(options_cls: type[Options], handler: Callable[..., None], ext
 
 
 def verb_command(app: typer.Typer, name: str, options_cls: type[Options], *, panel: str | None = None,
-                 extra: Mapping[str, Extra] | None = None) -> Callable[[Callable[..., None]], Callable[..., None]]:
+                 extra: Mapping[str, Extra] | None = None, help: str | None = None,
+                 epilog: str | None = None) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Decorator: register ``handler(options, **extra)`` as command ``name`` of ``app``.
 
-    The handler is returned unchanged, so it stays callable with an options object in tests.
+    ``help`` replaces the handler's docstring as the command's help; ``epilog`` follows the
+    options. The handler is returned unchanged, so it stays callable with an options object.
     """
 
     def decorate(handler: Callable[..., None]) -> Callable[..., None]:
-        app.command(name, rich_help_panel=panel)(derive_command(options_cls, handler, extra))
+        app.command(name, rich_help_panel=panel, help=help, epilog=epilog)(derive_command(options_cls, handler, extra))
         return handler
 
     return decorate

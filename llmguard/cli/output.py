@@ -1,4 +1,4 @@
-"""Output conventions shared by every verb (SPEC §1).
+"""Output conventions shared by every verb (README "Conventions").
 
 - results on stdout (a Rich table, or JSON with ``--json``);
 - progress, logs and warnings on stderr, silenced by ``-q`` or when stderr is not a TTY;

@@ -319,3 +319,89 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
             "std": round(statistics.pstdev(vals), 4) if len(vals) > 1 else None,
         }
     return out
+
+
+@dataclass
+class AceM3Protocol:
+    """``eval ace-m3`` for the run skeleton (``llmguard.eval.judge_run``): branches, the merge, records."""
+
+    options: Any  # llmguard.eval.judge_options.EvalAceM3Options
+    templates: TemplateSet
+    branches: list[Branch]
+    merge: Merge
+    protocol: AceOptions
+    branch_judges: dict[str, JudgeConfig]
+    conclusion_judge: JudgeConfig | None
+    modality: str
+    started: float = 0.0
+    verb: str = "ace-m3"
+
+    @classmethod
+    def prepare(cls, options: Any) -> "AceM3Protocol":
+        """Templates, branches, the merge and the judges (usage errors before any work)."""
+        from llmguard.eval.templating import load_templates
+
+        started = time.perf_counter()
+        o = options
+        templates = load_templates("ace-m3", o.template)
+        branches = branches_from_preset(templates)
+        merge = Merge.parse(o.merge, branches)
+        scale = o.scale_range(templates.scale)
+        protocol = AceOptions(merge=merge, scale=scale, use_reference=not o.no_reference,
+                              branch_marker=str(templates.preset.get("branch_score_marker", "Score")),
+                              conclusion_marker=str(templates.preset.get("conclusion_score_marker", "Final Score")))
+        modality = "text" if o.text_only else "image-text"
+        explicit: dict[str, str] = {}
+        known = {b.key for b in branches} | {b.expert for b in branches}
+        for spec in o.branch:
+            key, sep, path = spec.partition("=")
+            if not sep or not path:
+                raise UsageError(f"--branch: {spec!r} is not KEY=PATH")
+            if key.strip().upper() not in known:
+                raise UsageError(f"--branch: unknown branch {key!r} (known: {', '.join(sorted(known))})")
+            explicit[key.strip().upper()] = path
+        branch_judges = {}
+        for b in branches:
+            path = explicit.get(b.key) or explicit.get(b.expert) or o.judge
+            if not path:
+                raise UsageError(f"no judge for branch {b.key}: give --judge or --branch {b.key}=PATH")
+            branch_judges[b.key] = o.judge_config(path, modality)
+        conclusion_path = o.conclusion or o.judge
+        conclusion = o.judge_config(conclusion_path, modality) if (conclusion_path and merge.kind == "model") else None
+        if merge.kind == "model" and conclusion is None:
+            raise UsageError("--merge model needs a Conclusion judge: give --conclusion or --judge (or --merge mean)")
+        return cls(o, templates, branches, merge, protocol, branch_judges, conclusion, modality, started)
+
+    def read_items(self) -> list[Item]:
+        from llmguard.eval.items import read_items
+
+        o = self.options
+        return read_items(o.items, o.field_map(image=o.image_field), need_image=True, skip_bad=o.skip_bad)
+
+    def plan(self, n_items: int) -> str:
+        return f": {len(self.branches)} branches + merge ({self.merge.spec})"
+
+    def run(self, items: list[Item], results: ResultsFile, decoding: Decoding, cache: GenerationCache | None,
+            progress: Progress) -> dict[str, Any]:
+        return run_ace_m3(items, self.branch_judges, self.conclusion_judge, self.templates, decoding, self.protocol, results,
+                          base_dir=Path(self.options.items).resolve().parent, cache=cache, progress=progress)
+
+    def summarize(self, records: list[dict[str, Any]], stats: dict[str, Any]) -> dict[str, Any]:
+        summary = summarize(records)
+        summary.update(template=self.templates.describe(), merge=self.merge.spec, scale=list(self.protocol.scale), run=stats)
+        return summary
+
+    def counted(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Upstream failures are consequences of branch failures, counted there."""
+        return [r for r in records if r.get("parse_status") != "upstream_failed"]
+
+    def gate(self, summary: dict[str, Any], fail_below: float) -> str | None:
+        final = summary["criteria"].get("conclusion:overall", {})
+        if final.get("mean") is not None and final["mean"] < fail_below:
+            return f"mean final score {final['mean']:.3f} below --fail-below {fail_below:g}"
+        return None
+
+    def manifest_parameters(self) -> dict[str, Any]:
+        return {"branch_judges": {k: v.path for k, v in self.branch_judges.items()},
+                "conclusion_judge": self.conclusion_judge.path if self.conclusion_judge else None, "merge": self.merge.spec,
+                "scale": list(self.protocol.scale), "modality": self.modality}

@@ -1,7 +1,7 @@
 """Agreement between judge scores and human labels (``llmguard eval agree``).
 
-Plain numpy implementations (no scipy at run time) of the statistics research/medeval.md §6
-asks for; the test suite checks each one against scipy or a textbook example:
+Plain numpy implementations (no scipy at run time) of the statistics a judge-vs-human
+agreement report needs; the test suite checks each one against scipy or a textbook example:
 
 - :func:`pearson`, :func:`spearman` (Pearson of average ranks), :func:`kendall_tau_b`
   (ties corrected, the variant for Likert data);

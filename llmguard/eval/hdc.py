@@ -166,6 +166,11 @@ def render_hdc_prompt(
 
 @dataclass
 class HdcOptions:
+    """How the experts judge: one answer or a pair (``--swap``: both orders), the aggregate, the reference.
+
+    Built from the validated ``EvalHdcOptions`` by :class:`HdcProtocol` (``--swap`` needs ``--pairwise``
+    is checked there, once)."""
+
     mode: str = "single"
     swap: bool = False
     aggregate: Aggregate | None = None
@@ -272,10 +277,6 @@ def run_hdc(
     ``results`` (``--resume``) with the same template hash are skipped; a different template
     hash is a usage error.
     """
-    if options.mode not in MODES:
-        raise UsageError(f"--mode: {options.mode!r} is not single or pairwise")
-    if options.swap and options.mode != "pairwise":
-        raise UsageError("--swap needs --pairwise")
     progress = progress or NullProgress()
     aspects = aspects or aspects_from_preset(templates)
     done = set()
@@ -440,3 +441,73 @@ def load_records(path: Path) -> list[dict[str, Any]]:
     from llmguard.eval.items import read_jsonl
 
     return read_jsonl(path, "results")
+
+
+@dataclass
+class HdcProtocol:
+    """``eval hdc`` for the run skeleton (``llmguard.eval.judge_run``): its aspects, experts and records."""
+
+    options: Any  # llmguard.eval.judge_options.EvalHdcOptions
+    templates: TemplateSet
+    aspects: list[Aspect]
+    aggregate: Aggregate
+    protocol: HdcOptions
+    judges: dict[str, JudgeConfig]
+    started: float = field(default_factory=time.perf_counter)
+    verb: str = "hdc"
+
+    @classmethod
+    def prepare(cls, options: Any) -> "HdcProtocol":
+        """Templates, aspects, the aggregate and one judge per aspect (usage errors before any work)."""
+        from llmguard.eval.templating import load_templates
+
+        started = time.perf_counter()
+        o = options
+        templates = load_templates("hdc", o.template)
+        all_aspects = aspects_from_preset(templates)
+        chosen = select_aspects(all_aspects, o.aspects.split(",") if o.aspects else None)
+        agg = Aggregate.parse(o.aggregate, all_aspects)
+        protocol = HdcOptions(mode="pairwise" if o.pairwise else "single", swap=o.swap, aggregate=agg, use_reference=not o.no_reference)
+        experts = {"REL": o.expert_pqr, "COR": o.expert_mkc, "EXP": o.expert_exp}
+        judges = {}
+        for aspect in chosen:
+            path = experts.get(aspect.key) or {"PQR": o.expert_pqr, "MKC": o.expert_mkc}.get(aspect.expert) or o.judge
+            if not path:
+                raise UsageError(f"no judge for {aspect.key} ({aspect.expert}): give --judge or --expert-{aspect.expert.lower()}")
+            judges[aspect.key] = o.judge_config(path, "text")
+        return cls(o, templates, chosen, agg, protocol, judges, started)
+
+    def read_items(self) -> list[Item]:
+        from llmguard.eval.items import read_items
+
+        o = self.options
+        return read_items(o.items, o.field_map(answer_b=o.answer_b_field), need_answer_b=o.pairwise, skip_bad=o.skip_bad)
+
+    def plan(self, n_items: int) -> str:
+        return f" x {len(self.aspects)} aspects ({self.protocol.mode})"
+
+    def run(self, items: list[Item], results: ResultsFile, decoding: Decoding, cache: GenerationCache | None,
+            progress: Progress) -> dict[str, Any]:
+        return run_hdc(items, self.judges, self.templates, decoding, self.protocol, results, aspects=self.aspects, cache=cache,
+                       progress=progress)
+
+    def summarize(self, records: list[dict[str, Any]], stats: dict[str, Any]) -> dict[str, Any]:
+        summary = summarize(records, self.aspects)
+        summary.update(template=self.templates.describe(), aggregate=self.aggregate.spec, mode=self.protocol.mode, run=stats)
+        if self.options.limit is not None:
+            summary["limit"] = self.options.limit
+        return summary
+
+    def counted(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return records
+
+    def gate(self, summary: dict[str, Any], fail_below: float) -> str | None:
+        low = {k: v["score"]["mean"] for k, v in summary["aspects"].items()
+               if v["score"]["mean"] is not None and v["score"]["mean"] < fail_below}
+        if not low:
+            return None
+        return "mean score below --fail-below {:g}: {}".format(fail_below, ", ".join(f"{k} {v:.3f}" for k, v in low.items()))
+
+    def manifest_parameters(self) -> dict[str, Any]:
+        return {"judges": {k: v.path for k, v in self.judges.items()}, "mode": self.protocol.mode,
+                "aspects": [a.key for a in self.aspects], "aggregate": self.aggregate.spec}

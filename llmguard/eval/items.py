@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from llmguard.errors import InvalidInputError, UsageError
+from llmguard.io.records import iter_rows
 
 
 @dataclass(frozen=True)
@@ -66,62 +67,52 @@ def read_items(
 ) -> list[Item]:
     """Read and validate items; per-item problems are recorded on the item, not raised."""
     path = Path(path)
-    try:
-        handle = open(path, encoding="utf-8")
-    except FileNotFoundError:
-        raise InvalidInputError(f"{path}: input file does not exist") from None
-    except OSError as err:
-        raise InvalidInputError(f"{path}: cannot read: {err.strerror}") from None
+    if not path.is_file():
+        raise InvalidInputError(f"{path}: input file does not exist")
     items: list[Item] = []
     seen: dict[str, int] = {}
-    with handle:
-        for lineno, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw)
-                if not isinstance(obj, dict):
-                    raise ValueError("not a JSON object")
-            except (json.JSONDecodeError, ValueError) as err:
-                msg = f"{path}:{lineno}: not a JSON object ({err})"
-                if not skip_bad:
-                    raise InvalidInputError(msg + "; pass --skip-bad to record it and go on") from None
-                items.append(Item(id=f"line-{lineno}", line=lineno, error=msg))
-                continue
-            raw_id = obj.get(fields.id)
-            item_id = _text(raw_id)
-            if item_id is None or item_id == "":
-                items.append(Item(id=f"line-{lineno}", line=lineno,
-                                  error=f"{path}:{lineno}: missing id field '{fields.id}'"))
-                continue
-            if item_id in seen:
-                raise InvalidInputError(
-                    f"{path}:{lineno}: id {item_id!r} already used on line {seen[item_id]} (ids must be unique)"
-                )
-            seen[item_id] = lineno
-            item = Item(id=item_id, line=lineno)
-            item.question = _text(obj.get(fields.question))
-            item.answer = _text(obj.get(fields.answer))
-            item.answer_b = _text(obj.get(fields.answer_b))
-            item.reference = _text(obj.get(fields.reference))
-            image = obj.get(fields.image)
-            item.image = image if isinstance(image, str) and image else None
-            if fields.group:
-                item.group = _text(obj.get(fields.group))
-            if item.group is None and item.question is not None:
-                item.group = "q:" + hashlib.sha256(item.question.encode()).hexdigest()[:16]
-            item.meta = {k: obj[k] for k in fields.keep if k in obj}
-            required = [(fields.question, item.question), (fields.answer, item.answer)]
-            if need_answer_b:
-                required.append((fields.answer_b, item.answer_b))
-            if need_image:
-                required.append((fields.image, item.image))
-            missing = [name for name, value in required if value is None or (isinstance(value, str) and not value.strip())]
-            if missing:
-                item.error = f"{path}:{lineno}: item {item_id!r} has no (or an empty) field " + ", ".join(
-                    repr(m) for m in missing
-                )
-            items.append(item)
+    for row in iter_rows(path, what="input"):
+        lineno, obj = row.number, row.value
+        if row.error is not None or not isinstance(obj, dict):
+            msg = f"{row.where}: not a JSON object ({row.error or 'got ' + type(obj).__name__})"
+            if not skip_bad:
+                raise InvalidInputError(msg + "; pass --skip-bad to record it and go on")
+            items.append(Item(id=f"line-{lineno}", line=lineno, error=msg))
+            continue
+        raw_id = obj.get(fields.id)
+        item_id = _text(raw_id)
+        if item_id is None or item_id == "":
+            items.append(Item(id=f"line-{lineno}", line=lineno,
+                              error=f"{path}:{lineno}: missing id field '{fields.id}'"))
+            continue
+        if item_id in seen:
+            raise InvalidInputError(
+                f"{path}:{lineno}: id {item_id!r} already used on line {seen[item_id]} (ids must be unique)"
+            )
+        seen[item_id] = lineno
+        item = Item(id=item_id, line=lineno)
+        item.question = _text(obj.get(fields.question))
+        item.answer = _text(obj.get(fields.answer))
+        item.answer_b = _text(obj.get(fields.answer_b))
+        item.reference = _text(obj.get(fields.reference))
+        image = obj.get(fields.image)
+        item.image = image if isinstance(image, str) and image else None
+        if fields.group:
+            item.group = _text(obj.get(fields.group))
+        if item.group is None and item.question is not None:
+            item.group = "q:" + hashlib.sha256(item.question.encode()).hexdigest()[:16]
+        item.meta = {k: obj[k] for k in fields.keep if k in obj}
+        required = [(fields.question, item.question), (fields.answer, item.answer)]
+        if need_answer_b:
+            required.append((fields.answer_b, item.answer_b))
+        if need_image:
+            required.append((fields.image, item.image))
+        missing = [name for name, value in required if value is None or (isinstance(value, str) and not value.strip())]
+        if missing:
+            item.error = f"{path}:{lineno}: item {item_id!r} has no (or an empty) field " + ", ".join(
+                repr(m) for m in missing
+            )
+        items.append(item)
     return items
 
 
@@ -183,21 +174,16 @@ class ResultsFile:
 
 
 def read_jsonl(path: str | Path, what: str) -> list[dict[str, Any]]:
-    """All JSON objects of a JSONL file (a bad line is an error naming it)."""
+    """All JSON objects of a JSONL file, each with its ``_line`` (a bad line is an error naming it)."""
     path = Path(path)
     if not path.is_file():
         raise InvalidInputError(f"{path}: {what} file does not exist")
     out = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as err:
-                raise InvalidInputError(f"{path}:{lineno}: not JSON ({err.msg})") from None
-            if not isinstance(obj, dict):
-                raise InvalidInputError(f"{path}:{lineno}: not a JSON object")
-            obj.setdefault("_line", lineno)
-            out.append(obj)
+    for row in iter_rows(path, what=what):
+        if row.error is not None:
+            raise InvalidInputError(f"{row.where}: {row.error}")
+        if not isinstance(row.value, dict):
+            raise InvalidInputError(f"{row.where}: not a JSON object")
+        row.value.setdefault("_line", row.number)
+        out.append(row.value)
     return out

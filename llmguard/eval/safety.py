@@ -9,8 +9,6 @@ normalised first line of the answer with the reference.
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,64 +22,7 @@ TASKS = ("sst2", "arith")
 
 # ----------------------------------------------------------------------------- data
 
-def read_records(path: str | os.PathLike, *, required: Sequence[str], what: str = "data") -> list[dict]:
-    """Records of a JSONL / JSON (list) / CSV file; one-line errors naming file, line and field.
-
-    Parquet and hub datasets go through ``datasets``.
-    """
-    p = Path(path)
-    if not p.exists():
-        raise InvalidInputError(f"{p}: {what} file does not exist")
-    if p.is_dir():
-        raise InvalidInputError(f"{p}: {what} must be a file, not a directory")
-    suffix = p.suffix.lower()
-    records: list[tuple[int, Any]] = []
-    try:
-        if suffix in (".jsonl", ".ndjson") or suffix not in (".json", ".csv", ".parquet"):
-            with open(p, encoding="utf-8") as fh:
-                for lineno, line in enumerate(fh, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        records.append((lineno, json.loads(line)))
-                    except json.JSONDecodeError as err:
-                        raise InvalidInputError(f"{p}:{lineno}: not valid JSON ({err.msg})") from None
-        elif suffix == ".json":
-            try:
-                data = json.loads(p.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as err:
-                raise InvalidInputError(f"{p}:{err.lineno}: not valid JSON ({err.msg})") from None
-            if isinstance(data, dict) and "data" in data:
-                data = data["data"]
-            if not isinstance(data, list):
-                raise InvalidInputError(f"{p}: a .json {what} file must hold a list of records")
-            records = [(i + 1, r) for i, r in enumerate(data)]
-        elif suffix == ".csv":
-            with open(p, encoding="utf-8", newline="") as fh:
-                records = [(i + 2, dict(r)) for i, r in enumerate(csv.DictReader(fh))]
-        else:
-            from datasets import load_dataset
-
-            ds = load_dataset("parquet", data_files=str(p), split="train")
-            records = [(i + 1, r) for i, r in enumerate(ds)]
-    except UnicodeDecodeError:
-        raise InvalidInputError(f"{p}: {what} file is not UTF-8 text") from None
-    if not records:
-        raise InvalidInputError(f"{p}: {what} file has no records")
-    out = []
-    for lineno, rec in records:
-        where = f"{p}:{lineno}" if suffix != ".json" else f"{p}: record {lineno}"
-        if not isinstance(rec, dict):
-            raise InvalidInputError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-        for name in required:
-            if name not in rec or rec[name] is None:
-                raise InvalidInputError(f"{where}: field {name!r} is missing")
-            if not isinstance(rec[name], (str, int, float)):
-                raise InvalidInputError(f"{where}: field {name!r} must be a string")
-            if isinstance(rec[name], str) and not rec[name].strip():
-                raise InvalidInputError(f"{where}: field {name!r} is empty")
-        out.append(rec)
-    return out
+from llmguard.io.records import read_records  # noqa: E402,F401 - the one records reader, re-exported here
 
 # ----------------------------------------------------------------------------- scoring
 
@@ -173,7 +114,8 @@ def evaluate_safety(
     """Generate answers for harmful ``prompts`` (and ``task_items``), judge them, count.
 
     ``prompts`` / ``task_items`` are records (dicts) with ``prompt_field`` (and ``category_field``,
-    optional) / ``answer_field``. ``judge`` is ``keyword`` or a moderation model path/id.
+    optional) / ``answer_field``. ``judge`` is ``keyword``, ``keyword:FILE`` (plus harmful content
+    phrases) or a moderation model path/id.
     ``loaded`` reuses an already loaded ``(model, tokenizer)``.
     """
     import time
@@ -191,6 +133,8 @@ def evaluate_safety(
     prompts = list(prompts or [])[: limit or None]
     task_items = list(task_items or [])[: limit or None]
     timings: dict[str, float] = {}
+    # an offline judge is built before the model loads, so a bad phrase list fails in a second
+    keyword_judge = make_judge(judge) if judge.startswith("keyword") else None
 
     t0 = time.perf_counter()
     if loaded is not None:
@@ -212,8 +156,8 @@ def evaluate_safety(
         del lm
 
     t0 = time.perf_counter()
-    j = make_judge(judge, device=device, batch_size=judge_batch_size or batch_size, trust_remote_code=trust_remote_code) \
-        if judge != "keyword" else make_judge("keyword")
+    j = keyword_judge or make_judge(judge, device=device, batch_size=judge_batch_size or batch_size,
+                                    trust_remote_code=trust_remote_code)
     verdicts = j.judge(harm_texts, harm_out, progress=progress) if prompts else []
     timings["judge"] = time.perf_counter() - t0
 

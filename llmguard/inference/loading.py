@@ -15,58 +15,11 @@ from typing import Any
 
 from llmguard.errors import InvalidInputError, ResourceError, UsageError
 
-_DTYPES = ("auto", "float32", "bfloat16", "float16")
-
-
 def resolve_device(device: str = "auto") -> str:
-    """Map ``auto|cpu|cuda|cuda:N`` (or ``mps``) to a concrete torch device string.
+    """``--device`` as a device string (``llmguard.io.device.resolve_device``)."""
+    from llmguard.io.device import resolve_device as resolve
 
-    ``auto`` picks ``cuda`` when a GPU is visible, else ``cpu``. Asking for a GPU that is not
-    there raises :class:`ResourceError` (exit 4).
-    """
-    import torch
-
-    device = (device or "auto").strip().lower()
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        return "cpu"
-    if device == "cuda" or device.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise ResourceError(f"device {device!r} was requested but no CUDA GPU is available")
-        if ":" in device:
-            try:
-                index = int(device.split(":", 1)[1])
-            except ValueError:
-                raise UsageError(f"--device: {device!r} is not cpu, cuda, cuda:N or auto") from None
-            if index >= torch.cuda.device_count():
-                raise ResourceError(
-                    f"device {device!r} was requested but only {torch.cuda.device_count()} GPU(s) are visible"
-                )
-        return device
-    if device == "mps":
-        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise ResourceError("device 'mps' was requested but is not available")
-        return device
-    raise UsageError(f"--device: {device!r} is not cpu, cuda, cuda:N or auto")
-
-
-def _resolve_dtype(dtype: str, device: str, config_dtype: Any) -> Any:
-    import torch
-
-    if dtype not in _DTYPES:
-        raise UsageError(f"--dtype: {dtype!r} is not one of {', '.join(_DTYPES)}")
-    if dtype != "auto":
-        return getattr(torch, dtype)
-    # auto: the checkpoint's dtype on an accelerator; float32 on CPU, where half precision is
-    # slow and bfloat16 matmuls change greedy outputs.
-    if device == "cpu":
-        return torch.float32
-    if isinstance(config_dtype, torch.dtype):
-        return config_dtype
-    if isinstance(config_dtype, str) and hasattr(torch, config_dtype):
-        return getattr(torch, config_dtype)
-    return torch.float32
+    return str(resolve(device))
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -189,7 +142,7 @@ def load_causal_lm(
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # stderr stays for llmguard's own progress (SPEC §1)
+    hf_logging.disable_progress_bar()  # stderr stays for llmguard's own progress
 
     source = str(local) if is_local else text
     try:
@@ -197,7 +150,9 @@ def load_causal_lm(
     except Exception as err:  # noqa: BLE001 - hub/offline/format errors all mean "cannot use this input"
         where = "config.json" if is_local else "the hub (offline, or not a model id?)"
         raise InvalidInputError(f"{source}: cannot load the model config from {where}: {_first_line(err)}") from None
-    torch_dtype = _resolve_dtype(dtype, dev, getattr(config, "dtype", None) or getattr(config, "torch_dtype", None))
+    from llmguard.io.device import load_dtype
+
+    torch_dtype = load_dtype(dtype, dev, getattr(config, "dtype", None) or getattr(config, "torch_dtype", None))
 
     kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
     if quantized:

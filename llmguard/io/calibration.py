@@ -19,17 +19,17 @@ calibration set (the layer inputs, kept on ``storage``); no per-linear activatio
 stored and the data pass is made once. When the model fits on the device, ``mode="whole"``
 loads it whole and runs each batch once end to end (same statistics, no hidden-state storage).
 
-Linears that receive the very same input tensor (q/k/v, gate/up) share one statistic.
+Linears that receive the very same input tensor (q/k/v, gate/up) share one statistic. The
+batches come from the caller (NLSR tokenises its pairs in ``llmguard.realign.nlsr.calibration_data``);
+this engine imports nothing above ``llmguard.io``.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -39,95 +39,7 @@ from llmguard.progress import NullProgress, Progress
 WeightProvider = Callable[[str], torch.Tensor]
 
 
-# -- data ------------------------------------------------------------------------------------
-@dataclass
-class CalibrationPairs:
-    """(prompt, response) pairs read from a file, with what was skipped and why."""
-
-    pairs: list[tuple[str, str]]
-    skipped: int = 0
-    path: Path | None = None
-
-
-def _rows_of(path: Path) -> Iterable[tuple[int, Any]]:
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".ndjson"):
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                if line.strip():
-                    try:
-                        yield number, json.loads(line)
-                    except json.JSONDecodeError as err:
-                        yield number, ValueError(f"invalid JSON ({err.msg})")
-        return
-    if suffix == ".json":
-        try:
-            payload = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise InvalidInputError(f"{path}: invalid JSON ({err})") from None
-        if isinstance(payload, dict):
-            payload = next((v for v in payload.values() if isinstance(v, list)), None)
-        if not isinstance(payload, list):
-            raise InvalidInputError(f"{path}: expected a JSON list of records")
-        yield from enumerate(payload, 1)
-        return
-    try:
-        import datasets
-
-        kind = {".csv": "csv", ".parquet": "parquet", ".tsv": "csv"}.get(suffix)
-        if kind is None:
-            raise InvalidInputError(f"{path}: unsupported data format {suffix!r} (use JSONL, JSON, CSV or Parquet)")
-        extra = {"delimiter": "\t"} if suffix == ".tsv" else {}
-        table = datasets.load_dataset(kind, data_files=str(path), split="train", **extra)
-    except InvalidInputError:
-        raise
-    except Exception as err:  # noqa: BLE001 - any reader failure is bad input
-        raise InvalidInputError(f"{path}: cannot read ({type(err).__name__}: {err})") from None
-    yield from enumerate(table, 1)
-
-
-def load_pairs(
-    path: str | os.PathLike[str],
-    *,
-    prompt_field: str = "prompt",
-    response_field: str = "response",
-    limit: int | None = None,
-    seed: int = 42,
-    skip_bad: bool = False,
-) -> CalibrationPairs:
-    """Read (prompt, response) pairs; rows without both fields as non-empty strings are skipped.
-
-    A malformed JSONL line is an error naming its line number unless ``skip_bad``. With
-    ``limit`` a seeded random subset of that size is kept (the official NLSR code samples 2,000
-    pairs with seed 42). No usable row at all is invalid input.
-    """
-    source = Path(path)
-    if not source.is_file():
-        raise InvalidInputError(f"calibration data {source}: no such file")
-    pairs: list[tuple[str, str]] = []
-    skipped = 0
-    for number, row in _rows_of(source):
-        if isinstance(row, ValueError):
-            if not skip_bad:
-                raise InvalidInputError(f"{source}:{number}: {row} (pass --skip-bad to skip such lines)")
-            skipped += 1
-            continue
-        prompt = row.get(prompt_field) if isinstance(row, dict) else None
-        response = row.get(response_field) if isinstance(row, dict) else None
-        if not isinstance(prompt, str) or not isinstance(response, str) or not response.strip():
-            skipped += 1
-            continue
-        pairs.append((prompt, response))
-    if not pairs:
-        raise InvalidInputError(
-            f"{source}: no usable calibration rows (need non-empty string fields {prompt_field!r} and {response_field!r}; "
-            f"{skipped} row(s) skipped)"
-        )
-    if limit is not None and limit < len(pairs):
-        pairs = random.Random(seed).sample(pairs, limit)
-    return CalibrationPairs(pairs, skipped, source)
-
-
+# -- batches ---------------------------------------------------------------------------------
 @dataclass
 class CalibrationBatch:
     """Right-padded token ids, attention mask and the positions whose activations count."""
@@ -139,70 +51,6 @@ class CalibrationBatch:
     @property
     def tokens(self) -> int:
         return int(self.select.sum())
-
-
-def encode_pairs(
-    tokenizer: Any,
-    pairs: Sequence[tuple[str, str]],
-    *,
-    template: str = "auto",
-    max_length: int = 512,
-    max_response_tokens: int = 256,
-    batch_tokens: int = 8192,
-    response_only: bool = True,
-) -> list[CalibrationBatch]:
-    """Tokenise prompt + response and batch by length; only response tokens are selected.
-
-    The prompt is formatted with :func:`llmguard.inference.generate.format_prompt` (the same
-    template generation uses); the response is cut to ``max_response_tokens`` and ends with EOS;
-    too-long prompts lose tokens on the left. Batches hold at most ``batch_tokens`` padded tokens.
-    """
-    from llmguard.inference.generate import format_prompt
-
-    encoded: list[tuple[list[int], int]] = []
-    eos = tokenizer.eos_token_id
-    for prompt, response in pairs:
-        text = format_prompt(tokenizer, prompt, template)
-        bos = getattr(tokenizer, "bos_token", None)
-        # special tokens as generation adds them (llmguard.inference.generate.tokenize_prompts)
-        prompt_ids = list(tokenizer(text, add_special_tokens=not (bos and text.startswith(bos)))["input_ids"])
-        response_ids = list(tokenizer(response, add_special_tokens=False)["input_ids"])[:max_response_tokens]
-        if eos is not None:
-            response_ids.append(eos)
-        if not response_ids:
-            continue
-        room = max(1, max_length - len(response_ids))
-        prompt_ids = prompt_ids[-room:]
-        ids = (prompt_ids + response_ids)[:max_length]
-        start = len(prompt_ids) if response_only else 0
-        if start >= len(ids):
-            continue
-        encoded.append((ids, start))
-    if not encoded:
-        raise InvalidInputError("calibration data: no row has response tokens after tokenisation")
-    encoded.sort(key=lambda item: len(item[0]))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos if eos is not None else 0)
-    batches: list[CalibrationBatch] = []
-    group: list[tuple[list[int], int]] = []
-
-    def flush() -> None:
-        width = max(len(ids) for ids, _ in group)
-        input_ids = torch.full((len(group), width), pad, dtype=torch.long)
-        attention = torch.zeros((len(group), width), dtype=torch.long)
-        select = torch.zeros((len(group), width), dtype=torch.bool)
-        for row, (ids, start) in enumerate(group):
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            attention[row, : len(ids)] = 1
-            select[row, start : len(ids)] = True
-        batches.append(CalibrationBatch(input_ids, attention, select))
-
-    for item in encoded:
-        if group and len(item[0]) * (len(group) + 1) > batch_tokens:
-            flush()
-            group = []
-        group.append(item)
-    flush()
-    return batches
 
 
 # -- statistics ------------------------------------------------------------------------------
@@ -539,12 +387,9 @@ def _fill_all(module: torch.nn.Module, prefix: str, weights: WeightProvider, dev
 
 __all__ = [
     "CalibrationBatch",
-    "CalibrationPairs",
     "Catcher",
     "SecondMoment",
-    "encode_pairs",
     "linear_names",
     "load_config",
-    "load_pairs",
     "second_moments",
 ]

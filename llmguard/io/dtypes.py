@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from llmguard.errors import UsageError
 
 SAFETENSORS_TO_TORCH: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -26,24 +25,7 @@ TORCH_TO_SAFETENSORS: dict[torch.dtype, str] = {v: k for k, v in SAFETENSORS_TO_
 
 ITEMSIZE: dict[str, int] = {name: torch.empty((), dtype=dt).element_size() for name, dt in SAFETENSORS_TO_TORCH.items()}
 
-_OPTION_NAMES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-}
-
-
-def parse_dtype_option(value: str) -> torch.dtype | None:
-    """``--dtype`` → torch dtype, or ``None`` for ``auto`` (keep each input tensor's dtype)."""
-    if value == "auto":
-        return None
-    try:
-        return _OPTION_NAMES[value.lower()]
-    except KeyError:
-        raise UsageError(f"--dtype {value!r}: choose auto, float32, bfloat16 or float16") from None
+from llmguard.io.device import parse_dtype_option  # noqa: E402,F401 - re-exported: the --dtype parser lives with --device
 
 
 def is_floating(dtype_name: str) -> bool:

@@ -1,4 +1,4 @@
-"""NaN/Inf detection for weight tensors (SPEC §8: non-finite weights are bad input).
+"""NaN/Inf detection for weight tensors (non-finite weights are bad input, exit 3).
 
 A single NaN in one input weight silently spreads through every realign formula, and a fp16
 output can overflow to Inf from finite inputs. The writer checks every tensor it is handed with

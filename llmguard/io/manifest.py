@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from llmguard import __version__
+from llmguard.provenance import environment
 
 MANIFEST_NAME = "llmguard.json"
 FULL_HASH_LIMIT = 64 * 1024 * 1024  # files up to this size are hashed whole
@@ -119,5 +120,6 @@ class Manifest:
             "peak_rss_bytes": peak_rss_bytes(),
             "peak_vram_bytes": peak_vram_bytes(),
             "python": platform.python_version(),
+            "environment": environment(),
             **self.extra,
         }

@@ -48,6 +48,13 @@ _BUILTIN = (
         entry="llmguard.realign.resta:run_resta",
         demo_step="realign-resta",
     ),
+    RealignMethod(
+        name="nlsr",
+        summary="neuron-level safety realignment: transplant safety-critical reference units into the least similar modules",
+        options="llmguard.realign.nlsr.options:NlsrOptions",
+        entry="llmguard.realign.nlsr.method:run_nlsr",
+        demo_step="realign-nlsr",
+    ),
 )
 
 _METHODS: dict[str, RealignMethod] = {}

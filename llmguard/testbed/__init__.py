@@ -1,4 +1,4 @@
-"""The testbed: tiny but real Llama checkpoints and synthetic data, built in code (SPEC §6).
+"""The testbed: tiny but real Llama checkpoints and synthetic data, built in code (docs/testbed.md).
 
 ``build(out=None, seed=0) -> Testbed`` builds (once, cached under ``$LLMGUARD_CACHE``) a tokenizer,
 data splits, a base model, an aligned model (LoRA adapter and merged), harmful fine-tunes (LoRA and

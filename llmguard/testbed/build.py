@@ -43,7 +43,7 @@ from llmguard import __version__
 from llmguard.errors import UsageError
 from llmguard.progress import NullProgress, Progress
 from llmguard.testbed import provenance
-from llmguard.testbed.data import realignment_preference, sentiment_wording_dev
+from llmguard.testbed.data import harmful_content_phrases, realignment_preference, sentiment_wording_dev
 
 #: Bump when anything that changes the artefacts changes (data, sizes, hyper-parameters, the
 #: thread count). v3: built with one torch thread (v2 used the caller's thread count, so the demo
@@ -56,6 +56,10 @@ MARKER = "testbed.json"
 EVAL_ONLY_DATA: dict[str, Callable[[int], list[dict]]] = {
     "sst2_dev_wordings": sentiment_wording_dev,
     "realign_preference": realignment_preference,
+}
+#: Evaluation-only text files (same rule): the harmful content phrases of the ``keyword:FILE`` judge.
+EVAL_ONLY_TEXT: dict[str, Callable[[int], str]] = {
+    "harmful_content": harmful_content_phrases,
 }
 
 
@@ -114,7 +118,7 @@ class Testbed:
     def at(cls, root: Path, seed: int, info: dict[str, Any] | None = None) -> "Testbed":
         root = Path(root)
         data_dir = root / "data"
-        data = {p.stem: p for p in sorted(data_dir.glob("*.jsonl"))} if data_dir.is_dir() else {}
+        data = {p.stem: p for p in sorted([*data_dir.glob("*.jsonl"), *data_dir.glob("*.txt")])} if data_dir.is_dir() else {}
         return cls(
             root=root, seed=seed, version=TESTBED_VERSION, tokenizer=root / "tokenizer", base=root / "base",
             aligned_sft=root / "aligned-sft", aligned=root / "aligned", aligned_lora=root / "aligned-lora", finetuned_lora=root / "finetuned-lora",
@@ -199,13 +203,16 @@ def build(out: str | os.PathLike | None = None, seed: int = 0, *, force: bool = 
 def _write_eval_only_data(data_dir: Path, seed: int) -> None:
     """Write the EVAL_ONLY_DATA files that ``data_dir`` lacks (atomically: a reader never sees half a
     file). A read-only shared cache keeps working without them."""
-    for name, make in EVAL_ONLY_DATA.items():
-        path = data_dir / f"{name}.jsonl"
+    files = [(f"{name}.jsonl", lambda fh, make=make: _dump_jsonl(fh, make(seed))) for name, make in EVAL_ONLY_DATA.items()]
+    files += [(f"{name}.txt", lambda fh, make=make: fh.write(make(seed))) for name, make in EVAL_ONLY_TEXT.items()]
+    for name, write in files:
+        path = data_dir / name
         if path.exists():
             continue
-        tmp = path.with_suffix(".jsonl.tmp")
+        tmp = path.with_name(path.name + ".tmp")
         try:
-            _write_jsonl(tmp, make(seed))
+            with open(tmp, "w", encoding="utf-8") as fh:
+                write(fh)
             tmp.replace(path)
         except OSError:
             tmp.unlink(missing_ok=True)
@@ -226,10 +233,14 @@ def _relocate_adapters(root: Path) -> None:
 
 # ----------------------------------------------------------------------------- the build
 
+def _dump_jsonl(fh: Any, records: list[dict]) -> None:
+    for rec in records:
+        fh.write(json.dumps(rec) + "\n")
+
+
 def _write_jsonl(path: Path, records: list[dict]) -> None:
     with open(path, "w", encoding="utf-8") as fh:
-        for rec in records:
-            fh.write(json.dumps(rec) + "\n")
+        _dump_jsonl(fh, records)
 
 
 def _seed_all(seed: int) -> None:

@@ -12,7 +12,7 @@ therefore
 - key their cache directory by :func:`build_key` (torch version and CPU capability), so a cache
   built by another torch or another vector path is never reused as if it were this one;
 - record :func:`environment` (library versions, CPU, threads, the project's git revision) in
-  their marker file.
+  their marker file, as every manifest does.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import contextlib
 import hashlib
 import os
 import platform
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -70,60 +69,11 @@ def build_key() -> str:
     return f"torch{version}-{cpu_capability().lower()}"
 
 
-def git_revision() -> str | None:
-    """The project's git revision when llmguard runs from a checkout (None from a wheel)."""
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    rev = out.stdout.strip()
-    if out.returncode != 0 or not rev:
-        return None
-    dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True, timeout=5, check=False).stdout.strip()
-    return rev + ("-dirty" if dirty else "")
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def environment() -> dict[str, Any]:
-    """Library versions, CPU, thread count and git revision, as recorded next to every build."""
-    import importlib.metadata as md
+    """The run's environment (``llmguard.provenance``) plus the build's CPU path, threads and key."""
+    from llmguard.provenance import environment as runtime
 
-    import torch
-
-    from llmguard import __version__
-
-    def version(dist: str) -> str | None:
-        try:
-            return md.version(dist)
-        except md.PackageNotFoundError:
-            return None
-
-    return {
-        "llmguard": __version__,
-        "git_revision": git_revision(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": version("transformers"),
-        "peft": version("peft"),
-        "tokenizers": version("tokenizers"),
-        "safetensors": version("safetensors"),
-        "cpu": _cpu_model(),
-        "cpu_capability": cpu_capability(),
-        "build_threads": BUILD_THREADS,
-        "build_key": build_key(),
-    }
+    return {**runtime(), "cpu_capability": cpu_capability(), "build_threads": BUILD_THREADS, "build_key": build_key()}
 
 
 def recipe_hash(*parts: str) -> str:

@@ -285,9 +285,12 @@ def _green_table(scheme, vocab: int) -> np.ndarray:
 
 
 def median_z(scheme, seqs: list[list[int]]) -> float:
-    from llmguard.watermark.detect import score_token_lists
+    """Median z of ``seqs`` under ``scheme`` (no dedup), through the library detection driver."""
+    from llmguard.watermark.detect import detect
+    from llmguard.watermark.options import DetectOptions
 
-    return float(np.median([s.result.z for s in score_token_lists(scheme, seqs, "none")]))
+    run = detect(DetectOptions(token_ids=seqs, vocab_size=str(scheme.vocab_size), dedup="none"), scheme=scheme)
+    return float(np.median([r["z"] for r in run.records]))
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -76,7 +76,7 @@ def _prompt_ids(tokenizer: Any, prompts: list[str], template: str) -> list[list[
 
 
 def _read_clean_texts(path: str) -> list[str]:
-    from llmguard.watermark.data import read_records, read_source
+    from llmguard.watermark.data import read_source, read_texts
 
     p = Path(path)
     if p.suffix.lower() not in (".jsonl", ".json") and read_source(path).lstrip()[:1] not in ("{", "["):
@@ -84,7 +84,7 @@ def _read_clean_texts(path: str) -> list[str]:
         if not lines:
             raise InvalidInputError(f"{path}: no text (--eval-text)")
         return lines
-    return [r.text for r in read_records(path, text_field="text").records]
+    return [r.text for r in read_texts(path, text_field="text").records]
 
 
 def _check_resume(stage_dir: Path, gen: AttackOptions) -> None:
@@ -165,7 +165,7 @@ def run_attack(options: AttackOptions, progress: Progress | None = None) -> Atta
         result.records = len(prompts)
 
         if not gen.data_only:
-            scheme = loop.scheme_for(_vocab_size(student)) if eval_prompts else None
+            scheme = loop.scheme_for(tokenizer, int(student.config.get_text_config().vocab_size)) if eval_prompts else None
             eval_ids = _prompt_ids(tokenizer, eval_prompts, gen.template) if eval_prompts else []
             if eval_prompts:
                 with manifest.stage("closed loop: student and reference"):

@@ -15,6 +15,17 @@ from typing import ClassVar
 
 from llmguard.errors import UsageError
 from llmguard.options import PANEL_DANGER, PANEL_INPUT, PANEL_OUTPUT, PANEL_PERF, Options, device_option, force_option, option
+from llmguard.watermark.options import (
+    SchemeChoice,
+    context_width_option,
+    gamma_option,
+    key_option,
+    profile_option,
+    rng_device_option,
+    scheme_option,
+    seeding_option,
+    vocab_size_option,
+)
 from llmguard.watermark.rule import MODES, check_rule
 
 PANEL_RULE = "Contrastive rule"
@@ -53,8 +64,8 @@ class TrainFields(Options):
 
 
 @dataclass(frozen=True, kw_only=True)
-class ClosedLoopFields(Options):
-    """Held-out evaluation and the watermark to detect (the teacher's)."""
+class ClosedLoopFields(SchemeChoice, Options):
+    """Held-out evaluation and the watermark to detect (the teacher's; the scheme flags of ``detect``)."""
 
     eval_prompts: str | None = option(None, help="Held-out prompts for the closed loop (JSONL/plain lines); without it, no loop.",
                                       panel=PANEL_LOOP)
@@ -62,32 +73,38 @@ class ClosedLoopFields(Options):
                                    panel=PANEL_LOOP)
     eval_max_new_tokens: int = option(256, help="New tokens per held-out prompt.", min=1, panel=PANEL_LOOP)
     eval_seed: int = option(0, help="Sampling seed of the held-out generations.", panel=PANEL_LOOP)
-    scheme: str = option("kgw", help="Watermark family to detect: kgw or unigram.", panel=PANEL_LOOP)
-    profile: str | None = option(None, help="Detector profile (kgw: hf, kirchenbauer, markllm, fast; unigram: zhao, markllm).",
-                                 panel=PANEL_LOOP)
-    seeding: str | None = option(None, help="Seeding scheme of the profile (profile default).", panel=PANEL_LOOP)
-    gamma: float | None = option(None, help="Green-list fraction γ (profile default).", panel=PANEL_LOOP)
-    key: int | None = option(None, help="Hash key (profile default).", panel=PANEL_LOOP)
-    context_width: int | None = option(None, help="Context width h (profile default).", panel=PANEL_LOOP)
     z_threshold: float = option(4.0, help="Detection threshold on z (and |z|) for the flagged fractions.", panel=PANEL_LOOP)
+    scheme: str = scheme_option()
+    profile: str | None = profile_option()
+    seeding: str | None = seeding_option()
+    gamma: float | None = gamma_option()
+    key: int | None = key_option()
+    context_width: int | None = context_width_option()
+    vocab_size: str = vocab_size_option()
+    rng_device: str = rng_device_option()
+
+    delta: ClassVar[float | None] = None  # detection does not use δ
 
     def validate(self) -> None:
-        from llmguard.watermark.schemes import DEFAULT_PROFILE, REGISTRY
-
-        scheme = self.scheme.lower()
-        if scheme not in DEFAULT_PROFILE:
-            raise UsageError(f"unknown --scheme {self.scheme!r}; choose one of: {', '.join(sorted(DEFAULT_PROFILE))}")
-        if (scheme, (self.profile or DEFAULT_PROFILE[scheme]).lower()) not in REGISTRY:
-            valid = ", ".join(p for s, p in sorted(REGISTRY) if s == scheme)
-            raise UsageError(f"--scheme {scheme} has no --profile {self.profile!r}; valid profiles: {valid}")
+        self.check_scheme()
         if self.eval_text is not None and self.eval_prompts is None:
             raise UsageError("--eval-text needs --eval-prompts (the closed loop)")
 
-    def scheme_for(self, vocab_size: int) -> object:
-        from llmguard.watermark.schemes import SchemeParams, build_scheme
+    def scheme_for(self, tokenizer: object, model_vocab_size: int) -> object:
+        """The detector's scheme; ``--vocab-size auto`` follows ``detect`` (model for hf, else tokenizer)."""
+        from llmguard.watermark.schemes import build_scheme
 
-        return build_scheme(self.scheme, self.profile, SchemeParams(
-            vocab_size=vocab_size, gamma=self.gamma, key=self.key, seeding=self.seeding, context_width=self.context_width))
+        source = self.vocab_source(has_model=True)
+        if source == "model":
+            size = model_vocab_size
+        elif source == "tokenizer":
+            size = len(tokenizer)  # type: ignore[arg-type]
+        else:
+            try:
+                size = int(source)
+            except ValueError:
+                raise UsageError(f"--vocab-size must be auto, tokenizer, model or an integer, got {source!r}") from None
+        return build_scheme(self.scheme, self.profile, self.scheme_params(size))
 
 
 @dataclass(frozen=True, kw_only=True)

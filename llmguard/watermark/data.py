@@ -170,7 +170,8 @@ def parse_records(
     return ReadResult(records, skipped, fmt)
 
 
-def read_records(path: str, **kwargs: Any) -> ReadResult:
+def read_texts(path: str, **kwargs: Any) -> ReadResult:
+    """The texts (or token ids) to score or prompt from ``path`` (``-``: stdin), at least one."""
     content = read_source(path)
     result = parse_records(content, path, **kwargs)
     if result.fmt == "text" and not content.strip():

@@ -10,13 +10,13 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from llmguard.errors import InvalidInputError, UsageError
+from llmguard.errors import GateTripped, InvalidInputError, UsageError
 from llmguard.progress import NullProgress, Progress
-from llmguard.watermark.schemes import Scheme
+from llmguard.watermark.schemes import Scheme, build_scheme
 from llmguard.watermark.stats import DEDUP_MODES, LN10, TestResult, dedup_keep, green_test, norm_isf
 
 
@@ -259,6 +259,14 @@ def prompt_windows(scheme: Scheme, prompt_lists: Sequence[Sequence[int] | None])
     return windows
 
 
+@dataclass
+class PooledTest:
+    """The corpus-level test: its result (for the prediction) and its record (for the output)."""
+
+    result: TestResult
+    record: dict[str, Any]
+
+
 def pooled_test(
     scheme: Scheme,
     id_lists: Sequence[Sequence[int]],
@@ -266,7 +274,7 @@ def pooled_test(
     dedup: str,
     p_method: str,
     exclude_windows: set[tuple[int, ...]] | None = None,
-) -> dict[str, Any]:
+) -> PooledTest:
     """One test over the whole corpus with a global dedup tape (radioactivity, Sander et al.)."""
     k = scheme.prefix_len
     seen: set = set()
@@ -296,7 +304,7 @@ def pooled_test(
         excluded_prompt_windows=excluded,
         **{f"log10_p_{other}": alt.log10_p},
     )
-    return d
+    return PooledTest(res, d)
 
 
 def group_tests(
@@ -345,9 +353,12 @@ def corpus_summary(scores: Sequence[TextScore]) -> dict[str, Any]:
     }
 
 
+# ----------------------------------------------------------------------------- the driver
+
+
 @dataclass
 class DetectionRun:
-    """Everything ``detect`` computed, ready to print."""
+    """Everything :func:`detect` computed, ready to print, view or gate."""
 
     config: dict[str, Any]
     records: list[dict[str, Any]]
@@ -355,3 +366,124 @@ class DetectionRun:
     tokens: list[Tokenized]
     aggregate: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
+    scheme: Scheme | None = None
+    tokenizer: Any = None
+    fail_on_detect: bool = False
+
+    def gate(self) -> None:
+        """``--fail-on-detect``: raise :class:`GateTripped` (exit 10) when a watermark was predicted
+        (with ``--aggregate``: in the corpus; else in any text)."""
+        if not self.fail_on_detect:
+            return
+        agg = self.aggregate
+        if agg is not None and "prediction" in agg:
+            if agg["prediction"]:
+                raise GateTripped(f"watermark detected in the corpus (pooled z={agg['pooled']['z']:.2f})")
+            return
+        hits = [r for r in self.records if r["prediction"]]
+        if hits:
+            raise GateTripped(f"watermark detected in {len(hits)} of {len(self.records)} text(s) (first: {hits[0]['where']}, "
+                              f"z={hits[0]['z']:.2f})")
+
+    def write_html(self, path: Path) -> None:
+        """The self-contained HTML token view, written atomically."""
+        from llmguard.io.atomic import atomic_write_text
+        from llmguard.watermark.view import html_page
+
+        atomic_write_text(path, html_page(self.records, self.tokens, self.scores, self.config, self.tokenizer, self.aggregate))
+
+
+def detect(options: Any, progress: Progress | None = None, *, scheme: Scheme | None = None,
+           on_warning: Callable[[str], None] | None = None) -> DetectionRun:
+    """``watermark detect`` as a function: read, tokenise, score, aggregate.
+
+    ``options`` is a :class:`llmguard.watermark.options.DetectOptions`. ``scheme`` replaces the
+    one the options describe (benchmarks patch its implementation); ``on_warning`` sees every
+    warning as it happens (they are also in ``DetectionRun.warnings``).
+    """
+    import os
+
+    o = options
+    progress = progress or NullProgress()
+    warnings: list[str] = []
+
+    def warn(message: str) -> None:
+        warnings.append(message)
+        if on_warning is not None:
+            on_warning(message)
+
+    threshold = Threshold(z=o.z_threshold, fpr=o.fpr)
+    tok = load_tokenizer(o.tokenizer) if o.tokenizer else None
+    if scheme is None:
+        vsize, vsource, vwarn = resolve_vocab_size(o.vocab_source(o.model is not None), tok, o.model)
+        for w in vwarn:
+            warn(w)
+        scheme = build_scheme(o.scheme, o.profile, o.scheme_params(vsize, o.workers if o.workers > 0 else (os.cpu_count() or 1)))
+    else:
+        vsize, vsource = scheme.vocab_size, "explicit"
+    dedup_mode = o.dedup or scheme.default_dedup
+    kept, tokens, prompts = _tokenized_inputs(o, tok, scheme, vsize, warn)
+    scores = score_token_lists(scheme, [t.ids for t in tokens], dedup_mode, o.pvalue, progress)
+    config = scheme.config()
+    config.update(vocab_source=vsource, dedup=dedup_mode, p_method=o.pvalue, threshold=threshold.as_dict())
+    records = [{"index": rec.index, "where": rec.where, **rec.meta, "num_tokens": len(t.ids), **sc.result.as_dict(),
+                "prediction": threshold.predict(sc.result), "prompt_stripped": t.prompt_stripped, "config": config}
+               for rec, t, sc in zip(kept, tokens, scores)]
+    agg = None
+    if o.aggregate or o.group_tokens:
+        agg = {"num_texts": len(records), **corpus_summary(scores)}
+        if o.aggregate:
+            excl = prompt_windows(scheme, prompts) if o.prompt_field else None
+            pooled = pooled_test(scheme, [t.ids for t in tokens], scores, dedup_mode if o.dedup is not None else "window+token",
+                                 o.pvalue, excl)
+            agg["pooled"] = pooled.record
+            agg["prediction"] = threshold.predict(pooled.result)
+        if o.group_tokens:
+            agg["groups"] = group_tests(scheme, [t.ids for t in tokens], o.group_tokens, dedup_mode, o.pvalue)
+        agg["config"] = config
+    return DetectionRun(config, records, scores, tokens, agg, warnings, scheme, tok, o.fail_on_detect)
+
+
+def _tokenized_inputs(o: Any, tok: Any, scheme: Scheme, vsize: int, warn: Callable[[str], None]) -> tuple[list, list[Tokenized], list]:
+    """The records that can be scored, their tokens (prompt stripped) and prompt ids."""
+    from llmguard.watermark.data import Record, read_texts
+
+    if o.token_ids is not None:
+        records = [Record(i, f"text {i}", ids=list(ids)) for i, ids in enumerate(o.token_ids)]
+    else:
+        read = read_texts(o.source, text_field=o.text_field, prompt_field=o.prompt_field, ids_field=o.ids_field, skip_bad=o.skip_bad)
+        for msg in read.skipped:
+            warn(f"skipped {msg}")
+        records = read.records
+    kept, tokens, prompts = [], [], []
+    need = scheme.prefix_len + 1
+    for rec in records:
+        t, p_ids = _tokenize_record(rec, tok)
+        bad_id = next((i for i in t.ids if i >= vsize), None)
+        problem = None
+        if len(t.ids) < need:
+            problem = (f"{rec.where}: {len(t.ids)} token(s) after prompt stripping, fewer than the {need} needed "
+                       f"(context width {scheme.prefix_len} + 1)")
+        elif bad_id is not None:
+            problem = f"{rec.where}: token id {bad_id} is outside the vocabulary of size {vsize} (check --vocab-size)"
+        if problem:
+            if not o.skip_bad:
+                raise InvalidInputError(problem)
+            warn(f"skipped {problem}")
+            continue
+        kept.append(rec)
+        tokens.append(t)
+        prompts.append(p_ids)
+    if not tokens:
+        raise InvalidInputError(f"{o.source}: no text long enough to score")
+    return kept, tokens, prompts
+
+
+def _tokenize_record(rec: Any, tok: Any) -> tuple[Tokenized, list[int] | None]:
+    """A record's scored tokens (a prompt prefix stripped) and its prompt's ids."""
+    if rec.ids is None:
+        return tokenize_text(tok, rec.text, rec.prompt), (tokenize_text(tok, rec.prompt).ids if rec.prompt else None)
+    ids, stripped = rec.ids, False
+    if rec.prompt_ids and ids[: len(rec.prompt_ids)] == rec.prompt_ids:
+        ids, stripped = ids[len(rec.prompt_ids):], True
+    return Tokenized(ids, None, None, stripped), rec.prompt_ids

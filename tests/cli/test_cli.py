@@ -43,3 +43,24 @@ def test_completions_are_current() -> None:
     for shell in ("bash", "zsh", "fish"):
         shipped = (ROOT / "completions" / f"llmguard.{shell}").read_text()
         assert shipped == render(shell), f"completions/llmguard.{shell} is stale: run `python -m llmguard.cli.completions`"
+
+
+def test_root_flags_are_accepted_after_the_verb(tmp_path: Path) -> None:
+    from llmguard.cli.global_flags import hoist_root_flags
+
+    import click
+    import typer.main
+
+    from llmguard.cli.app import app
+
+    group = typer.main.get_command(app)
+    ctx = click.Context(group)
+    assert hoist_root_flags(group, ctx, ["realign", "resta", "-f", "x", "-q", "-vv"]) == ["-q", "-vv", "realign", "resta", "-f", "x"]
+    # an option's value that looks like a root flag stays where it is; so does everything after --
+    assert hoist_root_flags(group, ctx, ["watermark", "detect", "--text-field", "-q", "--", "-v"]) == [
+        "watermark", "detect", "--text-field", "-q", "--", "-v"]
+    missing = tmp_path / "missing"
+    quiet = run_cli("inspect", missing, "-q")
+    verbose = run_cli("inspect", missing, "-v")
+    assert quiet.returncode == 3 and verbose.returncode == 3, (quiet.stderr, verbose.stderr)
+    assert "Traceback" in verbose.stderr and "Traceback" not in quiet.stderr

@@ -149,7 +149,7 @@ def test_derived_command_builds_validated_options() -> None:
 
 def test_every_registered_method_has_a_cli_verb_a_demo_step_and_docs() -> None:
     from llmguard.realign.registry import methods
-    from llmguard.testbed.demo import load_steps, verb_exists
+    from llmguard.cli.demo_runner import load_steps, verb_exists
 
     steps = load_steps()
     assert methods(), "no realign method registered"

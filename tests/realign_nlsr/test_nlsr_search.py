@@ -139,3 +139,21 @@ def test_search_with_force_replaces_an_existing_output(tiny, tmp_path):
                          calibration=tiny["calib"], force=True)
     assert result.chosen == 0 and (out / "adapter_model.safetensors").is_file() and not (out / "stale.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exists"]
+
+
+def test_budget_points_share_one_analysis_and_write_what_a_fresh_run_writes(tiny, tmp_path):
+    from llmguard.realign.nlsr import nlsr
+
+    out = tmp_path / "chosen"
+    measured = iter([(0.9, 1.0), (0.5, 1.0), (0.1, 1.0), (0.3, 1.0)])  # the budget 0.5 point wins
+    grid = parse_grid("budget=0.25,0.5,1.0")
+    result = nlsr_search(tiny["ft_lora"], out, grid, lambda p: next(measured), aligned=tiny["aligned"], calibration=tiny["calib"])
+    assert result.analyses == 1 and result.chosen == 1
+    stages = json.loads((out / "llmguard.json").read_text())["stages"]
+    assert [s["name"] for s in stages if s.get("reused")] == ["open inputs", "reference", "calibration data", "calibration pass + scoring"]
+    fresh = nlsr(tiny["ft_lora"], tmp_path / "fresh", aligned=tiny["aligned"], calibration=tiny["calib"], budget="0.5")
+    for name in ("adapter_model.safetensors", "realign_patch.safetensors", "nlsr_modules.json"):
+        assert (out / name).read_bytes() == (fresh.output / name).read_bytes(), name
+    two = nlsr_search(tiny["ft_lora"], tmp_path / "two", parse_grid("alpha=0.5,0.9;budget=0.5,1.0"), lambda p: (0.1, 1.0),
+                      aligned=tiny["aligned"], calibration=tiny["calib"])
+    assert two.analyses == 2 and len(two.points) == 4

@@ -46,12 +46,12 @@ def test_reader_fuzz(lines, skip, ids, suffix):
 @given(st.binary(max_size=200))
 @settings(max_examples=200, deadline=None)
 def test_reader_bytes(tmp_path_factory, data):
-    from llmguard.watermark.data import read_records
+    from llmguard.watermark.data import read_texts
 
     p = tmp_path_factory.mktemp("fz") / "in.jsonl"
     p.write_bytes(data)
     try:
-        read_records(str(p), text_field="text", skip_bad=True)
+        read_texts(str(p), text_field="text", skip_bad=True)
     except InvalidInputError as err:
         assert "\n" not in err.message and str(p) in err.message
 

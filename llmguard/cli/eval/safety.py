@@ -47,7 +47,8 @@ def safety_command(
     import json
 
     from llmguard.errors import GateTripped, UsageError
-    from llmguard.eval.safety import TASKS, evaluate_safety, read_records
+    from llmguard.eval.safety import TASKS, evaluate_safety
+    from llmguard.io.records import read_records
 
     if fail_above is not None and not 0 <= fail_above <= 1:
         raise UsageError(f"--fail-above: {fail_above} is not a rate between 0 and 1")

@@ -16,7 +16,7 @@ from llmguard.io.calibration import SecondMoment
 from llmguard.realign.nlsr.inputs import NlsrInputs
 from llmguard.realign.nlsr.mask_store import MaskStore, StoredMask
 from llmguard.realign.nlsr.reference import Reference, source_weight
-from llmguard.realign.nlsr.scoring import factor_masks, row_mask, weight_mask
+from llmguard.realign.nlsr.scoring import factor_masks
 from llmguard.realign.nlsr.similarity import masked_delta_cosine, masked_factor_cosine
 
 
@@ -56,10 +56,7 @@ class Analyzer:
     def analyze(self, name: str, stat: SecondMoment | None) -> ModuleResult:
         t0 = time.perf_counter()
         cov = stat.covariance().to(self.device) if stat is not None else None
-        if self.inputs.unit == "element":
-            result = self._element(name, cov)
-        else:
-            result = self._delta(name, cov)
+        result = self._delta(name, cov) if self.inputs.strategy.delta_space else self._element(name, cov)
         result.calibration_tokens = stat.tokens if stat is not None else None
         self.results[name] = result
         self.seconds += time.perf_counter() - t0
@@ -76,19 +73,20 @@ class Analyzer:
         return ModuleResult(name, similarity, masked, a_ref.numel() + b_ref.numel(), masked, mask_a.cpu(), mask_b.cpu())
 
     def _delta(self, name: str, cov: torch.Tensor | None) -> ModuleResult:
-        """Row or weight units of ΔW (relative to the unaligned base)."""
+        """ΔW units (rows or single weights, relative to the unaligned base)."""
         target = f"{name}.weight"
         delta_ref = self.reference.delta(target, self.device)
         if delta_ref is None:
             delta_ref = torch.zeros(self.inputs.base.meta[target].shape, device=self.device)
-        rows = self.inputs.unit == "row"
-        mask = (row_mask if rows else weight_mask)(self.scorer, delta_ref, cov, self.ratio, self.keep)
+        unit = self.inputs.strategy
+        assert unit.delta_mask is not None
+        mask = unit.delta_mask(self.scorer, delta_ref, cov, self.ratio, self.keep)
         delta_ft = source_weight(self.inputs.finetuned, target, self.device)
         delta_ft.sub_(self.inputs.base.read(target).to(device=self.device, dtype=torch.float32))
         similarity = masked_delta_cosine(delta_ft, delta_ref, mask)
         masked = int(mask.sum())
-        parameters = masked * delta_ref.shape[1] if rows else masked
-        kept: torch.Tensor | StoredMask | None = mask.cpu() if rows else (self.masks.put(mask) if self.masks is not None else None)
+        parameters = unit.parameters_in(masked, delta_ref.shape[1])
+        kept: torch.Tensor | StoredMask | None = (self.masks.put(mask) if self.masks is not None else None) if unit.spills_masks else mask.cpu()
         return ModuleResult(name, similarity, masked, mask.numel(), parameters, delta_mask=kept)
 
     def on_layer(self, index: int, stats: dict[str, SecondMoment]) -> None:

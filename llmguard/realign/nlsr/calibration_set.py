@@ -3,7 +3,7 @@
 The reference model (the amplified aligned model, assembled in memory from the base and
 ΔW_ref) answers harmful prompts greedily; the ``eval safety`` judge keeps the responses it
 calls refusals; up to N kept (prompt, response) pairs (2N prompts are answered) become the calibration data
-(research/realign.md §2.2, step 2; the official code filters with beaver-dam-7b).
+(the paper's step 2; the official code filters with beaver-dam-7b).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def pairs_from_reference(
 
     import torch
 
-    from llmguard.eval.safety import read_records
+    from llmguard.io.records import read_records
     from llmguard.eval.safety_judges import make_judge
     from llmguard.inference import format_prompt, generate, load_causal_lm
     from llmguard.io.checkpoint import open_checkpoint

@@ -4,9 +4,8 @@ Elements (the official code) are meaningful only when the fine-tuned adapter *co
 aligned one: same base checkpoint, same modules, same ranks, and A factors still close to the
 aligned ones (a fresh adapter starts from an unrelated random A). Everything else (a fresh
 adapter, an adapter on the merged aligned model, full fine-tunes) is compared in ΔW space,
-relative to the unaligned base, with output rows (neurons, SPEC §3) as units by default.
-``weight`` units (single entries of ΔW, the unstructured unit of research/realign.md §6) are
-only used when asked for: on full fine-tunes of the testbed they keep more of the task than rows
+relative to the unaligned base, with output rows (neurons) as units by default. The units themselves are strategies in ``units``.
+``weight`` units (single entries of ΔW, the unstructured unit) are only used when asked for: on full fine-tunes of the testbed they keep more of the task than rows
 (docs/realign.md).
 """
 
@@ -25,9 +24,8 @@ from llmguard.io.lora import LoraAdapter, is_adapter_dir
 from llmguard.io.sources import WeightSource, open_source
 from llmguard.realign.arithmetic import LinearCombination, Term
 from llmguard.realign.nlsr.reference import same_checkpoint
+from llmguard.realign.nlsr.units import DELTA_UNITS, UNIT_CHOICES, UNITS, Unit
 
-UNITS = ("auto", "element", "row", "weight")
-DELTA_UNITS = ("row", "weight")  # units measured in ΔW space (full-checkpoint output)
 CONTINUATION_COSINE = 0.5
 _LAYER = re.compile(r"\.(?:layers|h|blocks|layer)\.(\d+)\.")
 
@@ -43,8 +41,12 @@ class NlsrInputs:
     continuation_cosine: float | None = None
 
     @property
+    def strategy(self) -> Unit:
+        return UNITS[self.unit]
+
+    @property
     def output_is_adapter(self) -> bool:
-        return self.unit == "element"
+        return self.strategy.output_is_adapter
 
 
 def _open_adapter_source(path: Path, fallback_base: Path | None, allow_pickle: bool, role: str) -> WeightSource:
@@ -76,8 +78,8 @@ def open_inputs(
     unit: str = "auto",
     allow_pickle: bool = False,
 ) -> NlsrInputs:
-    if unit not in UNITS:
-        raise UsageError(f"--unit {unit!r}: choose {', '.join(UNITS)}")
+    if unit not in UNIT_CHOICES:
+        raise UsageError(f"--unit {unit!r}: choose {', '.join(UNIT_CHOICES)}")
     if aligned is None and reference is None:
         raise UsageError("pass --aligned (or a prepared --reference)")
     aligned_src = None
@@ -106,7 +108,7 @@ def open_inputs(
     delta_source = prepared if prepared is not None else aligned_src
     assert delta_source is not None
     chosen, cosine = _decide_unit(unit, finetuned_src, delta_source, base_ckpt)
-    if chosen == "element":
+    if not UNITS[chosen].delta_space:
         assert finetuned_src.adapter is not None
         names = list(finetuned_src.adapter.modules)
     elif delta_source.adapter is not None:
@@ -125,7 +127,7 @@ def open_inputs(
 def order_inputs(inputs: NlsrInputs, model_order: list[str]) -> None:
     """Put the modules in model order (layer by layer, projections as the model defines them)."""
     position = {n: i for i, n in enumerate(model_order)}
-    if inputs.unit in DELTA_UNITS and (inputs.prepared or inputs.aligned) is not None and (inputs.prepared or inputs.aligned).adapter is None:
+    if inputs.strategy.delta_space and (inputs.prepared or inputs.aligned) is not None and (inputs.prepared or inputs.aligned).adapter is None:
         inputs.modules = [n for n in inputs.modules if n in position]  # full deltas: linears only
     inputs.modules.sort(key=lambda n: (position.get(n, len(position)), natural_key(n)))
 

@@ -1,8 +1,12 @@
-"""``realign nlsr``: the five stages end to end (research/realign.md §2, SPEC §3)."""
+"""``realign nlsr``: the five stages end to end.
+
+``analyze`` runs stages 1–3 (inputs, the amplified reference, per-module masks and similarities)
+and ``realign`` stages 4–5 (selection, transplant + write); ``run_nlsr`` is both, and
+``--search`` reuses one analysis for every grid point that changes only the selection.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,18 +14,18 @@ from typing import Any
 
 import torch
 
-from llmguard.errors import InvalidInputError, UsageError
+from llmguard.errors import InvalidInputError
 from llmguard.io.device import resolve_device
 from llmguard.io.dtypes import parse_dtype_option
 from llmguard.io.manifest import MANIFEST_NAME, Manifest
-from llmguard.io.writer import DEFAULT_MAX_SHARD_BYTES, StreamingWriter, parse_size
+from llmguard.io.writer import StreamingWriter, parse_size
 from llmguard.progress import NullProgress, Progress
 from llmguard.realign.nlsr.analysis import Analyzer, ModuleResult
 from llmguard.realign.nlsr.inputs import NlsrInputs, open_inputs, order_inputs
 from llmguard.realign.nlsr.mask_store import MaskStore
 from llmguard.realign.nlsr.patch import PatchRecorder
 from llmguard.realign.nlsr.reference import Reference
-from llmguard.realign.nlsr.scoring import ACTIVATION_SCORERS, SCORERS, check_ratio
+from llmguard.realign.nlsr.options import NlsrOptions
 from llmguard.realign.nlsr.selection import Selection, select
 from llmguard.realign.nlsr.transplant import patch_plan, plan as plan_output, write_output
 
@@ -82,79 +86,75 @@ def _module_table(inputs: NlsrInputs, results: list[ModuleResult], selection: Se
     return table
 
 
-def nlsr(
-    finetuned: str | os.PathLike[str],
-    output: str | os.PathLike[str] | None,
-    *,
-    aligned: str | os.PathLike[str] | None = None,
-    base: str | os.PathLike[str] | None = None,
-    reference: str | os.PathLike[str] | None = None,
-    calibration: str | os.PathLike[str] | None = None,
-    calibration_pairs: list[tuple[str, str]] | None = None,
-    alpha: float = 0.9,
-    amplify_mode: str = "expo",
-    scorer: str = "actsvd",
-    mask_ratio: float = 0.2,
-    actsvd_keep: float = 0.8,
-    unit: str = "auto",
-    select_mode: str = "least-similar",
-    budget: str | float | int | None = None,
-    threshold: float | None = None,
-    prune_rate: float = 0.5,
-    epsilon: float = 0.2,
-    seed: int = 42,
-    prompt_field: str = "prompt",
-    response_field: str = "response",
-    template: str = "auto",
-    calibration_samples: int | None = 512,
-    max_length: int = 512,
-    max_response_tokens: int = 256,
-    batch_tokens: int = 8192,
-    calibration_mode: str = "auto",
-    skip_bad: bool = False,
-    device: str = "auto",
-    dtype: str = "auto",
-    max_shard_size: str | int = DEFAULT_MAX_SHARD_BYTES,
-    force: bool = False,
-    allow_pickle: bool = False,
-    dry_run: bool = False,
-    progress: Progress | None = None,
-) -> NlsrResult:
-    """Realign ``finetuned`` with NLSR and write the result to ``output`` (unless ``dry_run``)."""
+def nlsr(finetuned: str | os.PathLike[str], output: str | os.PathLike[str] | None, *, progress: Progress | None = None,
+         **options: Any) -> NlsrResult:
+    """Realign ``finetuned`` into ``output``: :func:`run_nlsr` with ``NlsrOptions(**options)``."""
+    return run_nlsr(NlsrOptions(finetuned=finetuned, output=output, **options), progress)
+
+
+def run_nlsr(options: NlsrOptions, progress: Progress | None = None) -> NlsrResult:
+    """Realign ``options.finetuned`` with NLSR and write ``options.output`` (unless ``dry_run``)."""
     progress = progress or NullProgress()
-    if scorer not in SCORERS:
-        raise UsageError(f"--scorer {scorer!r}: choose {', '.join(SCORERS)}")
-    check_ratio(mask_ratio)
-    check_ratio(actsvd_keep, "--actsvd-keep")
-    if alpha < 0:
-        raise UsageError(f"--alpha {alpha}: must be non-negative")
-    if output is None and not dry_run:
-        raise UsageError("-o/--output is required (or pass --dry-run)")
-    if calibration_samples is not None and calibration_samples < 1:
-        raise UsageError(f"--calibration-samples {calibration_samples}: must be at least 1")
-    needs_data = scorer in ACTIVATION_SCORERS
-    if needs_data and calibration is None and calibration_pairs is None:
-        raise UsageError(f"--scorer {scorer} needs calibration data: pass --calibration FILE (or use --scorer magnitude)")
-    torch_device = resolve_device(device)
-    out_dtype = parse_dtype_option(dtype)
-    parameters = {
-        "aligned": str(aligned) if aligned else None, "base": str(base) if base else None, "reference": str(reference) if reference else None,
-        "alpha": alpha, "amplify_mode": amplify_mode, "scorer": scorer, "mask_ratio": mask_ratio, "actsvd_keep": actsvd_keep,
-        "unit": unit, "select": select_mode, "budget": budget, "threshold": threshold, "prune_rate": prune_rate, "epsilon": epsilon,
-        "seed": seed, "calibration": str(calibration) if calibration else None, "prompt_field": prompt_field,
-        "response_field": response_field, "template": template, "calibration_samples": calibration_samples, "max_length": max_length,
-        "max_response_tokens": max_response_tokens, "batch_tokens": batch_tokens, "calibration_mode": calibration_mode,
-        "device": device, "dtype": dtype, "max_shard_size": max_shard_size, "dry_run": dry_run,
-    }
-    manifest = Manifest(verb="realign nlsr", parameters=parameters)
+    options = with_reference_calibration(options, progress)
+    with analyze(options, progress) as analysis:
+        return realign(options, analysis, progress)
+
+
+def with_reference_calibration(options: NlsrOptions, progress: Progress) -> NlsrOptions:
+    """``--calibration-from-reference N``: the options with the generated pairs in ``calibration_pairs``."""
+    if options.calibration_from_reference is None or options.calibration_pairs is not None:
+        return options
+    from llmguard.realign.nlsr.calibration_set import pairs_from_reference
+
+    o = options
+    pairs = pairs_from_reference(
+        aligned=o.aligned, base=o.base, reference=o.reference, harmful_prompts=o.harmful_prompts, count=o.calibration_from_reference,
+        alpha=o.alpha, amplify_mode=o.amplify_mode, prompt_field=o.prompt_field, template=o.template, device=o.device, seed=o.seed,
+        allow_pickle=o.allow_pickle, progress=progress,
+    )
+    return o.replace(calibration_pairs=tuple(pairs))
+
+
+@dataclass
+class Analysis:
+    """Stages 1–3 of a run: the opened inputs, the reference and every module's similarity and
+    mask. Everything here is fixed by ``NlsrOptions.analysis_key()``, so ``--search`` points that
+    differ only in the selection reuse one Analysis (``realign`` never changes it)."""
+
+    inputs: NlsrInputs
+    reference: Reference
+    results: list[ModuleResult]
+    device: torch.device
+    manifest: Manifest  # its inputs and stage records (open inputs … scoring)
+    masks: MaskStore | None = None
+    uses: int = 0
+
+    def close(self) -> None:
+        if self.masks is not None:
+            self.masks.close()
+
+    def __enter__(self) -> "Analysis":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def analyze(options: NlsrOptions, progress: Progress, masks_beside: Path | None = None) -> Analysis:
+    """Open the inputs, build the reference, score and compare every module (stages 1–3).
+
+    Weight-unit masks are spilled next to ``masks_beside`` (default: the output) until
+    :meth:`Analysis.close`.
+    """
+    o = options
+    torch_device = resolve_device(o.device)
+    manifest = Manifest(verb=o.verb)
     progress.stage("open inputs")
     with manifest.stage("open inputs") as record:
-        inputs = open_inputs(
-            aligned=Path(aligned) if aligned else None, finetuned=Path(finetuned), base=Path(base) if base else None,
-            reference=Path(reference) if reference else None, unit=unit, allow_pickle=allow_pickle,
-        )
+        inputs = open_inputs(aligned=o.aligned, finetuned=o.finetuned, base=o.base, reference=o.reference, unit=o.unit,
+                             allow_pickle=o.allow_pickle)
         config = None
-        config_dir = _config_dir(aligned, base, finetuned)
+        config_dir = _config_dir(o.aligned, o.base, o.finetuned)
         if config_dir is not None:  # model order (official selection draws in it) and the calibration architecture
             from llmguard.io.calibration import linear_names, load_config
 
@@ -166,80 +166,109 @@ def nlsr(
                 manifest.add_input(role, src.path)
         manifest.add_input("base", inputs.base.root)
     with manifest.stage("reference") as record:
-        ref = Reference(inputs.base, inputs.aligned, inputs.prepared, alpha=alpha, mode=amplify_mode)
+        ref = Reference(inputs.base, inputs.aligned, inputs.prepared, alpha=o.alpha, mode=o.amplify_mode)
         record.update(ref.describe())
-    with _mask_store(inputs, output, dry_run) as masks:
-        analyzer = Analyzer(inputs, ref, scorer, mask_ratio, actsvd_keep, torch_device, masks=masks)
-        if needs_data:
-            if config is None:
-                raise InvalidInputError(f"{inputs.base.root}: no config.json; the calibration pass needs the model architecture")
-            with manifest.stage("calibration data") as record:
-                from llmguard.io.calibration import encode_pairs, load_pairs
-
-                if calibration_pairs is None:
-                    assert calibration is not None
-                    loaded = load_pairs(calibration, prompt_field=prompt_field, response_field=response_field, limit=calibration_samples, seed=seed, skip_bad=skip_bad)
-                    pairs, skipped = loaded.pairs, loaded.skipped
-                    manifest.add_input("calibration", Path(calibration))
-                else:
-                    pairs, skipped = list(calibration_pairs)[:calibration_samples], 0
-                    if not pairs:
-                        raise InvalidInputError("calibration data: no usable rows")
-                batches = encode_pairs(_tokenizer(inputs), pairs, template=template, max_length=max_length, max_response_tokens=max_response_tokens, batch_tokens=batch_tokens)
-                record.update(pairs=len(pairs), skipped=skipped, batches=len(batches), response_tokens=sum(b.tokens for b in batches))
-            with manifest.stage("calibration pass + scoring") as record:
-                from llmguard.io.calibration import second_moments
-
-                second_moments(
-                    config, lambda name: ref.weight(name, torch_device), batches, set(inputs.modules),
-                    on_layer=analyzer.on_layer, device=torch_device, mode=calibration_mode, progress=progress,
-                )
-                record.update(mode=calibration_mode, scoring_seconds=round(analyzer.seconds, 4))
-            missing = [m for m in inputs.modules if m not in analyzer.results]
-            if missing:
-                raise InvalidInputError(f"module {missing[0]!r} saw no calibration input (not a linear layer of the model?)")
+    masks = _mask_store(inputs, masks_beside or o.output, o.dry_run)
+    try:
+        analyzer = Analyzer(inputs, ref, o.scorer, o.mask_ratio, o.actsvd_keep, torch_device, masks=masks)
+        if o.needs_calibration:
+            _calibrate(o, inputs, ref, config, analyzer, manifest, torch_device, progress)
         else:
-            with manifest.stage("scoring") as record:
+            with manifest.stage("scoring"):
                 progress.stage("score + similarity", len(inputs.modules))
                 for name in inputs.modules:
                     analyzer.analyze(name, None)
                     progress.advance()
-        results = [analyzer.results[m] for m in inputs.modules]
-        with manifest.stage("select") as record:
-            selection = select([r.similarity for r in results], mode=select_mode, budget=budget, threshold=threshold, prune_rate=prune_rate, epsilon=epsilon, seed=seed)
-            record.update(rule=selection.rule, patched=selection.count, modules=len(results))
-        table = _module_table(inputs, results, selection)
-        selected = [r for r, p in zip(results, selection.patched) if p]
-        masked_params = sum(r.parameters_masked for r in selected)
-        manifest.extra.update(unit=inputs.unit, selection_rule=selection.rule, modules_patched=selection.count, modules_total=len(results))
-        if dry_run:
-            progress.close()
-            return NlsrResult(None, inputs.unit, table, selection.rule, selection.count, masked_params, manifest.to_dict(), dry_run=True)
-        out = Path(str(output))
-        tensor_plan, single = plan_output(inputs, out_dtype)
-        input_paths = [inputs.finetuned.path, inputs.base.root, inputs.finetuned.base.root]
-        input_paths += [s.path for s in (inputs.aligned, inputs.prepared) if s is not None]
-        recorder = PatchRecorder("rows" if inputs.unit == "row" else "elements")  # weight units: flat indices, like elements
-        writer = StreamingWriter(out, tensor_plan, max_shard_bytes=parse_size(max_shard_size), force=force, inputs=input_paths, single_file_name=single)
-        with writer:
-            with manifest.stage("transplant + write") as record, recorder.writing(writer.tmp, patch_plan(inputs, selected, tensor_plan)):
-                written = write_output(inputs, ref, selected, tensor_plan, writer, recorder, torch_device, progress)
-                record.update(tensors=written, values_overwritten=recorder.values_overwritten, values_changed=recorder.values_changed)
-            recorder.save(writer.tmp, {"verb": "realign nlsr", "finetuned": str(inputs.finetuned.path), "modules": [r.name for r in selected]})
-            writer.write_json(MODULE_TABLE, table)
-            writer.write_text("README.md", _model_card(inputs, ref, selection, table, recorder))
-            manifest.extra.update(output=str(out), device_used=str(torch_device), values_overwritten=recorder.values_overwritten, values_changed=recorder.values_changed)
-            payload = manifest.to_dict()
-            writer.write_json(MANIFEST_NAME, payload)
+    except BaseException:
+        if masks is not None:
+            masks.close()
+        raise
+    return Analysis(inputs, ref, [analyzer.results[m] for m in inputs.modules], torch_device, manifest, masks)
+
+
+def _calibrate(o: NlsrOptions, inputs: NlsrInputs, ref: Reference, config: Any, analyzer: Analyzer, manifest: Manifest,
+               torch_device: torch.device, progress: Progress) -> None:
+    """The calibration pass: input second moments per module, scored layer by layer."""
+    if config is None:
+        raise InvalidInputError(f"{inputs.base.root}: no config.json; the calibration pass needs the model architecture")
+    with manifest.stage("calibration data") as record:
+        from llmguard.realign.nlsr.calibration_data import encode_pairs, load_pairs
+
+        if o.calibration_pairs is None:
+            assert o.calibration is not None
+            loaded = load_pairs(o.calibration, prompt_field=o.prompt_field, response_field=o.response_field, limit=o.calibration_samples,
+                                seed=o.seed, skip_bad=o.skip_bad)
+            pairs, skipped = loaded.pairs, loaded.skipped
+            manifest.add_input("calibration", o.calibration)
+        else:
+            pairs, skipped = list(o.calibration_pairs)[:o.calibration_samples], 0
+            if not pairs:
+                raise InvalidInputError("calibration data: no usable rows")
+        batches = encode_pairs(_tokenizer(inputs), pairs, template=o.template, max_length=o.max_length,
+                               max_response_tokens=o.max_response_tokens, batch_tokens=o.batch_tokens)
+        record.update(pairs=len(pairs), skipped=skipped, batches=len(batches), response_tokens=sum(b.tokens for b in batches))
+    with manifest.stage("calibration pass + scoring") as record:
+        from llmguard.io.calibration import second_moments
+
+        second_moments(
+            config, lambda name: ref.weight(name, torch_device), batches, set(inputs.modules),
+            on_layer=analyzer.on_layer, device=torch_device, mode=o.calibration_mode, progress=progress,
+        )
+        record.update(mode=o.calibration_mode, scoring_seconds=round(analyzer.seconds, 4))
+    missing = [m for m in inputs.modules if m not in analyzer.results]
+    if missing:
+        raise InvalidInputError(f"module {missing[0]!r} saw no calibration input (not a linear layer of the model?)")
+
+
+def realign(options: NlsrOptions, analysis: Analysis, progress: Progress) -> NlsrResult:
+    """Select the modules and transplant (stages 4–5) from an :class:`Analysis` of these options."""
+    o = options
+    inputs, ref, results, torch_device = analysis.inputs, analysis.reference, analysis.results, analysis.device
+    reused = analysis.uses > 0
+    analysis.uses += 1
+    manifest = Manifest(verb=o.verb, parameters=o.to_manifest(), inputs=dict(analysis.manifest.inputs),
+                        stages=[{**s, "reused": True} if reused else dict(s) for s in analysis.manifest.stages])
+    if not reused:
+        manifest.started = analysis.manifest.started
+    with manifest.stage("select") as record:
+        selection = select([r.similarity for r in results], mode=o.select_mode, budget=o.budget, threshold=o.threshold,
+                           prune_rate=o.prune_rate, epsilon=o.epsilon, seed=o.seed)
+        record.update(rule=selection.rule, patched=selection.count, modules=len(results))
+    table = _module_table(inputs, results, selection)
+    selected = [r for r, p in zip(results, selection.patched) if p]
+    masked_params = sum(r.parameters_masked for r in selected)
+    manifest.extra.update(unit=inputs.unit, selection_rule=selection.rule, modules_patched=selection.count, modules_total=len(results))
+    if o.dry_run:
         progress.close()
-        return NlsrResult(out, inputs.unit, table, selection.rule, selection.count, recorder.values_changed, payload)
+        return NlsrResult(None, inputs.unit, table, selection.rule, selection.count, masked_params, manifest.to_dict(), dry_run=True)
+    out = Path(str(o.output))
+    tensor_plan, single = plan_output(inputs, parse_dtype_option(o.dtype))
+    input_paths = [inputs.finetuned.path, inputs.base.root, inputs.finetuned.base.root]
+    input_paths += [s.path for s in (inputs.aligned, inputs.prepared) if s is not None]
+    recorder = PatchRecorder(inputs.strategy.patch_index)
+    writer = StreamingWriter(out, tensor_plan, max_shard_bytes=parse_size(o.max_shard_size), force=o.force, inputs=input_paths,
+                             single_file_name=single)
+    with writer:
+        with manifest.stage("transplant + write") as record, recorder.writing(writer.tmp, patch_plan(inputs, selected, tensor_plan)):
+            written = write_output(inputs, ref, selected, tensor_plan, writer, recorder, torch_device, progress)
+            record.update(tensors=written, values_overwritten=recorder.values_overwritten, values_changed=recorder.values_changed)
+        recorder.save(writer.tmp, {"verb": o.verb, "finetuned": str(inputs.finetuned.path), "modules": [r.name for r in selected]})
+        writer.write_json(MODULE_TABLE, table)
+        writer.write_text("README.md", _model_card(inputs, ref, selection, table, recorder))
+        manifest.extra.update(output=str(out), device_used=str(torch_device), values_overwritten=recorder.values_overwritten,
+                              values_changed=recorder.values_changed)
+        payload = manifest.to_dict()
+        writer.write_json(MANIFEST_NAME, payload)
+    progress.close()
+    return NlsrResult(out, inputs.unit, table, selection.rule, selection.count, recorder.values_changed, payload)
 
 
-def _mask_store(inputs: NlsrInputs, output: Any, dry_run: bool) -> Any:
+def _mask_store(inputs: NlsrInputs, beside: Path | None, dry_run: bool) -> MaskStore | None:
     """Weight units keep their masks on disk next to OUT until the transplant (mask_store.py)."""
-    if inputs.unit != "weight" or dry_run:
-        return contextlib.nullcontext(None)
-    return MaskStore.beside(Path(str(output)))
+    if not inputs.strategy.spills_masks or dry_run:
+        return None
+    assert beside is not None
+    return MaskStore.beside(Path(str(beside)))
 
 
 def _config_dir(*candidates: Any) -> Path | None:

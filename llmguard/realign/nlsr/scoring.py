@@ -22,18 +22,12 @@ Masks keep the top ``ratio`` fraction of units per tensor (⌈ratio·n⌉, ties 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
 from llmguard.errors import UsageError
-
-SCORERS = ("actsvd", "wanda", "magnitude")
-ACTIVATION_SCORERS = ("actsvd", "wanda")
-
-
-def check_ratio(ratio: float, flag: str = "--mask-ratio") -> None:
-    if not (0.0 < ratio < 1.0) or math.isnan(ratio):
-        raise UsageError(f"{flag} {ratio}: must lie strictly between 0 and 1")
 
 
 def top_fraction(score: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -76,17 +70,60 @@ def actsvd_project(w: torch.Tensor, input_cov: torch.Tensor, keep: float = 0.8) 
     return _projected(w, u.to(w.dtype), (s**2).to(w.dtype), keep)
 
 
+Score = Callable[[torch.Tensor, "torch.Tensor | None", float], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """One way to score the units of a matrix W (d_out × d_in) whose input has second moment C.
+
+    ``elements`` gives one score per entry (LoRA elements, weight units), ``rows`` one per output
+    row (row units). ``needs_calibration``: C must come from a calibration pass.
+    """
+
+    name: str
+    needs_calibration: bool
+    elements: Score
+    rows: Score
+
+
+def _input_norms(cov: torch.Tensor) -> torch.Tensor:
+    return cov.diagonal().clamp_min(0).sqrt()[None, :]
+
+
+SCORERS: dict[str, Scorer] = {}
+
+
+def register_scorer(scorer: Scorer) -> Scorer:
+    if scorer.name in SCORERS:
+        raise ValueError(f"NLSR scorer {scorer.name!r} registered twice")
+    SCORERS[scorer.name] = scorer
+    return scorer
+
+
+register_scorer(Scorer("actsvd", True, lambda w, cov, keep: actsvd_project(w, cov, keep).abs(),
+                       lambda d, cov, keep: actsvd_project(d, cov, keep).norm(dim=1)))
+register_scorer(Scorer("wanda", True, lambda w, cov, keep: w.abs() * _input_norms(cov),
+                       lambda d, cov, keep: (d.abs() * _input_norms(cov)).sum(dim=1)))
+register_scorer(Scorer("magnitude", False, lambda w, cov, keep: w.abs(), lambda d, cov, keep: d.norm(dim=1)))
+
+#: scorers that need a calibration pass (kept for callers of the old tuple)
+ACTIVATION_SCORERS = tuple(name for name, scorer in SCORERS.items() if scorer.needs_calibration)
+
+
+def get_scorer(name: str, cov: torch.Tensor | None) -> Scorer:
+    """The registered scorer ``name``, refusing one that needs C when there is none."""
+    scorer = SCORERS.get(name)
+    if scorer is None:
+        raise UsageError(f"--scorer {name!r}: choose {', '.join(SCORERS)}")
+    if scorer.needs_calibration and cov is None:
+        raise UsageError(f"--scorer {name} needs calibration data")
+    return scorer
+
+
 def element_scores(scorer: str, w: torch.Tensor, cov: torch.Tensor | None, keep: float = 0.8) -> torch.Tensor:
     """One score per entry of a matrix W (d_out × d_in) whose input has second moment ``cov``."""
-    if scorer == "magnitude":
-        return w.abs()
-    if cov is None:
-        raise UsageError(f"--scorer {scorer} needs calibration data")
-    if scorer == "wanda":
-        return w.abs() * cov.diagonal().clamp_min(0).sqrt()[None, :]
-    if scorer == "actsvd":
-        return actsvd_project(w, cov, keep).abs()
-    raise UsageError(f"--scorer {scorer!r}: choose {', '.join(SCORERS)}")
+    return get_scorer(scorer, cov).elements(w, cov, keep)
 
 
 def factor_scores(scorer: str, a: torch.Tensor, b: torch.Tensor, cov: torch.Tensor | None, keep: float = 0.8) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,15 +134,7 @@ def factor_scores(scorer: str, a: torch.Tensor, b: torch.Tensor, cov: torch.Tens
 
 def row_scores(scorer: str, delta: torch.Tensor, cov: torch.Tensor | None, keep: float = 0.8) -> torch.Tensor:
     """One score per output row (neuron) of ΔW_ref."""
-    if scorer == "magnitude":
-        return delta.norm(dim=1)
-    if cov is None:
-        raise UsageError(f"--scorer {scorer} needs calibration data")
-    if scorer == "wanda":
-        return (delta.abs() * cov.diagonal().clamp_min(0).sqrt()[None, :]).sum(dim=1)
-    if scorer == "actsvd":
-        return actsvd_project(delta, cov, keep).norm(dim=1)
-    raise UsageError(f"--scorer {scorer!r}: choose {', '.join(SCORERS)}")
+    return get_scorer(scorer, cov).rows(delta, cov, keep)
 
 
 def factor_masks(scorer: str, a: torch.Tensor, b: torch.Tensor, cov: torch.Tensor | None, ratio: float, keep: float = 0.8) -> tuple[torch.Tensor, torch.Tensor]:

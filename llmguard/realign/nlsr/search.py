@@ -1,23 +1,24 @@
 """Dev-split hyper-parameter search for NLSR: a safety–utility table and a recommended point.
 
 The paper tuned ExPO's α on a dev slice of BeaverTails and reported test numbers separately
-(research/realign.md §2.1); no released tool automates it. ``nlsr_search`` runs ``nlsr`` for every
+; no released tool automates it. ``nlsr_search`` runs ``nlsr`` for every
 point of a small grid (α, budget, mask ratio, scorer, ...), measures each realigned model with
 ``eval safety`` on DEV prompts (and a DEV task split), and keeps the point with the lowest
 harmful rate among those whose task accuracy stays within ``max_task_drop`` points of the
-fine-tuned model; ties go to the smaller edit. Only the current best output is kept on disk, so
+fine-tuned model; ties go to the smaller edit. Points that differ only in the selection
+(budget, threshold, ...) share one calibration pass and scoring (``AnalysisCache``). Only the current best output is kept on disk, so
 the search needs at most two outputs' worth of space. The chosen output is moved to OUT with the
 whole table in ``nlsr_search.json`` and in its manifest.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import os
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,51 +28,10 @@ from llmguard.errors import UsageError
 from llmguard.io.manifest import MANIFEST_NAME
 from llmguard.io.writer import check_output_path
 from llmguard.progress import NullProgress, Progress
+from llmguard.realign.nlsr.grid import MAX_POINTS, describe, parse_grid  # noqa: F401 - re-exported
+from llmguard.realign.nlsr.options import NlsrOptions
 
 SEARCH_TABLE = "nlsr_search.json"
-MAX_POINTS = 64
-
-#: grid keys (as on the command line) -> (nlsr keyword, value parser)
-GRID_KEYS: dict[str, tuple[str, Callable[[str], Any]]] = {
-    "alpha": ("alpha", float),
-    "budget": ("budget", str),
-    "threshold": ("threshold", float),
-    "mask-ratio": ("mask_ratio", float),
-    "scorer": ("scorer", str),
-    "unit": ("unit", str),
-    "actsvd-keep": ("actsvd_keep", float),
-    "amplify-mode": ("amplify_mode", str),
-}
-
-
-def parse_grid(spec: str) -> list[dict[str, Any]]:
-    """``"alpha=0.5,0.9;budget=0.25,0.5"`` -> the cartesian product as nlsr keyword dicts."""
-    names: list[str] = []
-    axes: list[list[Any]] = []
-    for part in (p.strip() for p in spec.split(";")):
-        if not part:
-            continue
-        key, sep, values = part.partition("=")
-        key = key.strip().lstrip("-").replace("_", "-")
-        if not sep or key not in GRID_KEYS:
-            raise UsageError(f"--search: {part!r}: expected KEY=V1,V2,... with KEY one of {', '.join(GRID_KEYS)}")
-        keyword, parse = GRID_KEYS[key]
-        if keyword in names:
-            raise UsageError(f"--search: {key} is given twice")
-        raw = [v.strip() for v in values.split(",") if v.strip()]
-        if not raw:
-            raise UsageError(f"--search: {key} has no values")
-        try:
-            axes.append([parse(v) for v in raw])
-        except ValueError:
-            raise UsageError(f"--search: {key}={values.strip()!r}: not a list of numbers") from None
-        names.append(keyword)
-    if not names:
-        raise UsageError("--search: the grid is empty (e.g. --search 'alpha=0.5,0.9;budget=0.25,0.5')")
-    points = [dict(zip(names, combo)) for combo in itertools.product(*axes)]
-    if len(points) > MAX_POINTS:
-        raise UsageError(f"--search: {len(points)} points; at most {MAX_POINTS} (each one is a full realign and evaluation)")
-    return points
 
 
 @dataclass
@@ -93,6 +53,7 @@ class SearchResult:
     chosen: int | None = None
     output: Path | None = None
     max_task_drop: float = 5.0
+    analyses: int = 0  # calibration + scoring passes run (points that change only the selection share one)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -156,6 +117,39 @@ def safety_evaluator(prompts: Sequence[dict], *, task: str | None = None, task_i
     return evaluate
 
 
+@dataclass
+class DevData:
+    """The DEV split a search measures every point on."""
+
+    prompts: list[dict]
+    task: str | None = None
+    task_items: list[dict] | None = None
+
+    def warning(self, max_task_drop: float) -> str | None:
+        return task_window_warning(len(self.task_items), max_task_drop) if self.task_items else None
+
+
+def load_dev_data(options: NlsrOptions) -> DevData:
+    """``--dev-prompts`` and ``--dev-task-data`` read and checked."""
+    from llmguard.io.records import read_records
+
+    assert options.dev_prompts is not None, "validated: --search needs --dev-prompts"
+    prompts = read_records(options.dev_prompts, required=["prompt"], what="dev prompts")
+    items = read_records(options.dev_task_data, required=["prompt", "answer"], what="dev task data") if options.dev_task_data else None
+    return DevData(prompts, options.dev_task or ("task" if items else None), items)
+
+
+def run_search(options: NlsrOptions, progress: Progress | None = None, dev: DevData | None = None) -> SearchResult:
+    """``realign nlsr --search``: every grid point of ``options`` measured on its DEV data."""
+    from llmguard.realign.nlsr.method import with_reference_calibration
+
+    progress = progress or NullProgress()
+    dev = dev or load_dev_data(options)
+    evaluate = safety_evaluator(dev.prompts, task=dev.task, task_items=dev.task_items, judge=options.dev_judge, device=options.device)
+    base = with_reference_calibration(options.point({}), progress)  # reference pairs are generated once, not per point
+    return search(base, options.grid(), evaluate, max_task_drop=options.max_task_drop, progress=progress)
+
+
 def nlsr_search(
     finetuned: str | os.PathLike[str],
     output: str | os.PathLike[str],
@@ -163,46 +157,96 @@ def nlsr_search(
     evaluate: Evaluator,
     *,
     max_task_drop: float = 5.0,
-    force: bool = False,
     progress: Progress | None = None,
-    **nlsr_kwargs: Any,
+    **options: Any,
 ) -> SearchResult:
-    """Run ``nlsr`` for every grid point, evaluate each on DEV, move the recommended one to OUT.
+    """:func:`search` from keyword arguments: ``options`` are the fixed ``NlsrOptions`` fields."""
+    return search(NlsrOptions(finetuned=finetuned, output=output, **options), grid, evaluate, max_task_drop=max_task_drop,
+                  progress=progress)
 
-    ``nlsr_kwargs`` are the fixed ``nlsr`` arguments; a grid point overrides them. When no point
-    keeps the task within ``max_task_drop`` points, nothing is written and ``result.chosen`` is
-    None (the CLI exits 10 then).
+
+class AnalysisCache:
+    """The analyses a grid needs, each kept only while a later point still needs it.
+
+    Points with equal ``analysis_key()`` (a budget or threshold grid) share one calibration
+    pass, one scoring and one similarity measurement; only selection and writing are redone.
     """
-    from llmguard.realign.nlsr.method import nlsr
+
+    def __init__(self, points: Sequence[NlsrOptions], work: Path) -> None:
+        self.remaining = Counter(p.analysis_key() for p in points)
+        self.work = work
+        self.kept: dict[tuple, Any] = {}
+        self.computed = 0
+
+    def get(self, point: NlsrOptions, progress: Progress) -> Any:
+        from llmguard.realign.nlsr.method import analyze
+
+        key = point.analysis_key()
+        if key not in self.kept:
+            self.kept[key] = analyze(point, progress, masks_beside=self.work / f"analysis-{self.computed}")
+            self.computed += 1
+        return self.kept[key]
+
+    def done(self, point: NlsrOptions) -> None:
+        key = point.analysis_key()
+        self.remaining[key] -= 1
+        if self.remaining[key] == 0 and key in self.kept:
+            self.kept.pop(key).close()
+
+    def close(self) -> None:
+        for analysis in self.kept.values():
+            analysis.close()
+        self.kept.clear()
+
+
+def search(
+    options: NlsrOptions,
+    grid: Sequence[dict[str, Any]],
+    evaluate: Evaluator,
+    *,
+    max_task_drop: float = 5.0,
+    progress: Progress | None = None,
+) -> SearchResult:
+    """Realign with every grid point (``options`` with the point's fields replaced), evaluate each
+    on DEV, move the recommended one to ``options.output``.
+
+    When no point keeps the task within ``max_task_drop`` points, nothing is written and
+    ``result.chosen`` is None (the CLI exits 10 then).
+    """
+    from llmguard.realign.nlsr.method import realign
 
     progress = progress or NullProgress()
     if not grid:
         raise UsageError("--search: the grid is empty")
-    if nlsr_kwargs.get("dry_run"):
+    if options.dry_run:
         raise UsageError("--search writes the chosen model; it cannot be combined with --dry-run")
-    out = Path(output)
-    inputs = [Path(p) for p in (finetuned, nlsr_kwargs.get("aligned"), nlsr_kwargs.get("base"), nlsr_kwargs.get("reference")) if p]
-    check_output_path(out, inputs, force)  # refuse before hours of work, not after
+    assert options.output is not None
+    out = options.output
+    inputs = [p for p in (options.finetuned, options.aligned, options.base, options.reference) if p]
+    check_output_path(out, inputs, options.force)  # refuse before hours of work, not after
     work = out.parent / f".{out.name}.llmguard-search-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    points = [options.replace(**params, output=work / f"point-{i}", force=False) for i, params in enumerate(grid)]
+    cache = AnalysisCache(points, work)
     try:
         progress.stage("evaluate the fine-tuned model on DEV")
-        harmful, task = evaluate(Path(finetuned))
+        harmful, task = evaluate(Path(options.finetuned))
         result = SearchResult({"harmful_rate": harmful, "task_accuracy": task}, max_task_drop=max_task_drop)
-        for i, params in enumerate(grid):
+        for i, (params, point) in enumerate(zip(grid, points)):
             progress.stage(f"search point {i + 1}/{len(grid)}: {describe(params)}")
             t0 = time.perf_counter()
-            point_dir = work / f"point-{i}"
-            realigned = nlsr(finetuned, point_dir, **{**nlsr_kwargs, **params, "force": False, "progress": progress})
-            harmful, task = evaluate(point_dir)
+            realigned = realign(point, cache.get(point, progress), progress)
+            cache.done(point)
+            harmful, task = evaluate(point.output)
             result.points.append(SearchPoint(dict(params), harmful, task, realigned.patched, realigned.parameters_changed,
                                              round(time.perf_counter() - t0, 3)))
             result.chosen = recommend(result.points, result.baseline["task_accuracy"], max_task_drop)
-            for other in list(work.iterdir()):
+            for other in list(work.glob("point-*")):
                 if result.chosen is None or other.name != f"point-{result.chosen}":
                     shutil.rmtree(other, ignore_errors=True)
         progress.close()
+        result.analyses = cache.computed
         if result.chosen is None:
             return result
         chosen_dir = work / f"point-{result.chosen}"
@@ -218,9 +262,5 @@ def nlsr_search(
         os.rename(chosen_dir, out)
         return result
     finally:
+        cache.close()
         shutil.rmtree(work, ignore_errors=True)
-
-
-def describe(params: dict[str, Any]) -> str:
-    """A grid point as ``alpha=0.5 mask-ratio=0.3`` (the grid's own spelling)."""
-    return " ".join(f"{k.replace('_', '-')}={v}" for k, v in params.items())

@@ -3,14 +3,14 @@
 Deterministic (default): the ``budget`` least similar modules (a count, or a fraction of the
 modules), or every module with similarity below ``threshold``. Ties are broken by model order.
 The default budget is half of the modules: on the testbed, patching the least similar half
-restored safety while patching all modules destroyed the task (notes/testbed-lessons.md).
+restored safety while patching all modules destroyed the task (docs/realign.md).
 
 ``official`` reproduces ``Adaptive_Search_Operation`` of ``xinykou/NLSR:src/safe_lora/inner.py``:
 modules ranked by similarity in descending order get ranks N+1 … 2, min-max normalised to
 n ∈ [0, 1] (most similar = 1), p = (prune_rate − ε) + 2ε·n, clipped to [0, 1], and
 z ~ Bernoulli(p) after ``torch.manual_seed(seed)`` (CPU generator, modules in model order).
 Note the direction: the *most* similar module is the most likely to be patched, although the
-code's comment and the paper say the least similar ones should be (research/realign.md §2.2).
+code's comment and the paper say the least similar ones should be.
 """
 
 from __future__ import annotations

@@ -73,7 +73,7 @@ def patch_plan(inputs: NlsrInputs, selected: list[ModuleResult], tensor_plan: li
         return plan
     for result in selected:
         key = f"{result.name}.weight"
-        row_width = (inputs.finetuned.base.meta[key].shape[1],) if inputs.unit == "row" else ()  # a row unit holds d_in values
+        row_width = (inputs.finetuned.base.meta[key].shape[1],) if inputs.strategy.whole_rows else ()  # a row unit holds d_in values
         plan += PatchRecorder.entry_plan(key, result.masked, (result.masked, *row_width), dtypes[key])
     return plan
 

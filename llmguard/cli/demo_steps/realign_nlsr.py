@@ -4,7 +4,7 @@ DEV search over ΔW weight units, then eval safety on TEST."""
 
 from __future__ import annotations
 
-from llmguard.testbed.demo import DemoContext, DemoRow, register_step, verb_exists
+from llmguard.cli.demo_runner import DemoContext, DemoRow, register_step, verb_exists
 
 #: the DEV grids of docs/realign.md; task DEV data is sst2_dev_wordings (the 52-item sst2_dev missed
 #: the LoRA realignment's task loss)

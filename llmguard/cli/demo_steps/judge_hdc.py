@@ -3,7 +3,7 @@ answers whose quality is known by construction; the row shows its agreement with
 
 from __future__ import annotations
 
-from llmguard.testbed.demo import DemoContext, DemoRow, register_step, verb_exists
+from llmguard.cli.demo_runner import DemoContext, DemoRow, register_step, verb_exists
 
 
 @register_step("judge-hdc", order=60, description="eval hdc with the tiny judge, eval agree against the known labels",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from llmguard.testbed.demo import DemoContext, DemoRow, register_step
+from llmguard.cli.demo_runner import DemoContext, DemoRow, register_step
 
 
 def _row(step: str, model: str, doc: dict, **extra) -> DemoRow:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from llmguard.testbed.demo import DemoContext, DemoRow, StepFailed, register_step, verb_exists
+from llmguard.cli.demo_runner import DemoContext, DemoRow, StepFailed, register_step, verb_exists
 
 
 def _aggregate(stdout: str) -> dict:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from llmguard.testbed.demo import DemoContext, DemoRow, register_step, verb_exists
+from llmguard.cli.demo_runner import DemoContext, DemoRow, register_step, verb_exists
 
 GAMMA = 0.5
 

@@ -1,2 +1,0 @@
-"""Demo steps: every module here registers one or more steps with
-``llmguard.testbed.demo.register_step`` (one small function per verb). Add a file to add a row."""

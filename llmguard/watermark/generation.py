@@ -1,0 +1,111 @@
+"""``watermark generate`` as a function: prompts in, (watermarked) continuations out, as JSONL.
+
+The output file is written atomically, with a manifest beside it (``OUT.llmguard.json``); the
+prompt is stripped from every continuation.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from llmguard.errors import InvalidInputError
+from llmguard.progress import NullProgress, Progress
+from llmguard.watermark.options import GenerateOptions
+
+
+@dataclass
+class GenerationResult:
+    output: Path
+    records: int
+    watermark: dict[str, Any] | None
+    manifest: dict[str, Any]
+    seconds: float  # generation and writing, after the model was loaded
+    warnings: list[str] = field(default_factory=list)
+
+
+def read_prompts(options: GenerateOptions, warn: Callable[[str], None]) -> tuple[list[str], list[dict[str, Any]]]:
+    """The prompts and their id metadata: JSONL/JSON records, or plain text one prompt per line."""
+    from llmguard.watermark.data import read_source, read_texts
+
+    path = options.prompts
+    if not path.exists():
+        raise InvalidInputError(f"{path}: no such file")
+    content = read_source(str(path))
+    if path.suffix.lower() not in (".jsonl", ".json") and content.lstrip()[:1] not in ("{", "["):
+        lines = [ln for ln in content.splitlines() if ln.strip()]
+        if not lines:
+            raise InvalidInputError(f"{path}: no prompts")
+        return lines, [{} for _ in lines]
+    read = read_texts(str(path), text_field=options.prompt_field, skip_bad=options.skip_bad)
+    for msg in read.skipped:
+        warn(f"skipped {msg}")
+    return [r.text for r in read.records], [r.meta for r in read.records]
+
+
+def _processor(options: GenerateOptions, lm: Any, tokenizer: Any, warn: Callable[[str], None]) -> tuple[Any, dict[str, Any] | None]:
+    """The watermark logits processor and its config (None, None for --no-watermark)."""
+    if options.no_watermark:
+        return None, None
+    from llmguard.watermark.detect import resolve_vocab_size
+    from llmguard.watermark.processor import WatermarkLogitsProcessor
+    from llmguard.watermark.schemes import build_scheme
+
+    model_dir = options.model if Path(options.model).is_dir() else None
+    source = options.vocab_source(has_model=True)
+    if source == "model" and model_dir is None:  # a hub model: its loaded config has the vocab size
+        vsize, vsource, vwarn = int(lm.config.get_text_config().vocab_size), "model", []
+    else:
+        vsize, vsource, vwarn = resolve_vocab_size(source, tokenizer, model_dir)
+    for w in vwarn:
+        warn(w)
+    sch = build_scheme(options.scheme, options.profile, options.scheme_params(vsize))
+    if sch.profile == "markllm" and getattr(sch, "window_scheme", "") == "self" and vsize > 4096:
+        warn(f"MarkLLM self-window generation computes up to {vsize} permutations per distinct context (slow)")
+    return WatermarkLogitsProcessor(sch), {**sch.config(), "vocab_source": vsource}
+
+
+def generate_jsonl(options: GenerateOptions, progress: Progress | None = None, *,
+                   on_warning: Callable[[str], None] | None = None) -> GenerationResult:
+    """Generate a continuation for every prompt and write ``options.output`` (atomic) + its manifest."""
+    from llmguard.inference import generate as run_generate
+    from llmguard.inference import load_causal_lm
+    from llmguard.io.atomic import atomic_open, atomic_write_json
+    from llmguard.io.manifest import Manifest
+
+    o = options
+    progress = progress or NullProgress()
+    warnings: list[str] = []
+
+    def warn(message: str) -> None:
+        warnings.append(message)
+        if on_warning is not None:
+            on_warning(message)
+
+    prompt_texts, metas = read_prompts(o, warn)
+    manifest = Manifest(verb=o.verb)
+    manifest.add_input("prompts", o.prompts)
+    with manifest.stage("load"):
+        lm, tokenizer = load_causal_lm(o.model, adapter=o.adapter, device=o.device, dtype=o.dtype)
+    processor, wm_config = _processor(o, lm, tokenizer, warn)
+    sampling = o.sampling()
+    t0 = time.perf_counter()
+    with manifest.stage("generate") as stage:
+        texts = run_generate(lm, tokenizer, prompt_texts, max_new_tokens=o.max_new_tokens, batch_size=o.batch_size,
+                             do_sample=o.sample, temperature=o.temperature, top_p=o.top_p, seed=o.seed, logits_processor=processor,
+                             progress=progress, template=None if o.template == "none" else o.template)
+        stage["prompts"] = len(prompt_texts)
+    with atomic_open(o.output) as handle:
+        for prompt, text, meta in zip(prompt_texts, texts, metas):
+            if o.fmt == "sft":
+                rec = {"instruction": prompt, "input": "", "output": text, **meta}
+            else:
+                rec = {**meta, "prompt": prompt, "text": text, "watermark": wm_config, "sampling": sampling, "model": o.model}
+            handle.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    manifest.parameters = {**o.to_manifest(), "watermark": wm_config, "sampling": sampling}
+    payload = manifest.to_dict()
+    atomic_write_json(o.output.with_name(o.output.name + ".llmguard.json"), payload)
+    return GenerationResult(o.output, len(texts), wm_config, payload, time.perf_counter() - t0, warnings)
