@@ -174,12 +174,12 @@ class SFTWriter:
 
 
 def write_sft(path: Path, records: Iterable[SFTRecord]) -> int:
-    """Write a whole dataset atomically (temporary sibling, then rename)."""
-    tmp = path.with_name(f".{path.name}.llmguard-tmp")
+    """Write a whole dataset atomically (:func:`llmguard.io.atomic.atomic_open`)."""
+    from llmguard.io.atomic import atomic_open
+
     n = 0
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with atomic_open(path) as fh:
         for r in records:
             fh.write(r.to_json() + "\n")
             n += 1
-    tmp.replace(path)
     return n
