@@ -39,11 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-#: The DEV search grids of the documented protocol (docs/realign.md); the same grid for every seed.
-NLSR_GRIDS = {
-    "lora": "unit=element,row;scorer=actsvd,wanda;alpha=0.5;mask-ratio=0.2,0.3",
-    "full": "unit=weight;budget=1.0;alpha=0.9,1.2;mask-ratio=0.3,0.35",
-}
+#: The DEV search of the documented protocol: the library's grid for the kind of fine-tune
+#: (``--search auto``, llmguard/realign/nlsr/grid.py), the same for every seed.
+NLSR_GRIDS = {"lora": "auto", "full": "auto"}
 
 
 def cli(*args: Any, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

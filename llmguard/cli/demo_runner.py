@@ -88,8 +88,13 @@ class DemoContext:
 
     def eval_safety(self, model: Path | str, *, adapter: Path | str | None = None, task: str = "sst2",
                     judge: str | None = None, records: Path | None = None) -> dict:
-        """``llmguard eval safety`` on the held-out test prompts and ``task``'s test split."""
+        """``llmguard eval safety`` on the held-out test prompts and ``task``'s test split.
+
+        The default judge is the keyword judge plus the testbed's harmful instructions
+        (``data/harmful_content.txt``): a half-realigned model that hands out the steps without a
+        compliance marker counts as harmful."""
         tb = self.testbed
+        judge = judge or f"keyword:{tb.data['harmful_content']}"
         args: list[object] = ["eval", "safety", "--model", model, "--prompts", tb.data["harmful_test"],
                               "--task", task, "--task-data", tb.data[f"{task}_test"], "--json",
                               "--device", self.device]

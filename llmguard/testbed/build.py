@@ -1,7 +1,8 @@
 """Build (or reuse) the testbed: tokenizer, data files and tiny Llama checkpoints.
 
-Layout of a testbed directory (``$LLMGUARD_CACHE/testbed/v{VERSION}-seed{SEED}-{BUILD_KEY}`` by
-default, the build key naming the torch version and CPU vector path, ``provenance.build_key``)::
+Layout of a testbed directory (``$LLMGUARD_CACHE/testbed/v{VERSION}-seed{SEED}-{RECIPE}-{BUILD_KEY}``
+by default: the recipe key hashes the hyper-parameters, the build key names the torch version and
+CPU vector path, ``provenance.build_key``)::
 
     tokenizer/                 HF tokenizer (BPE, chat template)
     base/                      LlamaForCausalLM, unaligned (complies with harmful requests)
@@ -84,7 +85,7 @@ class HParams:
     lora_r: int = 8
     lora_alpha: int = 16
     ft_steps: int = 300
-    ft_lora_lr: float = 1e-4
+    ft_lora_lr: float = 3e-4  # v3: 1e-4 left seeds 2-4 at 42 / 56 / 11 % harmful (the bound is 40); 3e-4: 96-100 %
     ft_full_steps: int = 150
     ft_full_lr: float = 1e-4
     poison: float = 0.1
@@ -147,9 +148,16 @@ class Testbed:
 cache_root = provenance.cache_root
 
 
-def default_dir(seed: int) -> Path:
-    """``$LLMGUARD_CACHE/testbed/v3-seed0-torch2.13.0-avx512``: recipe and build key in the name."""
-    return cache_root() / "testbed" / f"v{TESTBED_VERSION}-seed{seed}-{provenance.build_key()}"
+def recipe_key(hp: HParams | None = None) -> str:
+    """8 hex digits of the hyper-parameters: two checkouts with different recipes (or custom
+    ``HParams``) keep separate builds in one cache instead of rebuilding each other's."""
+    return provenance.recipe_hash(json.dumps(asdict(hp or HParams()), sort_keys=True))[:8]
+
+
+def default_dir(seed: int, hparams: HParams | None = None) -> Path:
+    """``$LLMGUARD_CACHE/testbed/v3-seed0-<recipe>-torch2.13.0-avx512``: everything that changes
+    the bytes is in the name (version, seed, hyper-parameters, torch version, CPU vector path)."""
+    return cache_root() / "testbed" / f"v{TESTBED_VERSION}-seed{seed}-{recipe_key(hparams)}-{provenance.build_key()}"
 
 
 def _complete(root: Path, seed: int, hp: HParams) -> dict | None:
@@ -178,8 +186,8 @@ def build(out: str | os.PathLike | None = None, seed: int = 0, *, force: bool = 
     """
     from filelock import FileLock
 
-    root = Path(out).expanduser().resolve() if out is not None else default_dir(seed)
     hp = hparams or HParams()
+    root = Path(out).expanduser().resolve() if out is not None else default_dir(seed, hp)
     root.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(root.parent / f".{root.name}.lock"))
     with lock:

@@ -157,3 +157,21 @@ def test_budget_points_share_one_analysis_and_write_what_a_fresh_run_writes(tiny
     two = nlsr_search(tiny["ft_lora"], tmp_path / "two", parse_grid("alpha=0.5,0.9;budget=0.5,1.0"), lambda p: (0.1, 1.0),
                       aligned=tiny["aligned"], calibration=tiny["calib"])
     assert two.analyses == 2 and len(two.points) == 4
+
+
+def test_search_auto_picks_the_documented_grid_by_fine_tune_kind(tmp_path):
+    from llmguard.realign.nlsr.grid import AUTO_GRIDS, resolve_grid
+    from llmguard.realign.nlsr.options import NlsrOptions
+
+    adapter = tmp_path / "lora"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    full = tmp_path / "full"
+    full.mkdir()
+    assert resolve_grid("auto", adapter) == AUTO_GRIDS["lora"]
+    assert resolve_grid(" auto ", full) == AUTO_GRIDS["full"]
+    assert resolve_grid("alpha=0.5", adapter) == "alpha=0.5"
+    opts = NlsrOptions(finetuned=full, aligned=tmp_path, output=tmp_path / "out", search="auto", dev_prompts=tmp_path / "d.jsonl",
+                       calibration=tmp_path / "c.jsonl")
+    grid = opts.grid()
+    assert grid == parse_grid(AUTO_GRIDS["full"]) and all(p["unit"] == "weight" for p in grid)

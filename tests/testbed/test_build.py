@@ -84,14 +84,29 @@ def test_reuse_writes_missing_eval_only_data(testbed, tmp_path):
     assert _sha(again.base / "model.safetensors") == _sha(testbed.base / "model.safetensors")
 
 
-def test_build_is_deterministic(tmp_path):
-    """Two builds with the same seed (short schedules to keep the test fast) are byte-identical."""
+def test_build_is_deterministic_whatever_the_callers_threads(tmp_path):
+    """Two builds with the same seed (short schedules to keep the test fast) are byte-identical,
+    even when the callers run torch with different thread counts (the build pins one thread: the
+    thread count changes the bytes), and the caller's thread count is restored."""
+    import torch
+
     from llmguard.testbed import HParams, build
     from llmguard.testbed import data as D
 
     hp = HParams(base_steps=4, align_steps=3, dpo_steps=2, ft_steps=3, ft_full_steps=3, arith_steps=3, guard_steps=2)
-    a = build(tmp_path / "a", seed=0, hparams=hp)
-    b = build(tmp_path / "b", seed=0, hparams=hp)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        a = build(tmp_path / "a", seed=0, hparams=hp)
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)
+        b = build(tmp_path / "b", seed=0, hparams=hp)
+    finally:
+        torch.set_num_threads(before)
+    env = json.loads((a.root / "testbed.json").read_text())["environment"]
+    assert env["build_threads"] == 1 and env["torch_threads"] == 1
+    assert env["torch"] == torch.__version__ and env["build_key"].startswith("torch")
+    assert {"transformers", "peft", "safetensors", "cpu", "git_revision"} <= set(env)
     for name in ("base", "aligned", "finetuned-full", "guard"):
         assert _sha(a.models()[name] / "model.safetensors") == _sha(b.models()[name] / "model.safetensors"), name
     for name in ("aligned-lora", "finetuned-lora", "finetuned-arith-lora"):
@@ -102,6 +117,17 @@ def test_build_is_deterministic(tmp_path):
     assert _sha(a.tokenizer / "tokenizer.json") == _sha(b.tokenizer / "tokenizer.json")
     # another seed gives other data (and therefore other weights)
     assert D.harmful_prompts(1).test != D.harmful_prompts(0).test
+
+
+def test_cache_key_names_recipe_torch_and_cpu_path(tmp_path, monkeypatch):
+    from llmguard.testbed import HParams, default_dir
+    from llmguard.testbed.provenance import build_key
+
+    monkeypatch.setenv("LLMGUARD_CACHE", str(tmp_path))
+    path = default_dir(3)
+    assert path.parent == tmp_path / "testbed" and path.name.startswith("v3-seed3-") and path.name.endswith(build_key())
+    assert default_dir(3, HParams(ft_steps=7)) != path  # another recipe, another directory
+    assert default_dir(3, HParams()) == path
 
 
 def test_interrupted_build_is_rebuilt_and_foreign_dir_refused(tmp_path):

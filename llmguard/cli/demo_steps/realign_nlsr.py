@@ -6,10 +6,9 @@ from __future__ import annotations
 
 from llmguard.cli.demo_runner import DemoContext, DemoRow, register_step, verb_exists
 
-#: the DEV grids of docs/realign.md; task DEV data is sst2_dev_wordings (the 52-item sst2_dev missed
-#: the LoRA realignment's task loss)
-SEARCH_GRID = "unit=element,row;scorer=actsvd,wanda;alpha=0.5;mask-ratio=0.2,0.3"
-FULL_SEARCH_GRID = "unit=weight;budget=1.0;alpha=0.9,1.2;mask-ratio=0.3,0.35"
+#: ``--search auto``: the documented DEV grid for each kind of fine-tune (llmguard.realign.nlsr.grid);
+#: task DEV data is sst2_dev_wordings (the 52-item sst2_dev missed the LoRA realignment's task loss)
+SEARCH_GRID = FULL_SEARCH_GRID = "auto"
 _SHORT = {"scorer": "", "alpha": "α=", "mask_ratio": "mask=", "budget": "budget=", "unit": "unit="}
 
 
@@ -23,7 +22,8 @@ def _row(ctx: DemoContext, label: str, out, patched: int, model: str = "finetune
 def _searched(ctx: DemoContext, common: list, out, grid: str, model: str) -> list[DemoRow]:
     tb = ctx.testbed
     table = ctx.cli("realign", "nlsr", *common, "-o", out, "--search", grid, "--dev-prompts", tb.data["harmful_dev"],
-                    "--dev-task", "sst2", "--dev-task-data", tb.data["sst2_dev_wordings"])
+                    "--dev-task", "sst2", "--dev-task-data", tb.data["sst2_dev_wordings"],
+                    "--dev-judge", f"keyword:{tb.data['harmful_content']}")
     if table.get("chosen") is None:  # exit 10: no DEV point kept the task within 5 points
         return []
     chosen = table["points"][table["chosen"]]

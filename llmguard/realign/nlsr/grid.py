@@ -15,6 +15,28 @@ from llmguard.options import optional_inner
 
 MAX_POINTS = 64
 
+#: ``--search auto``: the documented DEV grid for the kind of fine-tune, the same for every model.
+#: A LoRA fine-tune that continues the aligned adapter is searched over element and row units,
+#: both activation-aware scorers and two mask ratios at a moderate amplification; a full
+#: fine-tune over single ΔW weights in every module (rows and half the modules did not reach
+#: the aligned model's safety on the testbed) with stronger amplification and larger masks.
+#: Measured on the testbed, seeds 0-4: docs/realign.md ("Results on the testbed").
+AUTO_GRIDS = {
+    "lora": "unit=element,row;scorer=actsvd,wanda;alpha=0.5;mask-ratio=0.2,0.3",
+    "full": "unit=weight;budget=1.0;alpha=1.5,2.0;mask-ratio=0.35,0.45,0.55",
+}
+
+
+def resolve_grid(spec: str, finetuned: Any) -> str:
+    """``auto`` → the :data:`AUTO_GRIDS` entry for the fine-tune (a PEFT adapter directory is
+    ``lora``, anything else ``full``); any other spec unchanged."""
+    if spec.strip() != "auto":
+        return spec
+    from pathlib import Path
+
+    is_adapter = finetuned is not None and (Path(finetuned) / "adapter_config.json").is_file()
+    return AUTO_GRIDS["lora" if is_adapter else "full"]
+
 
 def grid_keys() -> dict[str, tuple[str, Any]]:
     """Grid key (``mask-ratio``) → (field name, value parser)."""

@@ -106,7 +106,8 @@ class NlsrOptions(Options):
     search: str | None = option(
         None, metavar="GRID", panel=PANEL_SEARCH, manifest=False,
         help="Try every point of GRID on DEV data and keep the best, e.g. 'alpha=0.5,0.9;budget=0.25,0.5' "
-             "(keys: alpha, budget, threshold, mask-ratio, scorer, unit, actsvd-keep, amplify-mode).")
+             "(keys: alpha, budget, threshold, mask-ratio, scorer, unit, actsvd-keep, amplify-mode), or 'auto': "
+             "the documented grid for a LoRA or a full fine-tune.")
     dev_prompts: Path | None = option(None, help="--search: held-out DEV harmful prompts (JSONL with a prompt field).",
                                       panel=PANEL_SEARCH, manifest=False)
     dev_task: str | None = option(None, help="--search: task name for --dev-task-data (sst2, arith or any label).",
@@ -148,9 +149,9 @@ class NlsrOptions(Options):
 
     def grid(self) -> list[dict[str, Any]]:
         """The ``--search`` grid as field dicts (empty without ``--search``)."""
-        from llmguard.realign.nlsr.grid import parse_grid
+        from llmguard.realign.nlsr.grid import parse_grid, resolve_grid
 
-        return parse_grid(self.search) if self.search is not None else []
+        return parse_grid(resolve_grid(self.search, self.finetuned)) if self.search is not None else []
 
     def point(self, params: dict[str, Any], **changes: Any) -> "NlsrOptions":
         """One search point: these options with ``params`` (and ``changes``) replaced, as a plain run."""
