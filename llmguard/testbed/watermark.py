@@ -19,7 +19,7 @@ the tiny models need a larger learning rate and more epochs than the paper's 1e-
 docs use for every seed.
 
 Everything is deterministic for a seed, built once (one torch thread) into
-``$LLMGUARD_CACHE/testbed/watermark-v<VERSION>-seed<k>-<build key>`` under a file lock, and reused.
+``$LLMGUARD_CACHE/testbed/watermark-v<VERSION>-seed<k>-<recipe hash>-<build key>`` under a file lock, and reused.
 Text is words separated by spaces; the word-level tokenizer maps each word to one token, so
 ``llmguard watermark detect --tokenizer <root>/tokenizer`` scores exactly the ids the models produced.
 """
@@ -221,7 +221,15 @@ class WatermarkTestbed:
                 *self.train_args(), *self.loop_args()]
 
 
-from llmguard.testbed.provenance import build_key, cache_root, environment  # noqa: E402
+from llmguard.testbed.provenance import build_key, cache_root, environment, recipe_hash  # noqa: E402
+
+
+def default_dir(seed: int, params: WatermarkTestbedParams | None = None) -> Path:
+    """``$LLMGUARD_CACHE/testbed/watermark-v2-seed0-<recipe>-torch2.13.0-avx512``: version, seed, the
+    parameters' hash, torch version and CPU vector path, so checkouts with different recipes keep
+    separate builds in one cache."""
+    recipe = recipe_hash(json.dumps(asdict(params or WatermarkTestbedParams()), sort_keys=True))[:8]
+    return cache_root() / "testbed" / f"watermark-v{VERSION}-seed{seed}-{recipe}-{build_key()}"
 
 
 def build(out: str | os.PathLike | None = None, seed: int = 0, *, force: bool = False,
@@ -230,7 +238,7 @@ def build(out: str | os.PathLike | None = None, seed: int = 0, *, force: bool = 
     from filelock import FileLock
 
     params = params or WatermarkTestbedParams()
-    root = Path(out) if out is not None else cache_root() / "testbed" / f"watermark-v{VERSION}-seed{seed}-{build_key()}"
+    root = Path(out) if out is not None else default_dir(seed, params)
     root = root.expanduser().resolve()
     root.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root.parent / f".{root.name}.lock")):
