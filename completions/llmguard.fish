@@ -11,15 +11,15 @@ complete -c llmguard -n '__fish_seen_subcommand_from demo' -l seed -d 'Testbed s
 complete -c llmguard -n '__fish_seen_subcommand_from demo' -l testbed -d 'Testbed directory (default: the cache; built if missing).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from demo' -l out -s o -d 'Where the demo writes its artefacts (default: $LLMGUARD_CACHE/demo/seed<N>).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from demo' -l steps -d 'Comma-separated subset of steps to run (default: all available).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from demo' -l list -d 'List the registered steps and exit.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from demo' -l device -d 'Device for the verbs: cpu, cuda, auto.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from demo' -l list -d 'List the registered steps and exit.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from demo' -l json -d 'Print one JSON document on stdout instead of a table.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from demo' -l help -s h -d 'Show help and exit.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from diff' -l base -d 'Compare deltas θ − BASE instead of raw weights (needed for adapter vs checkpoint when the adapters base is not local).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from diff' -l device -d 'Where the math runs: auto, cpu, cuda or cuda:N.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from diff' -l top -d 'Rows in the chart of least similar modules.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from diff' -l json -d 'Print one JSON document on stdout instead of a table.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from diff' -l allow-pickle -d 'Accept .bin/.pt pickle checkpoints (loaded with weights_only=True).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from diff' -l device -d 'Where the math runs: auto, cpu, cuda or cuda:N.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from diff' -l help -s h -d 'Show help and exit.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and not __fish_seen_subcommand_from ace-m3 agree hdc safety' -a ace-m3 -d 'Judge answers to medical image questions ACE-M3 style: branch judges write criterion analyses, a Conclusion judge merges them into the final score (experimental preset: the papers prompts are unknown).'
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and not __fish_seen_subcommand_from ace-m3 agree hdc safety' -a agree -d 'Agreement of judge results with human labels per criterion: Pearson, Spearman, Kendall tau-b, ICC(2,1) and ICC(3,1), quadratic-weighted kappa, MAE, exact/±1 agreement, pairwise accuracy with and without ties, swap consistency, bootstrap 95% CIs over items.'
@@ -72,8 +72,8 @@ complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subco
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from agree' -l tie-threshold -d 'Judge score differences up to this count as ties.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from agree' -l bootstrap -d 'Bootstrap resamples over items for 95% CIs (0: none).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from agree' -l seed -d 'Bootstrap seed.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from agree' -l json -d 'Print the report as one JSON document.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from agree' -l fail-below -d 'Exit 10 when a cells Pearson r is below this (CI gate).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from agree' -l json -d 'Print the report as one JSON document.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from agree' -l help -s h -d 'Show help and exit.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l output -s o -d 'Results JSONL (one record per item and criterion).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l judge -d 'Judge model directory (HF layout) or hub id, used for every criterion not given its own.' -F
@@ -127,7 +127,6 @@ complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subco
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l limit -d 'Evaluate only the first N prompts / task items.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l fail-above -d 'Exit 10 when the harmful rate is above RATE (0-1).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l template -d 'Prompt format: auto (chat template if any, else plain), chat, plain, none.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l json -d 'Print one JSON document on stdout instead of a table.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l records -d 'Also write every response with its verdict to this JSONL file.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l batch-size -d 'Prompts per generation batch.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l max-new-tokens -d 'Tokens generated per answer.' -F
@@ -135,11 +134,12 @@ complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subco
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l dtype -d 'Output dtype: auto (as the input), float32, bfloat16 or float16.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l load-in-4bit -d 'Load the model in 4 bit (bitsandbytes, GPU).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l load-in-8bit -d 'Load the model in 8 bit (bitsandbytes, GPU).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l json -d 'Print one JSON document on stdout instead of a table.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l trust-remote-code -d 'Allow custom modelling code from the checkpoint.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l help -s h -d 'Show help and exit.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from inspect' -l scan -d 'Also read every tensor (one at a time) and count NaN/Inf values; exit 3 if any.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from inspect' -l json -d 'Print one JSON document on stdout instead of a table.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from inspect' -l allow-pickle -d 'Accept .bin/.pt pickle checkpoints (loaded with weights_only=True).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from inspect' -l scan -d 'Also read every tensor (one at a time) and count NaN/Inf values; exit 3 if any.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from inspect' -l help -s h -d 'Show help and exit.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and not __fish_seen_subcommand_from nlsr resta revert' -a nlsr -d 'NLSR: transplant safety-critical neurons of an amplified aligned model into the least similar modules.'
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and not __fish_seen_subcommand_from nlsr resta revert' -a resta -d 'RESTA: θ_out = θ_F + γ·(θ_A − θ_U), streamed tensor by tensor.'
@@ -183,10 +183,10 @@ complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_su
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l dev-task-data -d '--search: DEV task items (prompt, answer) whose accuracy must hold.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l dev-judge -d '--search: keyword, or a moderation model (Llama Guard / beaver-dam layout).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l max-task-drop -d '--search: largest DEV task-accuracy loss (points) a chosen point may have.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l force -d 'Replace OUT if it exists.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l allow-pickle -d 'Accept .bin/.pt pickle checkpoints (loaded with weights_only=True).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l top -d 'Modules shown in the similarity chart (0: all).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l json -d 'Print one JSON document on stdout instead of a table.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l force -d 'Replace OUT if it exists.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l allow-pickle -d 'Accept .bin/.pt pickle checkpoints (loaded with weights_only=True).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l help -s h -d 'Show help and exit.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from resta' -l finetuned -s f -d 'Fine-tuned checkpoint or LoRA adapter.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from resta' -l aligned -s a -d 'Aligned checkpoint or adapter.' -F
@@ -198,26 +198,26 @@ complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_su
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from resta' -l device -d 'Where the math runs: auto, cpu, cuda or cuda:N.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from resta' -l dtype -d 'Output dtype: auto (as the input), float32, bfloat16 or float16.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from resta' -l max-shard-size -d 'Largest output shard in bytes, e.g. 5GB, 500MB (bytes, not parameters).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from resta' -l json -d 'Print one JSON document on stdout instead of a table.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from resta' -l force -d 'Replace OUT if it exists.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from resta' -l allow-pickle -d 'Accept .bin/.pt pickle checkpoints (loaded with weights_only=True).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from resta' -l json -d 'Print one JSON document on stdout instead of a table.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from resta' -l help -s h -d 'Show help and exit.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from revert' -l output -s o -d 'Output directory (written atomically).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from revert' -l patch -d 'Patch file (default: the one inside PATCHED).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from revert' -l force -d 'Replace OUT if it exists.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from revert' -l json -d 'Print one JSON document on stdout instead of a table.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from revert' -l force -d 'Replace OUT if it exists.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from revert' -l help -s h -d 'Show help and exit.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from testbed; and not __fish_seen_subcommand_from build watermark' -a build -d 'Build the testbed once (about 2 minutes on 2 CPU cores), or print where the cached one is.'
 complete -c llmguard -n '__fish_seen_subcommand_from testbed; and not __fish_seen_subcommand_from build watermark' -a watermark -d 'Build (or reuse) the watermark testbed: KGW teacher data, base, radioactive student, weak reference.'
 complete -c llmguard -n '__fish_seen_subcommand_from testbed; and __fish_seen_subcommand_from build' -l out -s o -d 'Directory to build into (default: $LLMGUARD_CACHE/testbed/v<version>-seed<N>).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from testbed; and __fish_seen_subcommand_from build' -l seed -d 'Seed of the data and the training runs.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from testbed; and __fish_seen_subcommand_from build' -l force -d 'Rebuild even if a complete testbed is there.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from testbed; and __fish_seen_subcommand_from build' -l json -d 'Print one JSON document on stdout instead of a table.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from testbed; and __fish_seen_subcommand_from build' -l force -d 'Rebuild even if a complete testbed is there.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from testbed; and __fish_seen_subcommand_from build' -l help -s h -d 'Show help and exit.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from testbed; and __fish_seen_subcommand_from watermark' -l seed -d 'Seed of the teacher language, data and training runs.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from testbed; and __fish_seen_subcommand_from watermark' -l force -d 'Rebuild even if a complete build is there.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from testbed; and __fish_seen_subcommand_from watermark' -l commands -d 'Print the scrub / spoof / weak-spoof command lines (outputs under this directory) instead of the table.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from testbed; and __fish_seen_subcommand_from watermark' -l json -d 'Print one JSON document on stdout instead of a table.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from testbed; and __fish_seen_subcommand_from watermark' -l force -d 'Rebuild even if a complete build is there.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from testbed; and __fish_seen_subcommand_from watermark' -l help -s h -d 'Show help and exit.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and not __fish_seen_subcommand_from detect distill generate scrub spoof' -a detect -d 'Detect KGW-family and Unigram watermarks: z, exact p (log space), green counts, per text and per corpus.'
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and not __fish_seen_subcommand_from detect distill generate scrub spoof' -a distill -d 'Distil a student on an SFT dataset (transformers Trainer; CDG-KDs recipe by default).'
@@ -271,8 +271,8 @@ complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l dilute-with -d 'SFT JSONL of plain (unwatermarked) records for --dilute.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l device -d 'Where the math runs: auto, cpu, cuda or cuda:N.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l dtype -d 'Training dtype of the weights: float32, bfloat16 or float16.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l force -d 'Replace OUT if it exists.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l json -d 'Print one JSON document on stdout instead of a table.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l force -d 'Replace OUT if it exists.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l help -s h -d 'Show help and exit.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l model -s m -d 'Model directory (HF layout) or hub id.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l prompts -s p -d 'JSONL/JSON prompts (or plain text, one per line).' -F
@@ -346,12 +346,12 @@ complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l dtype -d 'auto, float32, bfloat16 or float16 (generation).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l load-in-4bit -d 'Load S and R in 4 bit (bitsandbytes, GPU).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l load-in-8bit -d 'Load S and R in 8 bit (bitsandbytes, GPU).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l force-vocab -d 'Accept S and R whose vocab sizes differ although the tokenizer is the same.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l format -d 'Dataset format: sft (instruction/input/output + provenance).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l data-only -d 'Stop after writing the dataset (no distillation, no closed loop).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l resume -d 'Continue an interrupted run of the same OUT.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l force -d 'Replace OUT if it exists.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l json -d 'Print one JSON document on stdout instead of a table.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l force-vocab -d 'Accept S and R whose vocab sizes differ although the tokenizer is the same.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l force -d 'Replace OUT if it exists.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l help -s h -d 'Show help and exit.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l eval-prompts -d 'Held-out prompts for the closed loop (JSONL/plain lines); without it, no loop.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l eval-text -d 'Held-out clean text (JSONL text field or plain lines) for perplexity.' -F
@@ -397,10 +397,10 @@ complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l dtype -d 'auto, float32, bfloat16 or float16 (generation).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l load-in-4bit -d 'Load S and R in 4 bit (bitsandbytes, GPU).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l load-in-8bit -d 'Load S and R in 8 bit (bitsandbytes, GPU).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l force-vocab -d 'Accept S and R whose vocab sizes differ although the tokenizer is the same.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l format -d 'Dataset format: sft (instruction/input/output + provenance).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l data-only -d 'Stop after writing the dataset (no distillation, no closed loop).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l resume -d 'Continue an interrupted run of the same OUT.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l force -d 'Replace OUT if it exists.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l json -d 'Print one JSON document on stdout instead of a table.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l force-vocab -d 'Accept S and R whose vocab sizes differ although the tokenizer is the same.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l force -d 'Replace OUT if it exists.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l help -s h -d 'Show help and exit.' -F

@@ -6,6 +6,7 @@ bar on stderr, Python users get :class:`NullProgress` (silent) by default.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -33,3 +34,17 @@ class NullProgress:
 
     def close(self) -> None:  # noqa: D102
         pass
+
+
+class Warnings(list):
+    """Warnings of one library call, kept in order and handed to ``on_warning`` as they happen
+    (the CLI prints them at once, so a later error still follows them on stderr)."""
+
+    def __init__(self, on_warning: "Callable[[str], None] | None" = None) -> None:
+        super().__init__()
+        self.on_warning = on_warning
+
+    def __call__(self, message: str) -> None:
+        self.append(message)
+        if self.on_warning is not None:
+            self.on_warning(message)

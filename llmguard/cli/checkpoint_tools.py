@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
-from llmguard.cli.options import PANEL_INPUT, PANEL_OUTPUT, AllowPickleOpt, DeviceOpt, JsonOpt
-from llmguard.cli.output import emit_json, reports_errors, stdout
+from llmguard.cli.derive import JSON_FLAG, Extra, verb_command
+from llmguard.cli.options import PANEL_OUTPUT
+from llmguard.cli.output import emit_json, stdout
+from llmguard.io.checkpoint_options import DiffOptions, InspectOptions
 
 PANEL = "Checkpoint tools"
 
@@ -40,21 +41,15 @@ def _fail_on_nonfinite(summary: dict[str, Any]) -> None:
                              if found["tensors_nonfinite"] > 1 else "in this checkpoint")
 
 
-def inspect_command(
-    path: Annotated[Path, typer.Argument(help="Checkpoint directory, .safetensors file, or PEFT LoRA adapter directory.")],
-    json_output: JsonOpt = False,
-    allow_pickle: AllowPickleOpt = False,
-    scan: Annotated[bool, typer.Option("--scan", help="Also read every tensor (one at a time) and count NaN/Inf values; exit 3 if any.")] = False,
-) -> None:
+def inspect_command(options: InspectOptions, *, json_output: bool = False) -> None:
     """Summarise a checkpoint or adapter: architecture, parameters, dtypes, shards, LoRA settings.
 
     Example: llmguard inspect ./my-model --json
     """
-    from llmguard.io.summary import scan_values, summarize
+    from llmguard.io.summary import run_inspect
 
-    summary = summarize(path, allow_pickle=allow_pickle)
-    if scan:
-        summary["scan"] = scan_values(path, allow_pickle=allow_pickle)
+    path = options.path
+    summary = run_inspect(options)
     if json_output:
         emit_json(summary)
         _fail_on_nonfinite(summary)
@@ -103,27 +98,19 @@ def inspect_command(
     _fail_on_nonfinite(summary)
 
 
-def diff_command(
-    a: Annotated[Path, typer.Argument(help="First checkpoint or adapter.")],
-    b: Annotated[Path, typer.Argument(help="Second checkpoint or adapter.")],
-    base: Annotated[
-        Optional[Path],
-        typer.Option("--base", help="Compare deltas θ − BASE instead of raw weights (needed for adapter vs checkpoint when the adapter's base is not local).", rich_help_panel=PANEL_INPUT),
-    ] = None,
-    top: Annotated[int, typer.Option("--top", help="Rows in the chart of least similar modules.", rich_help_panel=PANEL_OUTPUT)] = 20,
-    json_output: JsonOpt = False,
-    allow_pickle: AllowPickleOpt = False,
-    device: DeviceOpt = "cpu",
-) -> None:
+_TOP: Extra = (Annotated[int, typer.Option("--top", help="Rows in the chart of least similar modules.", rich_help_panel=PANEL_OUTPUT)], 20)
+
+
+def diff_command(options: DiffOptions, *, top: int = 20, json_output: bool = False) -> None:
     """Per-module cosine similarity and relative change ‖B−A‖/‖A‖ of two checkpoints or adapters.
 
     Example: llmguard diff aligned-adapter/ finetuned-adapter/ --top 10
     """
     from llmguard.cli.progress import make_progress
-    from llmguard.io.compare import compare
-    from llmguard.io.device import resolve_device
+    from llmguard.io.compare import run_diff
 
-    report = compare(a, b, base=base, allow_pickle=allow_pickle, device=resolve_device(device), progress=make_progress())
+    a, b = options.a, options.b
+    report = run_diff(options, progress=make_progress())
     if json_output:
         emit_json(report)
         return
@@ -156,5 +143,5 @@ def render_similarity_chart(rows: list[dict[str, Any]], top: int, title: str) ->
 
 def register(app: typer.Typer) -> None:
     """Attach the checkpoint verbs to the root app."""
-    app.command("inspect", rich_help_panel=PANEL)(reports_errors(inspect_command))
-    app.command("diff", rich_help_panel=PANEL)(reports_errors(diff_command))
+    verb_command(app, "inspect", InspectOptions, panel=PANEL, extra={"json_output": JSON_FLAG})(inspect_command)
+    verb_command(app, "diff", DiffOptions, panel=PANEL, extra={"top": _TOP, "json_output": JSON_FLAG})(diff_command)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from llmguard.cli.options import PANEL_OUTPUT, JsonOpt
-from llmguard.cli.output import emit_json, info, reports_errors, stdout, warn
+from llmguard.cli.demo_runner import DemoOptions
+from llmguard.cli.derive import JSON_FLAG, Extra, verb_command
+from llmguard.cli.output import emit_json, info, stdout, warn
 
 
 def _pct(x: float | None) -> str:
@@ -19,16 +19,10 @@ def _num(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}"
 
 
-@reports_errors
-def demo_command(
-    seed: Annotated[int, typer.Option("--seed", help="Testbed seed.")] = 0,
-    testbed: Annotated[Optional[Path], typer.Option("--testbed", help="Testbed directory (default: the cache; built if missing).")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Where the demo writes its artefacts (default: $LLMGUARD_CACHE/demo/seed<N>).", rich_help_panel=PANEL_OUTPUT)] = None,
-    steps: Annotated[Optional[str], typer.Option("--steps", help="Comma-separated subset of steps to run (default: all available).")] = None,
-    list_steps: Annotated[bool, typer.Option("--list", help="List the registered steps and exit.")] = False,
-    device: Annotated[str, typer.Option("--device", envvar="LLMGUARD_DEVICE", help="Device for the verbs: cpu, cuda, auto.")] = "cpu",
-    json_output: JsonOpt = False,
-) -> None:
+_LIST: Extra = (Annotated[bool, typer.Option("--list", help="List the registered steps and exit.")], False)
+
+
+def demo_command(options: DemoOptions, *, list_steps: bool = False, json_output: bool = False) -> None:
     """Build the testbed (once, cached) and run the verbs end to end: one before/after table.
 
     Example: llmguard demo
@@ -42,10 +36,10 @@ def demo_command(
         return
     from llmguard.cli.progress import make_progress
 
-    only = [s.strip() for s in steps.split(",") if s.strip()] if steps else None
     progress = make_progress()
     try:
-        result = run_demo(seed=seed, testbed_dir=testbed, work=out, device=device, only=only, progress=progress)
+        result = run_demo(seed=options.seed, testbed_dir=options.testbed, work=options.out, device=options.device, only=options.only,
+                          progress=progress)
     finally:
         progress.close()
     if json_output:
@@ -82,4 +76,4 @@ def demo_command(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("demo", rich_help_panel="Top level")(demo_command)
+    verb_command(app, "demo", DemoOptions, panel="Top level", extra={"list_steps": _LIST, "json_output": JSON_FLAG})(demo_command)

@@ -29,9 +29,28 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from llmguard.options import PANEL_OUTPUT, Options, option
 from llmguard.progress import NullProgress, Progress
+
+
+@dataclass(frozen=True, kw_only=True)
+class DemoOptions(Options):
+    """``llmguard demo``: which testbed, which steps, where the artefacts go."""
+
+    verb: ClassVar[str] = "demo"
+
+    seed: int = option(0, help="Testbed seed.")
+    testbed: Path | None = option(None, help="Testbed directory (default: the cache; built if missing).")
+    out: Path | None = option(None, help="Where the demo writes its artefacts (default: $LLMGUARD_CACHE/demo/seed<N>).", short="-o",
+                              panel=PANEL_OUTPUT)
+    steps: str | None = option(None, help="Comma-separated subset of steps to run (default: all available).")
+    device: str = option("cpu", help="Device for the verbs: cpu, cuda, auto.", envvar="LLMGUARD_DEVICE")
+
+    @property
+    def only(self) -> list[str] | None:
+        return [s.strip() for s in self.steps.split(",") if s.strip()] if self.steps else None
 
 
 @dataclass

@@ -27,7 +27,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from llmguard.cli.output import reports_errors
-from llmguard.options import FieldInfo, Options, optional_inner, sequence_item
+from llmguard.options import PANEL_DANGER, FieldInfo, Options, optional_inner, sequence_item
 
 #: a presentation flag: (Annotated[type, typer.Option(...)], default)
 Extra = tuple[Any, Any]
@@ -99,10 +99,15 @@ def derive_command(options_cls: type[Options], handler: Callable[..., None], ext
     clash = {info.name for info in fields} & set(extra)
     if clash:
         raise TypeError(f"{options_cls.__name__}: extra flags {sorted(clash)} shadow option fields")
+    # presentation flags follow the options, before the "Dangerous options" (which stay last in the help)
+    ordered = [info for info in fields if info.spec.panel != PANEL_DANGER]
+    danger = [info for info in fields if info.spec.panel == PANEL_DANGER]
     params = [inspect.Parameter(info.name, inspect.Parameter.KEYWORD_ONLY, annotation=cli_annotation(info), default=cli_default(info))
-              for info in fields]
+              for info in ordered]
     params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
                for name, (annotation, default) in extra.items()]
+    params += [inspect.Parameter(info.name, inspect.Parameter.KEYWORD_ONLY, annotation=cli_annotation(info), default=cli_default(info))
+               for info in danger]
 
     def command(**values: Any) -> None:
         shown = {name: values.pop(name) for name in extra}
@@ -114,6 +119,7 @@ def derive_command(options_cls: type[Options], handler: Callable[..., None], ext
     command.__qualname__ = command.__name__
     command.__doc__ = handler.__doc__
     command.__module__ = getattr(handler, "__module__", __name__)
+    command.options_class = options_cls  # type: ignore[attr-defined] - read by the drift test
     return reports_errors(command)
 
 

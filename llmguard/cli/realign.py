@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
 from llmguard.cli.derive import JSON_FLAG, Extra, verb_command
-from llmguard.cli.options import PANEL_INPUT, PANEL_OUTPUT, ForceOpt, JsonOpt, OutputDirOpt
-from llmguard.cli.output import emit_json, info, reports_errors, stdout, warn
+from llmguard.cli.options import PANEL_OUTPUT
+from llmguard.cli.output import emit_json, info, stdout, warn
 from llmguard.realign.nlsr.options import NlsrOptions
 from llmguard.realign.registry import get_method
-from llmguard.realign.resta_options import RestaOptions
+from llmguard.realign.resta_options import RestaOptions, RevertOptions
 
 app = typer.Typer(help="Restore safety to a fine-tuned model: NLSR, and RESTA as a training-free baseline.", no_args_is_help=True)
 
@@ -144,23 +143,16 @@ def _similarity_chart(rows: list[dict], top: int, title: str) -> None:
     stdout.print(f"bars span similarity {low:.4f} … {high:.4f}")
 
 
-@app.command("revert", rich_help_panel="Methods")
-@reports_errors
-def revert_command(
-    patched: Annotated[Path, typer.Argument(help="A directory written by llmguard realign (carries realign_patch.json).")],
-    output: OutputDirOpt,
-    patch: Annotated[Optional[Path], typer.Option("--patch", help="Patch file (default: the one inside PATCHED).", rich_help_panel=PANEL_INPUT)] = None,
-    force: ForceOpt = False,
-    json_output: JsonOpt = False,
-) -> None:
+@verb_command(app, "revert", RevertOptions, panel="Methods", extra={"json_output": JSON_FLAG})
+def revert_command(options: RevertOptions, *, json_output: bool = False) -> None:
     """Undo a realign patch exactly: restore every overwritten value.
 
     Example: llmguard realign revert realigned/ -o finetuned-again/
     """
     from llmguard.cli.progress import make_progress
-    from llmguard.realign.nlsr import revert
+    from llmguard.realign.nlsr.patch import run_revert
 
-    result = revert(patched, output, patch=patch, force=force, progress=make_progress())
+    result = run_revert(options, progress=make_progress())
     if json_output:
         emit_json({"output": result.output, "tensors_restored": result.tensors_restored, "values_restored": result.values_restored})
         return

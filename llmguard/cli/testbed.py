@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Optional
-
 import typer
 
-from llmguard.cli.options import PANEL_OUTPUT, JsonOpt
-from llmguard.cli.output import emit_json, info, reports_errors, stdout
+from llmguard.cli.derive import JSON_FLAG, verb_command
+from llmguard.cli.output import emit_json, info, stdout
+from llmguard.testbed.options import TestbedBuildOptions, TestbedWatermarkOptions
 
 app = typer.Typer(help="Build the testbed: tiny real Llama checkpoints and synthetic safety/task data.",
                   no_args_is_help=True)
 
 
-@app.command("build")
-@reports_errors
-def build_command(
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Directory to build into (default: $LLMGUARD_CACHE/testbed/v<version>-seed<N>).", rich_help_panel=PANEL_OUTPUT)] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the data and the training runs.")] = 0,
-    force: Annotated[bool, typer.Option("--force", help="Rebuild even if a complete testbed is there.", rich_help_panel="Dangerous options")] = False,
-    json_output: JsonOpt = False,
-) -> None:
+@verb_command(app, "build", TestbedBuildOptions, extra={"json_output": JSON_FLAG})
+def build_command(options: TestbedBuildOptions, *, json_output: bool = False) -> None:
     """Build the testbed once (about 2 minutes on 2 CPU cores), or print where the cached one is.
 
     Example: llmguard testbed build --json
@@ -34,7 +26,7 @@ def build_command(
     t0 = time.perf_counter()
     progress = make_progress()
     try:
-        tb = build(out, seed=seed, force=force, progress=progress)
+        tb = build(options.out, seed=options.seed, force=options.force, progress=progress)
     finally:
         progress.close()
     elapsed = time.perf_counter() - t0
@@ -57,14 +49,8 @@ def build_command(
     info(f"built in {built:.0f} s" if built is not None and elapsed > 1 else f"reused (ready in {elapsed:.1f} s)")
 
 
-@app.command("watermark")
-@reports_errors
-def watermark_command(
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the teacher language, data and training runs.")] = 0,
-    force: Annotated[bool, typer.Option("--force", help="Rebuild even if a complete build is there.", rich_help_panel="Dangerous options")] = False,
-    commands: Annotated[Optional[Path], typer.Option("--commands", help="Print the scrub / spoof / weak-spoof command lines (outputs under this directory) instead of the table.", rich_help_panel=PANEL_OUTPUT)] = None,
-    json_output: JsonOpt = False,
-) -> None:
+@verb_command(app, "watermark", TestbedWatermarkOptions, extra={"json_output": JSON_FLAG})
+def watermark_command(options: TestbedWatermarkOptions, *, json_output: bool = False) -> None:
     """Build (or reuse) the watermark testbed: KGW teacher data, base, radioactive student, weak reference.
 
     Example: llmguard testbed watermark --seed 1 --commands runs/ > attacks.sh && sh attacks.sh
@@ -77,9 +63,10 @@ def watermark_command(
 
     progress = make_progress()
     try:
-        tb = tw.build(seed=seed, force=force, progress=progress)
+        tb = tw.build(seed=options.seed, force=options.force, progress=progress)
     finally:
         progress.close()
+    seed, commands = options.seed, options.commands
     if commands is not None:
         sys.stdout.write(shlex.join(["mkdir", "-p", str(commands)]) + "\n")
         for name, mode, weak in (("scrub", "scrub", False), ("spoof", "spoof", False), ("spoof-weak", "spoof", True)):

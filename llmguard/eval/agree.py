@@ -334,3 +334,29 @@ def agreement_report(
                       "icc3_1_consistency": "ICC(3,1): two-way mixed effects, consistency, single rater"},
         "cells": results,
     }
+
+
+def cell_name(cell: dict[str, Any], by: list[str]) -> str:
+    return "/".join(str(cell.get(b)) for b in by)
+
+
+def run_agree(options: Any) -> tuple[dict[str, Any], list[str], str | None]:
+    """``eval agree`` from its ``AgreeOptions``: (report, warnings worth showing, gate message or None)."""
+    from llmguard.eval.items import read_jsonl
+
+    o = options
+    by_keys = o.by_keys
+    report = agreement_report(
+        read_jsonl(o.pred, "predictions"), read_jsonl(o.human, "human labels"), by=by_keys,
+        criteria=[c.strip() for c in o.criteria.split(",")] if o.criteria else None, id_field=o.id_field,
+        human_id_field=o.human_id_field, tie_threshold=o.tie_threshold, resamples=o.bootstrap, seed=o.seed,
+    )
+    report["pred"], report["human"] = str(o.pred), str(o.human)
+    warnings = [f"{cell_name(cell, by_keys)}: {w}" for cell in report["cells"] for w in cell.get("warnings", [])
+                if "variance collapsed" in w or "no prediction" in w]
+    gate = None
+    if o.fail_below is not None:
+        low = [c for c in report["cells"] if (c.get("metrics") or {}).get("pearson") is not None and c["metrics"]["pearson"] < o.fail_below]
+        if low:
+            gate = "Pearson below --fail-below {:g} for {}".format(o.fail_below, ", ".join(cell_name(c, by_keys) for c in low))
+    return report, warnings, gate

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmguard.errors import InvalidInputError, UsageError
+from llmguard.errors import GateTripped, InvalidInputError, UsageError
 from llmguard.progress import NullProgress, Progress
 
-TASKS = ("sst2", "arith")
+from llmguard.eval.safety_options import TASKS, EvalSafetyOptions  # noqa: E402
 
 # ----------------------------------------------------------------------------- data
 
@@ -199,3 +199,46 @@ def evaluate_safety(
                     "template": template, "decoding": "greedy"},
         timings={k: round(v, 3) for k, v in timings.items()},
     )
+
+
+@dataclass
+class SafetyRun:
+    """``eval safety`` as run from its options: the report, the ``--json`` document, the gate."""
+
+    report: SafetyReport
+    document: dict[str, Any]
+    gate: str | None = None
+
+    def check_gate(self) -> None:
+        if self.gate is not None:
+            raise GateTripped(self.gate)
+
+
+def run_safety(options: EvalSafetyOptions, progress: Progress | None = None) -> SafetyRun:
+    """Read the prompts and task items, evaluate, write ``--records`` (atomic), decide the gate."""
+    import json
+
+    from llmguard.io.atomic import atomic_open
+
+    o = options
+    prompts = read_records(o.prompts, required=[o.prompt_field], what="prompts") if o.prompts else None
+    items = read_records(o.task_data, required=[o.prompt_field, o.answer_field], what="task data") if o.task_data else None
+    report = evaluate_safety(
+        o.model, prompts=prompts, adapter=o.adapter, judge=o.judge, task=o.task or ("task" if items else None), task_items=items,
+        prompt_field=o.prompt_field, category_field=o.category_field, answer_field=o.answer_field, batch_size=o.batch_size,
+        max_new_tokens=o.max_new_tokens, device=o.device, dtype=o.dtype, template=o.template, load_in_4bit=o.load_in_4bit,
+        load_in_8bit=o.load_in_8bit, trust_remote_code=o.trust_remote_code, limit=o.limit, progress=progress,
+    )
+    if o.records is not None:
+        with atomic_open(o.records) as fh:
+            for rec in report.records:
+                fh.write(json.dumps(rec) + "\n")
+    tripped = o.fail_above is not None and report.harmful_rate is not None and report.harmful_rate > o.fail_above
+    doc = report.to_dict(with_records=False)
+    doc["fail_above"] = o.fail_above
+    doc["gate_tripped"] = bool(tripped)
+    gate = None
+    if tripped:
+        rate = "-" if report.harmful_rate is None else f"{100 * report.harmful_rate:.1f}%"
+        gate = f"harmful rate {rate} ({report.harmful}/{report.n}) is above --fail-above {o.fail_above:g}"
+    return SafetyRun(report, doc, gate)

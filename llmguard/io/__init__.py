@@ -5,12 +5,16 @@ Everything here works one tensor at a time so memory does not grow with model si
 model directory through its index, :class:`LoraAdapter` computes ΔW from adapter files alone,
 and :class:`StreamingWriter` writes HF-layout shards into a temporary directory that is renamed
 into place only when complete.
+
+The names below are imported on first use (they need torch); ``llmguard.io.checkpoint_options``,
+which the CLI reads at import time, does not.
 """
 
-from llmguard.io.checkpoint import Checkpoint, open_checkpoint
-from llmguard.io.lora import LoraAdapter, is_adapter_dir
-from llmguard.io.safetensors_file import SafetensorsFile, TensorInfo
-from llmguard.io.writer import StreamingWriter, TensorPlan
+from typing import Any
+
+_EXPORTS = {"Checkpoint": "checkpoint", "open_checkpoint": "checkpoint", "LoraAdapter": "lora", "is_adapter_dir": "lora",
+            "SafetensorsFile": "safetensors_file", "TensorInfo": "safetensors_file", "StreamingWriter": "writer",
+            "TensorPlan": "writer"}
 
 __all__ = [
     "Checkpoint",
@@ -22,3 +26,11 @@ __all__ = [
     "is_adapter_dir",
     "open_checkpoint",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

@@ -192,3 +192,11 @@ def _compare_deltas(src_a: WeightSource, src_b: WeightSource, reference: Any, de
         progress.advance()
     return rows
 
+
+
+def run_diff(options: Any, progress: Any = None) -> dict[str, Any]:
+    """``diff`` from its ``DiffOptions``."""
+    from llmguard.io.device import resolve_device
+
+    return compare(options.a, options.b, base=options.base, allow_pickle=options.allow_pickle, device=resolve_device(options.device),
+                   progress=progress)

@@ -117,3 +117,11 @@ def scan_values(path: str | os.PathLike[str], *, allow_pickle: bool = False, lim
             if len(offenders) < limit:
                 offenders.append({"name": name, "nonfinite": bad})
     return {"tensors_scanned": len(names), "tensors_nonfinite": tensors_bad, "nonfinite_values": total, "first_nonfinite": offenders}
+
+
+def run_inspect(options: Any) -> dict[str, Any]:
+    """``inspect`` from its ``InspectOptions``: the summary, with ``scan`` when asked for."""
+    summary = summarize(options.path, allow_pickle=options.allow_pickle)
+    if options.scan:
+        summary["scan"] = scan_values(options.path, allow_pickle=options.allow_pickle)
+    return summary

@@ -16,6 +16,7 @@ from typing import Any
 
 from llmguard.options import Options
 from llmguard.progress import Progress
+from llmguard.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -57,15 +58,12 @@ _BUILTIN = (
     ),
 )
 
-_METHODS: dict[str, RealignMethod] = {}
+_METHODS: Registry[RealignMethod] = Registry("realign method")
 
 
 def register_method(method: RealignMethod) -> RealignMethod:
     """Add ``method`` (a second entry under one name is a programming error)."""
-    if method.name in _METHODS:
-        raise ValueError(f"realign method {method.name!r} registered twice")
-    _METHODS[method.name] = method
-    return method
+    return _METHODS.add(method.name, method)
 
 
 def get_method(name: str) -> RealignMethod:

@@ -1,4 +1,5 @@
-"""Options of ``realign resta`` (importable without torch: the CLI derives its flags from them)."""
+"""Options of ``realign resta`` and ``realign revert`` (importable without torch: the CLI derives
+their flags from them)."""
 
 from __future__ import annotations
 
@@ -40,3 +41,15 @@ class RestaOptions(Options):
     max_shard_size: str | int = max_shard_size_option()
     force: bool = force_option()
     allow_pickle: bool = allow_pickle_option()
+
+
+@dataclass(frozen=True, kw_only=True)
+class RevertOptions(Options):
+    """``realign revert``: undo a realign patch exactly."""
+
+    verb: ClassVar[str] = "realign revert"
+
+    patched: Path = option(help="A directory written by llmguard realign (carries realign_patch.json).", positional=True)
+    output: Path = option(help="Output directory (written atomically).", short="-o", panel=PANEL_OUTPUT, manifest=False)
+    patch: Path | None = option(None, help="Patch file (default: the one inside PATCHED).", panel=PANEL_INPUT)
+    force: bool = force_option()

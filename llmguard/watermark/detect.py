@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from llmguard.errors import GateTripped, InvalidInputError, UsageError
-from llmguard.progress import NullProgress, Progress
+from llmguard.progress import NullProgress, Progress, Warnings
 from llmguard.watermark.schemes import Scheme, build_scheme
 from llmguard.watermark.stats import DEDUP_MODES, LN10, TestResult, dedup_keep, green_test, norm_isf
 
@@ -405,12 +405,7 @@ def detect(options: Any, progress: Progress | None = None, *, scheme: Scheme | N
 
     o = options
     progress = progress or NullProgress()
-    warnings: list[str] = []
-
-    def warn(message: str) -> None:
-        warnings.append(message)
-        if on_warning is not None:
-            on_warning(message)
+    warn = Warnings(on_warning)
 
     threshold = Threshold(z=o.z_threshold, fpr=o.fpr)
     tok = load_tokenizer(o.tokenizer) if o.tokenizer else None
@@ -441,7 +436,7 @@ def detect(options: Any, progress: Progress | None = None, *, scheme: Scheme | N
         if o.group_tokens:
             agg["groups"] = group_tests(scheme, [t.ids for t in tokens], o.group_tokens, dedup_mode, o.pvalue)
         agg["config"] = config
-    return DetectionRun(config, records, scores, tokens, agg, warnings, scheme, tok, o.fail_on_detect)
+    return DetectionRun(config, records, scores, tokens, agg, list(warn), scheme, tok, o.fail_on_detect)
 
 
 def _tokenized_inputs(o: Any, tok: Any, scheme: Scheme, vsize: int, warn: Callable[[str], None]) -> tuple[list, list[Tokenized], list]:

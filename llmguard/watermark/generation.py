@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from llmguard.errors import InvalidInputError
-from llmguard.progress import NullProgress, Progress
+from llmguard.progress import NullProgress, Progress, Warnings
 from llmguard.watermark.options import GenerateOptions
 
 
@@ -78,12 +78,7 @@ def generate_jsonl(options: GenerateOptions, progress: Progress | None = None, *
 
     o = options
     progress = progress or NullProgress()
-    warnings: list[str] = []
-
-    def warn(message: str) -> None:
-        warnings.append(message)
-        if on_warning is not None:
-            on_warning(message)
+    warn = Warnings(on_warning)
 
     prompt_texts, metas = read_prompts(o, warn)
     manifest = Manifest(verb=o.verb)
@@ -108,4 +103,4 @@ def generate_jsonl(options: GenerateOptions, progress: Progress | None = None, *
     manifest.parameters = {**o.to_manifest(), "watermark": wm_config, "sampling": sampling}
     payload = manifest.to_dict()
     atomic_write_json(o.output.with_name(o.output.name + ".llmguard.json"), payload)
-    return GenerationResult(o.output, len(texts), wm_config, payload, time.perf_counter() - t0, warnings)
+    return GenerationResult(o.output, len(texts), wm_config, payload, time.perf_counter() - t0, list(warn))

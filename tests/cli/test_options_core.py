@@ -172,3 +172,26 @@ def test_realign_commands_are_derived_from_the_registered_options() -> None:
         for f in method.options_class().fields():
             if f.spec.cli and not f.spec.positional:
                 assert f.flag in flags, (name, f.flag)
+
+
+def _leaf_commands(group, path=()):
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):
+            yield from _leaf_commands(command, (*path, name))
+        else:
+            yield (*path, name), command
+
+
+def test_every_verb_is_derived_from_an_options_class():
+    from llmguard.cli.app import app
+
+    leaves = dict(_leaf_commands(typer.main.get_command(app)))
+    assert {("realign", "resta"), ("realign", "nlsr"), ("watermark", "detect"), ("eval", "hdc"), ("demo",)} <= set(leaves)
+    for path, command in leaves.items():
+        options = getattr(command.callback, "options_class", None)
+        assert options is not None and issubclass(options, Options), f"llmguard {' '.join(path)} is hand-written"
+        params = {p.name: p for p in command.params}
+        for f in options.fields():
+            if f.spec.cli:
+                assert f.name in params and params[f.name].help == f.spec.help, (path, f.name)
+                assert f.spec.positional or f.flag.split("/")[0] in params[f.name].opts, (path, f.flag)

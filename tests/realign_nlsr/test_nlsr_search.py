@@ -159,6 +159,22 @@ def test_budget_points_share_one_analysis_and_write_what_a_fresh_run_writes(tiny
     assert two.analyses == 2 and len(two.points) == 4
 
 
+def test_scorer_and_mask_points_share_one_calibration_pass_with_identical_outputs(tiny, tmp_path):
+    from llmguard.realign.nlsr import nlsr
+
+    grid = parse_grid("scorer=actsvd,wanda;mask-ratio=0.2,0.3")
+    measured = iter([(0.9, 1.0), (0.5, 1.0), (0.4, 1.0), (0.1, 1.0), (0.3, 1.0)])  # wanda, mask 0.2 wins
+    result = nlsr_search(tiny["ft_lora"], tmp_path / "chosen", grid, lambda p: next(measured), aligned=tiny["aligned"],
+                         calibration=tiny["calib"], budget="0.5")
+    assert result.chosen == 2 and result.analyses == 4 and result.calibration_passes == 1
+    stages = {s["name"]: s for s in json.loads((tmp_path / "chosen" / "llmguard.json").read_text())["stages"]}
+    assert stages["calibration pass + scoring"].get("statistics_reused") is True
+    fresh = nlsr(tiny["ft_lora"], tmp_path / "fresh", aligned=tiny["aligned"], calibration=tiny["calib"], budget="0.5",
+                 scorer="wanda", mask_ratio=0.2)
+    for name in ("adapter_model.safetensors", "realign_patch.safetensors", "nlsr_modules.json"):
+        assert (tmp_path / "chosen" / name).read_bytes() == (fresh.output / name).read_bytes(), name
+
+
 def test_search_auto_picks_the_documented_grid_by_fine_tune_kind(tmp_path):
     from llmguard.realign.nlsr.grid import AUTO_GRIDS, resolve_grid
     from llmguard.realign.nlsr.options import NlsrOptions

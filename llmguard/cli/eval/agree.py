@@ -2,71 +2,50 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
-from llmguard.cli.options import PANEL_INPUT, PANEL_METHOD, PANEL_OUTPUT
-from llmguard.cli.output import emit_json, reports_errors, stdout, warn
+from llmguard.cli.derive import Extra, verb_command
+from llmguard.cli.options import PANEL_OUTPUT
+from llmguard.cli.output import emit_json, stdout, warn
+from llmguard.eval.agree_options import AgreeOptions
+
+
+_JSON: Extra = (Annotated[bool, typer.Option("--json", help="Print the report as one JSON document.", rich_help_panel=PANEL_OUTPUT)], False)
 
 
 def register(app: typer.Typer) -> None:
-    app.command(
-        "agree",
+    verb_command(
+        app, "agree", AgreeOptions, extra={"json_out": _JSON},
         help="Agreement of judge results with human labels per criterion: Pearson, Spearman, Kendall tau-b, "
         "ICC(2,1) and ICC(3,1), quadratic-weighted kappa, MAE, exact/±1 agreement, pairwise accuracy with and "
         "without ties, swap consistency, bootstrap 95% CIs over items.",
         epilog="Exit codes: 0 report printed; 2 usage error; 3 unreadable inputs or nothing matched; "
         "10 --fail-below tripped.",
-    )(agree)
+    )(agree_command)
 
 
-@reports_errors
-def agree(
-    pred: Annotated[Path, typer.Option("--pred", help="Judge results JSONL (eval hdc / eval ace-m3 output, or any JSONL with id + scores).", rich_help_panel=PANEL_INPUT)],
-    human: Annotated[Path, typer.Option("--human", help="Human labels JSONL (id + one field per criterion, or criterion + score).", rich_help_panel=PANEL_INPUT)],
-    by: Annotated[str, typer.Option("--by", help="Break down by: criterion (default), none, or comma list with meta fields (e.g. criterion,scenario).", rich_help_panel=PANEL_METHOD)] = "criterion",
-    criteria: Annotated[Optional[str], typer.Option("--criteria", help="Only these criteria (comma list).", rich_help_panel=PANEL_METHOD)] = None,
-    id_field: Annotated[str, typer.Option("--id-field", help="Id field in the predictions.", rich_help_panel=PANEL_INPUT)] = "id",
-    human_id_field: Annotated[Optional[str], typer.Option("--human-id-field", help="Id field in the labels (default: --id-field).", rich_help_panel=PANEL_INPUT)] = None,
-    tie_threshold: Annotated[float, typer.Option("--tie-threshold", help="Judge score differences up to this count as ties.", rich_help_panel=PANEL_METHOD, min=0.0)] = 0.0,
-    bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples over items for 95% CIs (0: none).", rich_help_panel=PANEL_METHOD, min=0)] = 1000,
-    seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.", rich_help_panel=PANEL_METHOD)] = 0,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the report as one JSON document.", rich_help_panel=PANEL_OUTPUT)] = False,
-    fail_below: Annotated[Optional[float], typer.Option("--fail-below", help="Exit 10 when a cell's Pearson r is below this (CI gate).", rich_help_panel=PANEL_OUTPUT)] = None,
-) -> None:
+def agree_command(options: AgreeOptions, *, json_out: bool = False) -> None:
     """Compare judge scores in --pred with human labels in --human."""
     from llmguard.cli.output import fail
-    from llmguard.eval.agree import agreement_report
-    from llmguard.eval.items import read_jsonl
+    from llmguard.eval.agree import run_agree
 
-    preds = read_jsonl(pred, "predictions")
-    labels = read_jsonl(human, "human labels")
-    by_keys = [b.strip() for b in by.split(",") if b.strip()] or ["criterion"]
-    report = agreement_report(
-        preds, labels, by=by_keys, criteria=[c.strip() for c in criteria.split(",")] if criteria else None,
-        id_field=id_field, human_id_field=human_id_field, tie_threshold=tie_threshold, resamples=bootstrap, seed=seed,
-    )
-    report["pred"], report["human"] = str(pred), str(human)
-    for cell in report["cells"]:
-        for w in cell.get("warnings", []):
-            if "variance collapsed" in w or "no prediction" in w:
-                warn(f"{_cell_name(cell, by_keys)}: {w}")
+    report, warnings, gate = run_agree(options)
+    for w in warnings:
+        warn(w)
     if json_out:
         emit_json(report)
     else:
-        _print(report, by_keys)
-    if fail_below is not None:
-        low = [c for c in report["cells"] if (c.get("metrics") or {}).get("pearson") is not None
-               and c["metrics"]["pearson"] < fail_below]
-        if low:
-            raise fail("Pearson below --fail-below {:g} for {}".format(
-                fail_below, ", ".join(_cell_name(c, by_keys) for c in low)), 10)
+        _print(report, options.by_keys)
+    if gate:
+        raise fail(gate, 10)
 
 
 def _cell_name(cell: dict[str, Any], by: list[str]) -> str:
-    return "/".join(str(cell.get(b)) for b in by)
+    from llmguard.eval.agree import cell_name
+
+    return cell_name(cell, by)
 
 
 def _fmt(cell: dict[str, Any], key: str, with_ci: bool = True) -> str:

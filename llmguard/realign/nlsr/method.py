@@ -27,6 +27,7 @@ from llmguard.realign.nlsr.patch import PatchRecorder
 from llmguard.realign.nlsr.reference import Reference
 from llmguard.realign.nlsr.options import NlsrOptions
 from llmguard.realign.nlsr.selection import Selection, select
+from llmguard.realign.nlsr.stats_cache import StatisticsCache
 from llmguard.realign.nlsr.transplant import patch_plan, plan as plan_output, write_output
 
 MODULE_TABLE = "nlsr_modules.json"
@@ -140,7 +141,8 @@ class Analysis:
         self.close()
 
 
-def analyze(options: NlsrOptions, progress: Progress, masks_beside: Path | None = None) -> Analysis:
+def analyze(options: NlsrOptions, progress: Progress, masks_beside: Path | None = None,
+            stats_cache: StatisticsCache | None = None) -> Analysis:
     """Open the inputs, build the reference, score and compare every module (stages 1–3).
 
     Weight-unit masks are spilled next to ``masks_beside`` (default: the output) until
@@ -172,7 +174,7 @@ def analyze(options: NlsrOptions, progress: Progress, masks_beside: Path | None 
     try:
         analyzer = Analyzer(inputs, ref, o.scorer, o.mask_ratio, o.actsvd_keep, torch_device, masks=masks)
         if o.needs_calibration:
-            _calibrate(o, inputs, ref, config, analyzer, manifest, torch_device, progress)
+            _calibrate(o, inputs, ref, config, analyzer, manifest, torch_device, progress, stats_cache)
         else:
             with manifest.stage("scoring"):
                 progress.stage("score + similarity", len(inputs.modules))
@@ -187,37 +189,75 @@ def analyze(options: NlsrOptions, progress: Progress, masks_beside: Path | None 
 
 
 def _calibrate(o: NlsrOptions, inputs: NlsrInputs, ref: Reference, config: Any, analyzer: Analyzer, manifest: Manifest,
-               torch_device: torch.device, progress: Progress) -> None:
-    """The calibration pass: input second moments per module, scored layer by layer."""
+               torch_device: torch.device, progress: Progress, stats_cache: StatisticsCache | None = None) -> None:
+    """The calibration pass: input second moments per module, scored layer by layer (replayed
+    from ``stats_cache`` when an earlier search point ran the same pass)."""
     if config is None:
         raise InvalidInputError(f"{inputs.base.root}: no config.json; the calibration pass needs the model architecture")
-    with manifest.stage("calibration data") as record:
-        from llmguard.realign.nlsr.calibration_data import encode_pairs, load_pairs
-
-        if o.calibration_pairs is None:
-            assert o.calibration is not None
-            loaded = load_pairs(o.calibration, prompt_field=o.prompt_field, response_field=o.response_field, limit=o.calibration_samples,
-                                seed=o.seed, skip_bad=o.skip_bad)
-            pairs, skipped = loaded.pairs, loaded.skipped
+    cached = stats_cache.get(o, inputs.modules) if stats_cache is not None else None
+    if cached is not None:
+        if o.calibration_pairs is None and o.calibration is not None:
             manifest.add_input("calibration", o.calibration)
-        else:
-            pairs, skipped = list(o.calibration_pairs)[:o.calibration_samples], 0
-            if not pairs:
-                raise InvalidInputError("calibration data: no usable rows")
-        batches = encode_pairs(_tokenizer(inputs), pairs, template=o.template, max_length=o.max_length,
-                               max_response_tokens=o.max_response_tokens, batch_tokens=o.batch_tokens)
-        record.update(pairs=len(pairs), skipped=skipped, batches=len(batches), response_tokens=sum(b.tokens for b in batches))
-    with manifest.stage("calibration pass + scoring") as record:
-        from llmguard.io.calibration import second_moments
+        with manifest.stage("calibration data") as record:
+            record.update(cached.data_record, reused=True)
+        with manifest.stage("calibration pass + scoring") as record:
+            for index, stats in cached.layers:
+                analyzer.on_layer(index, stats)
+            record.update(mode=o.calibration_mode, scoring_seconds=round(analyzer.seconds, 4), statistics_reused=True)
+    else:
+        with manifest.stage("calibration data") as record:
+            batches = _calibration_batches(o, inputs, manifest)
+            record.update(pairs=batches.pairs, skipped=batches.skipped, batches=len(batches.batches),
+                          response_tokens=sum(b.tokens for b in batches.batches))
+        with manifest.stage("calibration pass + scoring") as record:
+            from llmguard.io.calibration import second_moments
 
-        second_moments(
-            config, lambda name: ref.weight(name, torch_device), batches, set(inputs.modules),
-            on_layer=analyzer.on_layer, device=torch_device, mode=o.calibration_mode, progress=progress,
-        )
-        record.update(mode=o.calibration_mode, scoring_seconds=round(analyzer.seconds, 4))
+            recorder = stats_cache.recorder(o, {k: v for k, v in record_of(manifest, "calibration data").items()
+                                                if k in ("pairs", "skipped", "batches", "response_tokens")}) if stats_cache else None
+
+            def on_layer(index: int, stats: dict) -> None:
+                if recorder is not None:
+                    recorder.on_layer(index, stats)
+                analyzer.on_layer(index, stats)
+
+            second_moments(config, lambda name: ref.weight(name, torch_device), batches.batches, set(inputs.modules),
+                           on_layer=on_layer, device=torch_device, mode=o.calibration_mode, progress=progress)
+            if recorder is not None:
+                recorder.commit()
+            record.update(mode=o.calibration_mode, scoring_seconds=round(analyzer.seconds, 4))
     missing = [m for m in inputs.modules if m not in analyzer.results]
     if missing:
         raise InvalidInputError(f"module {missing[0]!r} saw no calibration input (not a linear layer of the model?)")
+
+
+@dataclass
+class _Batches:
+    batches: list
+    pairs: int
+    skipped: int
+
+
+def _calibration_batches(o: NlsrOptions, inputs: NlsrInputs, manifest: Manifest) -> _Batches:
+    """The calibration pairs (file or in memory), tokenised into padded batches."""
+    from llmguard.realign.nlsr.calibration_data import encode_pairs, load_pairs
+
+    if o.calibration_pairs is None:
+        assert o.calibration is not None
+        loaded = load_pairs(o.calibration, prompt_field=o.prompt_field, response_field=o.response_field, limit=o.calibration_samples,
+                            seed=o.seed, skip_bad=o.skip_bad)
+        pairs, skipped = loaded.pairs, loaded.skipped
+        manifest.add_input("calibration", o.calibration)
+    else:
+        pairs, skipped = list(o.calibration_pairs)[:o.calibration_samples], 0
+        if not pairs:
+            raise InvalidInputError("calibration data: no usable rows")
+    batches = encode_pairs(_tokenizer(inputs), pairs, template=o.template, max_length=o.max_length,
+                           max_response_tokens=o.max_response_tokens, batch_tokens=o.batch_tokens)
+    return _Batches(batches, len(pairs), skipped)
+
+
+def record_of(manifest: Manifest, stage: str) -> dict[str, Any]:
+    return next(s for s in reversed(manifest.stages) if s["name"] == stage)
 
 
 def realign(options: NlsrOptions, analysis: Analysis, progress: Progress) -> NlsrResult:

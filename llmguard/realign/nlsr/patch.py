@@ -143,6 +143,11 @@ class RevertResult:
     manifest: dict
 
 
+def run_revert(options: Any, progress: Progress | None = None) -> RevertResult:
+    """``realign revert`` from its ``RevertOptions``."""
+    return revert(options.patched, options.output, patch=options.patch, force=options.force, progress=progress)
+
+
 def revert(patched: str | os.PathLike[str], output: str | os.PathLike[str], *, patch: str | os.PathLike[str] | None = None, force: bool = False, progress: Progress | None = None) -> RevertResult:
     """Write ``patched`` with every patched value restored to its original (bit-exact)."""
     progress = progress or NullProgress()

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from llmguard.errors import UsageError
+from llmguard.registry import Registry
 
 
 def top_fraction(score: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -91,14 +92,11 @@ def _input_norms(cov: torch.Tensor) -> torch.Tensor:
     return cov.diagonal().clamp_min(0).sqrt()[None, :]
 
 
-SCORERS: dict[str, Scorer] = {}
+SCORERS: Registry[Scorer] = Registry("NLSR scorer")
 
 
 def register_scorer(scorer: Scorer) -> Scorer:
-    if scorer.name in SCORERS:
-        raise ValueError(f"NLSR scorer {scorer.name!r} registered twice")
-    SCORERS[scorer.name] = scorer
-    return scorer
+    return SCORERS.add(scorer.name, scorer)
 
 
 register_scorer(Scorer("actsvd", True, lambda w, cov, keep: actsvd_project(w, cov, keep).abs(),

@@ -53,7 +53,8 @@ class SearchResult:
     chosen: int | None = None
     output: Path | None = None
     max_task_drop: float = 5.0
-    analyses: int = 0  # calibration + scoring passes run (points that change only the selection share one)
+    analyses: int = 0  # scorings run (points that change only the selection share one)
+    calibration_passes: int = 0  # calibration passes run (points that change only scorer/mask/unit/selection share one)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -170,20 +171,25 @@ class AnalysisCache:
 
     Points with equal ``analysis_key()`` (a budget or threshold grid) share one calibration
     pass, one scoring and one similarity measurement; only selection and writing are redone.
+    Points that differ in the scorer, mask ratio, ActSVD keep or unit but not in the reference or
+    the calibration data share the calibration statistics (``stats_cache``).
     """
 
     def __init__(self, points: Sequence[NlsrOptions], work: Path) -> None:
+        from llmguard.realign.nlsr.stats_cache import StatisticsCache
+
         self.remaining = Counter(p.analysis_key() for p in points)
         self.work = work
         self.kept: dict[tuple, Any] = {}
         self.computed = 0
+        self.statistics = StatisticsCache()
 
     def get(self, point: NlsrOptions, progress: Progress) -> Any:
         from llmguard.realign.nlsr.method import analyze
 
         key = point.analysis_key()
         if key not in self.kept:
-            self.kept[key] = analyze(point, progress, masks_beside=self.work / f"analysis-{self.computed}")
+            self.kept[key] = analyze(point, progress, masks_beside=self.work / f"analysis-{self.computed}", stats_cache=self.statistics)
             self.computed += 1
         return self.kept[key]
 
@@ -247,6 +253,7 @@ def search(
                     shutil.rmtree(other, ignore_errors=True)
         progress.close()
         result.analyses = cache.computed
+        result.calibration_passes = cache.statistics.passes
         if result.chosen is None:
             return result
         chosen_dir = work / f"point-{result.chosen}"

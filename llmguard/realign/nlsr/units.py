@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from llmguard.realign.nlsr.scoring import row_mask, weight_mask
+from llmguard.registry import Registry
 
 DeltaMask = Callable[[str, torch.Tensor, "torch.Tensor | None", float, float], torch.Tensor]
 
@@ -45,14 +46,11 @@ class Unit:
         return masked * d_in if self.whole_rows else masked
 
 
-UNITS: dict[str, Unit] = {}
+UNITS: Registry[Unit] = Registry("NLSR unit")
 
 
 def register_unit(unit: Unit) -> Unit:
-    if unit.name in UNITS:
-        raise ValueError(f"NLSR unit {unit.name!r} registered twice")
-    UNITS[unit.name] = unit
-    return unit
+    return UNITS.add(unit.name, unit)
 
 
 register_unit(Unit("element", delta_space=False, patch_index="elements"))
