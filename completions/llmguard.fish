@@ -258,14 +258,23 @@ complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_su
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l force -d 'Replace OUT if it exists.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l allow-pickle -d 'Accept .bin/.pt pickle checkpoints (loaded with weights_only=True).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l help -s h -d 'Show help and exit.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from testbed; and not __fish_seen_subcommand_from build' -a build -d 'Build the testbed once (about 2 minutes on 2 CPU cores), or print where the cached one is.'
+complete -c llmguard -n '__fish_seen_subcommand_from testbed; and not __fish_seen_subcommand_from build watermark' -a build -d 'Build the testbed once (about 2 minutes on 2 CPU cores), or print where the cached one is.'
+complete -c llmguard -n '__fish_seen_subcommand_from testbed; and not __fish_seen_subcommand_from build watermark' -a watermark -d 'Build (or reuse) the watermark testbed: KGW teacher data, base, radioactive student, weak reference.'
 complete -c llmguard -n '__fish_seen_subcommand_from testbed; and __fish_seen_subcommand_from build' -l out -s o -d 'Directory to build into (default: $LLMGUARD_CACHE/testbed/v<version>-seed<N>).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from testbed; and __fish_seen_subcommand_from build' -l seed -d 'Seed of the data and the training runs.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from testbed; and __fish_seen_subcommand_from build' -l json -d 'Print one JSON document on stdout instead of a table.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from testbed; and __fish_seen_subcommand_from build' -l force -d 'Rebuild even if a complete testbed is there.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from testbed; and __fish_seen_subcommand_from build' -l help -s h -d 'Show help and exit.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and not __fish_seen_subcommand_from detect generate' -a detect -d 'Detect KGW-family and Unigram watermarks: z, exact p (log space), green counts, per text and per corpus.'
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and not __fish_seen_subcommand_from detect generate' -a generate -d 'Generate watermarked (or plain) continuations for prompts; the prompt is stripped from every output.'
+complete -c llmguard -n '__fish_seen_subcommand_from testbed; and __fish_seen_subcommand_from watermark' -l seed -d 'Seed of the teacher language, data and training runs.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from testbed; and __fish_seen_subcommand_from watermark' -l commands -d 'Print the scrub / spoof / weak-spoof command lines (outputs under this directory) instead of the table.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from testbed; and __fish_seen_subcommand_from watermark' -l json -d 'Print one JSON document on stdout instead of a table.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from testbed; and __fish_seen_subcommand_from watermark' -l force -d 'Rebuild even if a complete build is there.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from testbed; and __fish_seen_subcommand_from watermark' -l help -s h -d 'Show help and exit.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and not __fish_seen_subcommand_from detect distill generate scrub spoof' -a detect -d 'Detect KGW-family and Unigram watermarks: z, exact p (log space), green counts, per text and per corpus.'
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and not __fish_seen_subcommand_from detect distill generate scrub spoof' -a distill -d 'Distil a student on an SFT dataset (transformers Trainer; CDG-KDs recipe by default).'
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and not __fish_seen_subcommand_from detect distill generate scrub spoof' -a generate -d 'Generate watermarked (or plain) continuations for prompts; the prompt is stripped from every output.'
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and not __fish_seen_subcommand_from detect distill generate scrub spoof' -a scrub -d 'Scrub an inherited watermark: contrastive data s = ℓ_R − β(ℓ_S − ℓ_R), distil a fresh student, detect.'
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and not __fish_seen_subcommand_from detect distill generate scrub spoof' -a spoof -d 'Spoof (amplify) an inherited watermark: s = ℓ_S + β(ℓ_S − ℓ_R), distil a fresh student, detect.'
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l tokenizer -s t -d 'Tokenizer directory, tokenizer.json, or hub id.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l text-field -d 'JSON field with the text (default: text).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l prompt-field -d 'JSON field with the prompt: stripped from the text when it starts with it; its windows are excluded from the pooled corpus test.' -F
@@ -293,6 +302,29 @@ complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l json -d 'JSONL on stdout: one record per text, then the corpus record.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l show -d 'Colour tokens green/red (stdout, or stderr with --json).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l help -s h -d 'Show help and exit.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l student-init -d 'Model the new student starts from (HF directory; CDG-KD: the base model).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l lora -d 'Train a LoRA adapter instead of all weights (writes a PEFT adapter directory).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l lora-r -d 'LoRA rank.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l lora-alpha -d 'LoRA alpha.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l epochs -d 'Training epochs over the dataset.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l lr -d 'Peak learning rate.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l lr-scheduler -d 'Learning-rate schedule (transformers names).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l warmup-ratio -d 'Fraction of the steps spent warming up linearly.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l train-batch-size -d 'Sequences per device per step.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l grad-accum -d 'Gradient accumulation steps.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l max-length -d 'Longest training sequence (prompt + output) in tokens; longer ones are cut.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l weight-decay -d 'AdamW weight decay.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l train-seed -d 'Seed of the data order (and of a LoRA adapters initialisation).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l data -d 'SFT JSONL (instruction/input/output), e.g. written by scrub/spoof --data-only.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l output -s o -d 'Output model directory (HF layout; written atomically).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l template -d 'Prompt formatting of the instruction: none (as given), auto, plain, chat.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l dilute -d 'Replace this fraction of the records by --dilute-with records (a weak reference).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l dilute-with -d 'SFT JSONL of plain (unwatermarked) records for --dilute.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l device -d 'Where the math runs: auto, cpu, cuda or cuda:N.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l dtype -d 'Training dtype of the weights: float32, bfloat16 or float16.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l json -d 'Print one JSON document on stdout instead of a table.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l force -d 'Replace OUT if it exists.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l help -s h -d 'Show help and exit.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l model -s m -d 'Model directory (HF layout) or hub id.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l prompts -s p -d 'JSONL/JSON prompts (or plain text, one per line).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l output -s o -d 'Output JSONL (written atomically).' -F
@@ -321,3 +353,105 @@ complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l dtype -d 'auto, float32, bfloat16 or float16.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l force -d 'Replace OUT if it exists.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l help -s h -d 'Show help and exit.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l eval-prompts -d 'Held-out prompts for the closed loop (JSONL/plain lines); without it, no loop.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l eval-text -d 'Held-out clean text (JSONL text field or plain lines) for perplexity.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l eval-max-new-tokens -d 'New tokens per held-out prompt.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l eval-seed -d 'Sampling seed of the held-out generations.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l z-threshold -d 'Detection threshold on z (and |z|) for the flagged fractions.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l scheme -d 'Watermark family: kgw or unigram.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l profile -d 'Implementation to match bit for bit: kgw → hf (default), kirchenbauer, markllm, fast; unigram → zhao (default), markllm.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l seeding -d 'Seeding scheme of the profile: hf lefthash|selfhash; kirchenbauer simple_1|selfhash|minhash|skipgram|ff-<prf>-<h>-<salt>; markllm time|additive|skip|min[-self]; fast hash.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l gamma -d 'Green-list fraction γ (profile default).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l key -d 'Hash key (profile default, 15485863 for KGW).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l context-width -d 'Context width h (MarkLLM prefix_length).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l vocab-size -d 'Vocabulary size of the green lists: tokenizer (len(tokenizer)), model (config.json vocab_size), N, or auto (model for --profile hf when --model is given, as transformers does; else tokenizer).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l rng-device -d 'Device of the torch generator behind the permutations (cpu and cuda give different lists).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l student-init -d 'Model the new student starts from (HF directory; CDG-KD: the base model).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l lora -d 'Train a LoRA adapter instead of all weights (writes a PEFT adapter directory).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l lora-r -d 'LoRA rank.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l lora-alpha -d 'LoRA alpha.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l epochs -d 'Training epochs over the dataset.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l lr -d 'Peak learning rate.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l lr-scheduler -d 'Learning-rate schedule (transformers names).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l warmup-ratio -d 'Fraction of the steps spent warming up linearly.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l train-batch-size -d 'Sequences per device per step.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l grad-accum -d 'Gradient accumulation steps.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l max-length -d 'Longest training sequence (prompt + output) in tokens; longer ones are cut.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l weight-decay -d 'AdamW weight decay.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l train-seed -d 'Seed of the data order (and of a LoRA adapters initialisation).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l student -d 'Student S: the model with the strong (inherited) watermark.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l reference -d 'Reference R: the same tokenizer, a weaker watermark (e.g. distilled on diluted data).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l prompts -d 'Prompts to continue (JSONL/JSON with --prompt-field, SFT records, or plain lines).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l output -s o -d 'Output directory: data.jsonl, student/, report.json, llmguard.json.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l prompt-field -d 'JSON field with the prompt.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l template -d 'Prompt formatting: none (as given), auto (chat template if any), plain, chat.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l alpha -d 'Plausibility cutoff: keep tokens with p ≥ α·max p of the masks model (0 < α < 1).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l beta -d 'Contrast strength β > 0: s = ℓ_R − β(ℓ_S − ℓ_R) (scrub) or ℓ_S + β(ℓ_S − ℓ_R) (spoof).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l sample -l greedy -d 'Sample from the contrastive scores (default) or take the argmax.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l temperature -d 'Sampling temperature on the contrastive scores.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l top-p -d 'Nucleus sampling on the contrastive scores.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l seed -d 'Sampling seed (each batch is seeded from it and its index: resumes repeat exactly).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l max-new-tokens -d 'New tokens per prompt.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l batch-size -d 'Prompts per contrastive batch.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l device -d 'Where the math runs: auto, cpu, cuda or cuda:N.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l dtype -d 'auto, float32, bfloat16 or float16 (generation).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l load-in-4bit -d 'Load S and R in 4 bit (bitsandbytes, GPU).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l load-in-8bit -d 'Load S and R in 8 bit (bitsandbytes, GPU).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l format -d 'Dataset format: sft (instruction/input/output + provenance).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l data-only -d 'Stop after writing the dataset (no distillation, no closed loop).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l resume -d 'Continue an interrupted run of the same OUT.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l json -d 'Print one JSON document on stdout instead of a table.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l force-vocab -d 'Accept S and R whose vocab sizes differ although the tokenizer is the same.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l force -d 'Replace OUT if it exists.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l help -s h -d 'Show help and exit.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l eval-prompts -d 'Held-out prompts for the closed loop (JSONL/plain lines); without it, no loop.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l eval-text -d 'Held-out clean text (JSONL text field or plain lines) for perplexity.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l eval-max-new-tokens -d 'New tokens per held-out prompt.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l eval-seed -d 'Sampling seed of the held-out generations.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l z-threshold -d 'Detection threshold on z (and |z|) for the flagged fractions.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l scheme -d 'Watermark family: kgw or unigram.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l profile -d 'Implementation to match bit for bit: kgw → hf (default), kirchenbauer, markllm, fast; unigram → zhao (default), markllm.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l seeding -d 'Seeding scheme of the profile: hf lefthash|selfhash; kirchenbauer simple_1|selfhash|minhash|skipgram|ff-<prf>-<h>-<salt>; markllm time|additive|skip|min[-self]; fast hash.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l gamma -d 'Green-list fraction γ (profile default).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l key -d 'Hash key (profile default, 15485863 for KGW).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l context-width -d 'Context width h (MarkLLM prefix_length).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l vocab-size -d 'Vocabulary size of the green lists: tokenizer (len(tokenizer)), model (config.json vocab_size), N, or auto (model for --profile hf when --model is given, as transformers does; else tokenizer).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l rng-device -d 'Device of the torch generator behind the permutations (cpu and cuda give different lists).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l student-init -d 'Model the new student starts from (HF directory; CDG-KD: the base model).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l lora -d 'Train a LoRA adapter instead of all weights (writes a PEFT adapter directory).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l lora-r -d 'LoRA rank.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l lora-alpha -d 'LoRA alpha.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l epochs -d 'Training epochs over the dataset.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l lr -d 'Peak learning rate.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l lr-scheduler -d 'Learning-rate schedule (transformers names).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l warmup-ratio -d 'Fraction of the steps spent warming up linearly.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l train-batch-size -d 'Sequences per device per step.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l grad-accum -d 'Gradient accumulation steps.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l max-length -d 'Longest training sequence (prompt + output) in tokens; longer ones are cut.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l weight-decay -d 'AdamW weight decay.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l train-seed -d 'Seed of the data order (and of a LoRA adapters initialisation).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l student -d 'Student S: the model with the strong (inherited) watermark.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l reference -d 'Reference R: the same tokenizer, a weaker watermark (e.g. distilled on diluted data).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l prompts -d 'Prompts to continue (JSONL/JSON with --prompt-field, SFT records, or plain lines).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l output -s o -d 'Output directory: data.jsonl, student/, report.json, llmguard.json.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l prompt-field -d 'JSON field with the prompt.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l template -d 'Prompt formatting: none (as given), auto (chat template if any), plain, chat.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l alpha -d 'Plausibility cutoff: keep tokens with p ≥ α·max p of the masks model (0 < α < 1).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l beta -d 'Contrast strength β > 0: s = ℓ_R − β(ℓ_S − ℓ_R) (scrub) or ℓ_S + β(ℓ_S − ℓ_R) (spoof).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l sample -l greedy -d 'Sample from the contrastive scores (default) or take the argmax.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l temperature -d 'Sampling temperature on the contrastive scores.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l top-p -d 'Nucleus sampling on the contrastive scores.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l seed -d 'Sampling seed (each batch is seeded from it and its index: resumes repeat exactly).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l max-new-tokens -d 'New tokens per prompt.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l batch-size -d 'Prompts per contrastive batch.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l device -d 'Where the math runs: auto, cpu, cuda or cuda:N.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l dtype -d 'auto, float32, bfloat16 or float16 (generation).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l load-in-4bit -d 'Load S and R in 4 bit (bitsandbytes, GPU).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l load-in-8bit -d 'Load S and R in 8 bit (bitsandbytes, GPU).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l format -d 'Dataset format: sft (instruction/input/output + provenance).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l data-only -d 'Stop after writing the dataset (no distillation, no closed loop).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l resume -d 'Continue an interrupted run of the same OUT.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l json -d 'Print one JSON document on stdout instead of a table.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l force-vocab -d 'Accept S and R whose vocab sizes differ although the tokenizer is the same.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l force -d 'Replace OUT if it exists.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l help -s h -d 'Show help and exit.' -F

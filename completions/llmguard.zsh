@@ -19,11 +19,15 @@ _llmguard_words() {
         "realign revert") echo "--output -o --patch --json --force --help -h" ;;
         "realign safelora") echo "--aligned -a --base --finetuned -f --output -o --threshold --top-k --device --dtype --dry-run --json --force --allow-pickle --help -h" ;;
         "realign somf") echo "--aligned -a --finetuned -f --preference -p --output -o --base --prompt-field --chosen-field --rejected-field --template --max-length --space --granularity --temperature --init-logit --beta --steps --lr --batch-size --seed --mask-mode --keep-ratio --no-rescale --mask-file --merge --lambda --density --device --train-dtype --gradient-checkpointing --dtype --max-shard-size --dry-run --json --force --allow-pickle --help -h" ;;
-        "testbed") echo "build --help -h" ;;
+        "testbed") echo "build watermark --help -h" ;;
         "testbed build") echo "--out -o --seed --json --force --help -h" ;;
-        "watermark") echo "detect generate --help -h" ;;
+        "testbed watermark") echo "--seed --commands --json --force --help -h" ;;
+        "watermark") echo "detect distill generate scrub spoof --help -h" ;;
         "watermark detect") echo "--tokenizer -t --text-field --prompt-field --ids-field --skip-bad --model --scheme --profile --seeding --gamma --delta --key --context-width --vocab-size --rng-device --dedup --pvalue --z-threshold --fpr --aggregate --group-tokens --html --fail-on-detect --workers --json --show --help -h" ;;
+        "watermark distill") echo "--student-init --lora --lora-r --lora-alpha --epochs --lr --lr-scheduler --warmup-ratio --train-batch-size --grad-accum --max-length --weight-decay --train-seed --data --output -o --template --dilute --dilute-with --device --dtype --json --force --help -h" ;;
         "watermark generate") echo "--model -m --prompts -p --output -o --adapter --prompt-field --skip-bad --template --scheme --profile --seeding --gamma --delta --key --context-width --vocab-size --rng-device --no-watermark --max-new-tokens --sample --greedy --temperature --top-p --seed --format --batch-size --device --dtype --force --help -h" ;;
+        "watermark scrub") echo "--eval-prompts --eval-text --eval-max-new-tokens --eval-seed --z-threshold --scheme --profile --seeding --gamma --key --context-width --vocab-size --rng-device --student-init --lora --lora-r --lora-alpha --epochs --lr --lr-scheduler --warmup-ratio --train-batch-size --grad-accum --max-length --weight-decay --train-seed --student --reference --prompts --output -o --prompt-field --template --alpha --beta --sample --greedy --temperature --top-p --seed --max-new-tokens --batch-size --device --dtype --load-in-4bit --load-in-8bit --format --data-only --resume --json --force-vocab --force --help -h" ;;
+        "watermark spoof") echo "--eval-prompts --eval-text --eval-max-new-tokens --eval-seed --z-threshold --scheme --profile --seeding --gamma --key --context-width --vocab-size --rng-device --student-init --lora --lora-r --lora-alpha --epochs --lr --lr-scheduler --warmup-ratio --train-batch-size --grad-accum --max-length --weight-decay --train-seed --student --reference --prompts --output -o --prompt-field --template --alpha --beta --sample --greedy --temperature --top-p --seed --max-new-tokens --batch-size --device --dtype --load-in-4bit --load-in-8bit --format --data-only --resume --json --force-vocab --force --help -h" ;;
     esac
 }
 

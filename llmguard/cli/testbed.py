@@ -6,7 +6,7 @@ import typer
 
 from llmguard.cli.derive import JSON_FLAG, verb_command
 from llmguard.cli.output import emit_json, info, stdout
-from llmguard.testbed.options import TestbedBuildOptions
+from llmguard.testbed.options import TestbedBuildOptions, TestbedWatermarkOptions
 
 app = typer.Typer(help="Build the testbed: tiny real Llama checkpoints and synthetic safety/task data.",
                   no_args_is_help=True)
@@ -47,3 +47,47 @@ def build_command(options: TestbedBuildOptions, *, json_output: bool = False) ->
     stdout.print(table)
     built = doc["timings_s"].get("total")
     info(f"built in {built:.0f} s" if built is not None and elapsed > 1 else f"reused (ready in {elapsed:.1f} s)")
+
+
+@verb_command(app, "watermark", TestbedWatermarkOptions, extra={"json_output": JSON_FLAG})
+def watermark_command(options: TestbedWatermarkOptions, *, json_output: bool = False) -> None:
+    """Build (or reuse) the watermark testbed: KGW teacher data, base, radioactive student, weak reference.
+
+    Example: llmguard testbed watermark --seed 1 --commands runs/ > attacks.sh && sh attacks.sh
+    """
+    import shlex
+    import sys
+
+    from llmguard.cli.progress import make_progress
+    from llmguard.testbed import watermark as tw
+
+    progress = make_progress()
+    try:
+        tb = tw.build(seed=options.seed, force=options.force, progress=progress)
+    finally:
+        progress.close()
+    seed, commands = options.seed, options.commands
+    if commands is not None:
+        sys.stdout.write(shlex.join(["mkdir", "-p", str(commands)]) + "\n")
+        for name, mode, weak in (("scrub", "scrub", False), ("spoof", "spoof", False), ("spoof-weak", "spoof", True)):
+            argv = ["llmguard", "watermark", *tb.attack_args(mode, weak=weak), "-o", str(commands / f"seed{seed}-{name}"),
+                    "--json"]
+            sys.stdout.write(shlex.join(argv) + f" > {shlex.quote(str(commands / f'seed{seed}-{name}.json'))}\n")
+        return
+    doc = {"root": str(tb.root), "seed": seed, "base": str(tb.base), "student": str(tb.student),
+           "reference": str(tb.reference), "tokenizer": str(tb.tokenizer), "median_z": tb.info["median_z"],
+           "perplexity": tb.info["perplexity"], "timings_s": tb.info["timings_s"]}
+    if json_output:
+        emit_json(doc)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"watermark testbed v{tw.VERSION} seed {seed}: {tb.root}", title_justify="left")
+    for col in ("model", "median z", "clean perplexity", "path"):
+        table.add_column(col)
+    for label, z in tw.summary_rows(tb):
+        key = {"base (plain pretraining)": "base", "student (distilled)": "student", "reference (diluted)": "reference"}.get(label)
+        path = str(getattr(tb, key)) if key else ""
+        ppl = f"{tb.info['perplexity'][key]:.1f}" if key else ""
+        table.add_row(label, f"{z:.2f}", ppl, path)
+    stdout.print(table)

@@ -20,3 +20,16 @@ class TestbedBuildOptions(Options):
                               panel=PANEL_OUTPUT)
     seed: int = option(0, help="Seed of the data and the training runs.")
     force: bool = option(False, help="Rebuild even if a complete testbed is there.", panel=PANEL_DANGER)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TestbedWatermarkOptions(Options):
+    """The watermark testbed's seed, a rebuild, and where the printed attack commands write."""
+
+    __test__ = False
+    verb: ClassVar[str] = "testbed watermark"
+
+    seed: int = option(0, help="Seed of the teacher language, data and training runs.")
+    force: bool = option(False, help="Rebuild even if a complete build is there.", panel=PANEL_DANGER)
+    commands: Path | None = option(None, help="Print the scrub / spoof / weak-spoof command lines (outputs under this "
+                                   "directory) instead of the table.", panel=PANEL_OUTPUT)

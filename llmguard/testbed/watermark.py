@@ -1,18 +1,27 @@
-"""Watermark testbed: a KGW-watermarked teacher, a radioactive student and a weak reference.
+"""Watermark testbed: a KGW-watermarked teacher, a base, a radioactive student and a weak reference.
 
-A distillation testbed, scaled down to fit ~40 s on two cores:
+A toy version of the CDG-KD setting, small enough to build in under a minute on one core:
 
 - **teacher**: a random sparse bigram language over ``n_words`` words (``successors`` successors per
   word, Dirichlet(0.7) weights) with a KGW watermark on top (transformers' lefthash by default,
-  γ 0.25, δ 2.5, key 15485863), sampled through :class:`llmguard.watermark.schemes` green lists;
-- **student**: a tiny Llama trained on the watermarked teacher text (it inherits the watermark);
-- **reference**: the same Llama trained on a diluted mix (``reference_wm_frac`` watermarked, the rest
-  plain teacher text): a *weakly* watermarked reference for scrub/spoof attacks.
+  γ 0.25, δ 2.5, key 15485863), sampled through :mod:`llmguard.watermark.schemes` green lists;
+- **base**: a tiny Llama pretrained on plain (unwatermarked) teacher text: the init of every
+  student, as the paper's base model is;
+- **student**: ``watermark distill`` of the base on the watermarked teacher data (it inherits the
+  watermark: radioactivity);
+- **reference**: ``watermark distill --dilute 0.75 --dilute-with plain`` of the base: three quarters
+  of the records replaced by plain teacher text, a *weakly* watermarked reference.
 
-Everything is deterministic for a seed, built once into ``$LLMGUARD_CACHE/testbed/watermark-v1-seed<k>``
-under a file lock, and reused. Text is words separated by spaces; the word-level tokenizer maps
-each word to one token, so ``llmguard watermark detect --tokenizer <root>/tokenizer`` scores exactly
-the ids the models produced.
+The student and the reference go through :func:`llmguard.watermark.distill.distill`, the entry
+point of the ``distill`` verb, with the testbed's training flags (:meth:`WatermarkTestbed.train_args`:
+the tiny models need a larger learning rate and more epochs than the paper's 1e-5 / 1 epoch).
+:meth:`WatermarkTestbed.attack_args` is the one scrub/spoof setting the tests, the demo and the
+docs use for every seed.
+
+Everything is deterministic for a seed, built once (one torch thread) into
+``$LLMGUARD_CACHE/testbed/watermark-v<VERSION>-seed<k>-<recipe hash>-<build key>`` under a file lock, and reused.
+Text is words separated by spaces; the word-level tokenizer maps each word to one token, so
+``llmguard watermark detect --tokenizer <root>/tokenizer`` scores exactly the ids the models produced.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ import numpy as np
 
 from llmguard.progress import NullProgress, Progress
 
-VERSION = 1
+VERSION = 2
 MARKER = "watermark-testbed.json"
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 _SYLL = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]  # 70 syllables
@@ -74,15 +83,22 @@ class WatermarkTestbedParams:
     delta: float = 2.5
     key: int = 15485863
     n_train: int = 1500
-    seq_len: int = 48
-    reference_wm_frac: float = 0.25
+    seq_len: int = 64
+    prompt_words: int = 4
+    reference_dilution: float = 0.75
+    scrub_beta: float = 0.5
+    spoof_beta: float = 1.25
+    alpha: float = 0.1
     hidden: int = 64
     layers: int = 2
-    steps: int = 150
+    base_steps: int = 400
     batch_size: int = 32
     lr: float = 3e-3
-    eval_samples: int = 32
-    eval_tokens: int = 48
+    distill_epochs: float = 3.0
+    distill_lr: float = 2e-3
+    distill_batch_size: int = 32
+    eval_samples: int = 96
+    eval_tokens: int = 64
 
 
 class BigramLanguage:
@@ -126,20 +142,49 @@ class WatermarkTestbed:
         return self.root / "tokenizer"
 
     @property
+    def base(self) -> Path:
+        """The unwatermarked base model (pretrained on plain teacher text): every student's init."""
+        return self.root / "base"
+
+    @property
     def student(self) -> Path:
+        """The radioactive student: ``watermark distill`` of the base on the watermarked teacher data."""
         return self.root / "student"
 
     @property
     def reference(self) -> Path:
+        """The weak reference: ``watermark distill --dilute`` of the base (mostly plain text)."""
         return self.root / "reference"
 
     @property
     def prompts(self) -> Path:
+        """Held-out prompts (``prompt`` field): the closed loop's and the demo's generations."""
         return self.root / "prompts.jsonl"
 
     @property
+    def attack_prompts(self) -> Path:
+        """The teacher dataset's instructions (``prompt`` field): what scrub/spoof continue."""
+        return self.root / "attack-prompts.jsonl"
+
+    @property
     def teacher_data(self) -> Path:
+        """Watermarked teacher text (``prompt`` + ``text``), for ``watermark detect``."""
         return self.root / "teacher-watermarked.jsonl"
+
+    @property
+    def teacher_sft(self) -> Path:
+        """The watermarked teacher data as SFT records (what the student was distilled on)."""
+        return self.root / "teacher-sft.jsonl"
+
+    @property
+    def plain_sft(self) -> Path:
+        """Plain (unwatermarked) teacher data as SFT records (the dilution of the reference)."""
+        return self.root / "plain-sft.jsonl"
+
+    @property
+    def clean_text(self) -> Path:
+        """Held-out plain teacher text (``text``): the perplexity set."""
+        return self.root / "clean-heldout.jsonl"
 
     def detect_args(self) -> list[str]:
         """The ``watermark detect`` options matching the teacher's watermark."""
@@ -147,8 +192,44 @@ class WatermarkTestbed:
         return ["--tokenizer", str(self.tokenizer), "--profile", p["profile"], "--seeding", p["seeding"],
                 "--gamma", str(p["gamma"]), "--key", str(p["key"])]
 
+    def train_args(self) -> list[str]:
+        """The ``--student-init`` and training flags the testbed's tiny students need (not the paper's 1e-5)."""
+        p = self.info["params"]
+        return ["--student-init", str(self.base), "--epochs", str(p["distill_epochs"]), "--lr", str(p["distill_lr"]),
+                "--train-batch-size", str(p["distill_batch_size"]), "--max-length", str(p["seq_len"] + 8)]
 
-from llmguard.testbed.provenance import build_key, cache_root, environment  # noqa: E402
+    def loop_args(self) -> list[str]:
+        """Closed-loop flags: held-out prompts, clean text, the teacher's scheme."""
+        p = self.info["params"]
+        return ["--eval-prompts", str(self.prompts), "--eval-text", str(self.clean_text),
+                "--eval-max-new-tokens", str(p["eval_tokens"]), "--profile", p["profile"], "--seeding", p["seeding"],
+                "--gamma", str(p["gamma"]), "--key", str(p["key"])]
+
+    def attack_args(self, mode: str, *, weak: bool = False) -> list[str]:
+        """``watermark scrub|spoof`` arguments on this testbed (without ``-o``).
+
+        ``weak``: the spoof from a weak student: S = the diluted reference, R = the base (no
+        watermark), to show that the contrast lifts a watermark below the detection threshold
+        above it.
+        """
+        p = self.info["params"]
+        student, reference = (self.reference, self.base) if weak else (self.student, self.reference)
+        beta = p["scrub_beta"] if mode == "scrub" else p["spoof_beta"]
+        return [mode, "--student", str(student), "--reference", str(reference), "--prompts", str(self.attack_prompts),
+                "--alpha", str(p["alpha"]), "--beta", str(beta),
+                "--max-new-tokens", str(p["seq_len"] - p["prompt_words"]), "--batch-size", "250", "--device", "cpu",
+                *self.train_args(), *self.loop_args()]
+
+
+from llmguard.testbed.provenance import build_key, cache_root, environment, recipe_hash  # noqa: E402
+
+
+def default_dir(seed: int, params: WatermarkTestbedParams | None = None) -> Path:
+    """``$LLMGUARD_CACHE/testbed/watermark-v2-seed0-<recipe>-torch2.13.0-avx512``: version, seed, the
+    parameters' hash, torch version and CPU vector path, so checkouts with different recipes keep
+    separate builds in one cache."""
+    recipe = recipe_hash(json.dumps(asdict(params or WatermarkTestbedParams()), sort_keys=True))[:8]
+    return cache_root() / "testbed" / f"watermark-v{VERSION}-seed{seed}-{recipe}-{build_key()}"
 
 
 def build(out: str | os.PathLike | None = None, seed: int = 0, *, force: bool = False,
@@ -157,7 +238,7 @@ def build(out: str | os.PathLike | None = None, seed: int = 0, *, force: bool = 
     from filelock import FileLock
 
     params = params or WatermarkTestbedParams()
-    root = Path(out) if out is not None else cache_root() / "testbed" / f"watermark-v{VERSION}-seed{seed}-{build_key()}"
+    root = Path(out) if out is not None else default_dir(seed, params)
     root = root.expanduser().resolve()
     root.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root.parent / f".{root.name}.lock")):
@@ -211,23 +292,6 @@ def _green_table(scheme, vocab: int) -> np.ndarray:
     return table
 
 
-def _sample_model(path: Path, n: int, length: int, seed: int) -> list[list[int]]:
-    """Plain multinomial samples from a trained student, each started from one random word."""
-    import torch
-    from transformers import LlamaForCausalLM
-
-    model = LlamaForCausalLM.from_pretrained(str(path))
-    model.eval()
-    g = np.random.default_rng(seed)
-    start = torch.tensor(g.integers(len(SPECIALS), model.config.vocab_size, size=(n, 1)))
-    torch.manual_seed(seed)
-    with torch.inference_mode():
-        out = model.generate(input_ids=start, attention_mask=torch.ones_like(start), do_sample=True, top_k=0,
-                             top_p=1.0, temperature=1.0, max_new_tokens=length, min_new_tokens=length,
-                             pad_token_id=0, eos_token_id=None)
-    return out[:, 1:].tolist()
-
-
 def median_z(scheme, seqs: list[list[int]]) -> float:
     """Median z of ``seqs`` under ``scheme`` (no dedup), through the library detection driver."""
     from llmguard.watermark.detect import detect
@@ -237,11 +301,31 @@ def median_z(scheme, seqs: list[list[int]]) -> float:
     return float(np.median([r["z"] for r in run.records]))
 
 
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
+def _distill(root: Path, name: str, params: WatermarkTestbedParams, seed: int, **extra: Any) -> dict[str, Any]:
+    """``watermark distill`` of the base (the library entry point the CLI calls)."""
+    from llmguard.watermark.attack_options import DistillOptions
+    from llmguard.watermark.distill import distill
+
+    res = distill(DistillOptions(data=str(root / "teacher-sft.jsonl"), output=str(root / name),
+                                 student_init=str(root / "base"), epochs=params.distill_epochs,
+                                 learning_rate=params.distill_lr, train_batch_size=params.distill_batch_size,
+                                 max_length=params.seq_len + 8, train_seed=seed, device="cpu", **extra))
+    return {"steps": res.train.steps, "final_loss": res.train.final_loss, "seconds": res.train.seconds}
+
+
 def _build_into(root: Path, seed: int, params: WatermarkTestbedParams, progress: Progress) -> dict[str, Any]:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from llmguard.testbed.train import train_sft
+    from llmguard.watermark.closed_loop import detection_report, held_out_texts, perplexity
+    from llmguard.inference.loading import load_causal_lm
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -255,49 +339,70 @@ def _build_into(root: Path, seed: int, params: WatermarkTestbedParams, progress:
     rng = np.random.default_rng(seed + 1)
     wm = lang.sample(params.n_train, params.seq_len, rng, green, params.delta)
     plain = lang.sample(params.n_train, params.seq_len, rng, None, 0.0)
+    pretrain = lang.sample(params.n_train, params.seq_len, rng, None, 0.0)
     eval_wm = lang.sample(params.eval_samples, params.eval_tokens, rng, green, params.delta)
     eval_plain = lang.sample(params.eval_samples, params.eval_tokens, rng, None, 0.0)
     timings["teacher"] = round(time.perf_counter() - t0, 2)
 
     words = tok.convert_ids_to_tokens
-    with open(root / "teacher-watermarked.jsonl", "w") as f:
-        for row in wm:
-            f.write(json.dumps({"text": " ".join(words(row.tolist()))}) + "\n")
-    with open(root / "prompts.jsonl", "w") as f:
-        for row in eval_plain[:, :4]:
-            f.write(json.dumps({"prompt": " ".join(words(row.tolist()))}) + "\n")
+    k = params.prompt_words
 
-    n_ref_wm = int(round(params.reference_wm_frac * params.n_train))
-    mixes = {
-        "student": wm,
-        "reference": np.concatenate([wm[:n_ref_wm], plain[: params.n_train - n_ref_wm]]),
-    }
+    def sft(rows: np.ndarray, origin: str) -> list[dict[str, Any]]:
+        return [{"instruction": " ".join(words(r[:k].tolist())), "input": "", "output": " ".join(words(r[k:].tolist())),
+                 "provenance": {"source": origin}} for r in rows]
+
+    _write_jsonl(root / "teacher-watermarked.jsonl", [{"prompt": " ".join(words(r[:k].tolist())),
+                                                       "text": " ".join(words(r.tolist()))} for r in wm])
+    _write_jsonl(root / "teacher-sft.jsonl", sft(wm, "teacher (watermarked)"))
+    _write_jsonl(root / "plain-sft.jsonl", sft(plain, "teacher (plain)"))
+    _write_jsonl(root / "attack-prompts.jsonl", [{"prompt": " ".join(words(r[:k].tolist()))} for r in wm])
+    _write_jsonl(root / "prompts.jsonl", [{"prompt": " ".join(words(r[:k].tolist()))} for r in eval_plain])
+    _write_jsonl(root / "clean-heldout.jsonl", [{"text": " ".join(words(r.tolist()))} for r in eval_plain])
+
+    # the base: a tiny Llama pretrained on plain teacher text (what the paper's base model is to its teacher)
+    t1 = time.perf_counter()
     cfg = LlamaConfig(vocab_size=vocab, hidden_size=params.hidden, intermediate_size=params.hidden * 2,
                       num_hidden_layers=params.layers, num_attention_heads=4, num_key_value_heads=4,
                       max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=0,
                       tie_word_embeddings=True)
+    torch.manual_seed(seed + 10)
+    model = LlamaForCausalLM(cfg)
+    train_sft(model, [(row.tolist() + [tok.eos_token_id], 0) for row in pretrain], steps=params.base_steps,
+              lr=params.lr, batch_size=params.batch_size, seed=seed, pad_id=0, progress=progress, stage="train base")
+    model.save_pretrained(str(root / "base"))
+    tok.save_pretrained(str(root / "base"))
+    timings["base"] = round(time.perf_counter() - t1, 2)
+
+    training: dict[str, Any] = {}
+    t1 = time.perf_counter()
+    training["student"] = _distill(root, "student", params, seed)
+    timings["student"] = round(time.perf_counter() - t1, 2)
+    t1 = time.perf_counter()
+    training["reference"] = _distill(root, "reference", params, seed, dilute=params.reference_dilution,
+                                     dilute_with=str(root / "plain-sft.jsonl"))
+    timings["reference"] = round(time.perf_counter() - t1, 2)
+
     z: dict[str, float] = {
-        "teacher_watermarked": median_z(scheme, eval_wm.tolist()),
-        "teacher_plain": median_z(scheme, eval_plain.tolist()),
+        "teacher_watermarked": median_z(scheme, eval_wm[:, k:].tolist()),
+        "teacher_plain": median_z(scheme, eval_plain[:, k:].tolist()),
     }
-    for i, (name, data) in enumerate(mixes.items()):
-        t1 = time.perf_counter()
-        torch.manual_seed(seed + 10 + i)
-        model = LlamaForCausalLM(cfg)
-        examples = [(row.tolist(), 0) for row in data]
-        train_sft(model, examples, steps=params.steps, lr=params.lr, batch_size=params.batch_size,
-                  seed=seed + i, pad_id=0, progress=progress, stage=f"train {name}")
-        model.save_pretrained(str(root / name))
-        tok.save_pretrained(str(root / name))
-        timings[name] = round(time.perf_counter() - t1, 2)
-        samples = _sample_model(root / name, params.eval_samples, params.eval_tokens, seed + 100 + i)
-        z[name] = median_z(scheme, samples)
+    prompt_ids = [r[:k].tolist() for r in eval_plain]
+    clean = [" ".join(words(r.tolist())) for r in eval_plain]
+    ppl: dict[str, float] = {}
+    t1 = time.perf_counter()
+    for name in ("base", "student", "reference"):
+        m, t = load_causal_lm(str(root / name), device="cpu")
+        texts = held_out_texts(m, t, prompt_ids, max_new_tokens=params.eval_tokens, seed=seed, batch_size=64)
+        z[name] = detection_report(name, scheme, t, texts, 4.0).median_z
+        ppl[name] = perplexity(m, t, clean)
+    timings["evaluate"] = round(time.perf_counter() - t1, 2)
     timings["total"] = round(time.perf_counter() - t0, 2)
-    return {"version": VERSION, "seed": seed, "params": asdict(params), "median_z": z, "timings_s": timings,
-            "scheme": scheme.config()}
+    return {"version": VERSION, "seed": seed, "params": asdict(params), "median_z": z, "perplexity": ppl,
+            "training": training, "timings_s": timings, "scheme": scheme.config()}
 
 
 def summary_rows(tb: WatermarkTestbed) -> list[tuple[str, float]]:
     z = tb.info["median_z"]
     return [("teacher (watermarked)", z["teacher_watermarked"]), ("teacher (plain)", z["teacher_plain"]),
-            ("student (distilled)", z["student"]), ("reference (diluted)", z["reference"])]
+            ("base (plain pretraining)", z["base"]), ("student (distilled)", z["student"]),
+            ("reference (diluted)", z["reference"])]

@@ -46,3 +46,24 @@ def watermark_radioactivity(ctx: DemoContext) -> list[DemoRow]:
                             note=f"pooled z {agg['pooled']['z']:.1f}, log10 p {agg['pooled']['log10_p']:.1f}; "
                                  f"{'watermarked' if agg['prediction'] else 'not watermarked'} at z>4"))
     return rows
+
+
+@register_step("watermark-attacks", order=71,
+               description="watermark scrub and spoof (CDG-KD) on the watermark testbed: contrastive data, distil, detect",
+               available=lambda: verb_exists("watermark", "scrub") and verb_exists("watermark", "spoof"))
+def watermark_attacks(ctx: DemoContext) -> list[DemoRow]:
+    from llmguard.testbed import watermark as tw
+
+    tb = tw.build()
+    rows: list[DemoRow] = []
+    for label, mode, weak in (("scrub", "scrub", False), ("spoof", "spoof", False), ("spoof (weak student)", "spoof", True)):
+        out = ctx.work / f"watermark-{mode}{'-weak' if weak else ''}"
+        doc = ctx.cli("watermark", *tb.attack_args(mode, weak=weak), "-o", out, "--force", "--json")
+        new = doc["models"][mode]
+        before = doc["models"]["student"]
+        rows.append(DemoRow(
+            step=f"watermark {mode}", model=f"{label}: new student", watermark_z=round(new["median_z"], 2),
+            artefact=str(out / "student"),
+            note=f"S z {before['median_z']:.2f} -> {new['median_z']:.2f}; two-sided median p "
+                 f"{new['median_p_two_sided']:.2g}; ppl x{new['perplexity_vs_student']:.2f} of S"))
+    return rows

@@ -17,3 +17,7 @@ _detect.register(app)
 from llmguard.cli.watermark import generate as _generate  # noqa: E402
 
 _generate.register(app)
+
+from llmguard.cli.watermark import attack as _attack  # noqa: E402
+
+_attack.register(app)
