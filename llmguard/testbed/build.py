@@ -17,7 +17,7 @@ CPU vector path, ``provenance.build_key``)::
                                EVAL_ONLY_DATA files are (re)written on reuse when missing
     testbed.json               version, seed, hyper-parameters, timings, paths (written last)
 
-The two alignment stages follow the NLSR paper's code (research/realign.md §2.1): its aligned model
+The two alignment stages follow the NLSR paper's code (its LLaMA-Factory configs): its aligned model
 is an SFT-merged model plus a DPO LoRA, and the harmful fine-tune continues that DPO adapter. With a
 single SFT LoRA on the unaligned base (testbed v1) the ExPO-amplified adapter was incoherent and no
 NLSR setting met the realignment bounds (docs/realign.md).
