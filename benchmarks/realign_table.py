@@ -191,7 +191,7 @@ def markdown(rows: list[dict], env: dict) -> str:
 
     mark = {True: "✓", False: "✗", None: ""}
     lines = [f"torch {env.get('torch')}, {env.get('cpu')} ({env.get('cpu_capability')}), build threads "
-             f"{env.get('build_threads')}, llmguard {env.get('git_revision') or env.get('llmguard')}", "",
+             f"{env.get('build_threads')}, testbed built at llmguard {env.get('git_revision') or env.get('llmguard')}", "",
              "| seed | model / method | harmful % | (keyword only) | refusal % | task % | bounds | s | DEV choice |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
