@@ -29,7 +29,9 @@ def watermark_radioactivity(ctx: DemoContext) -> list[DemoRow]:
     from llmguard.testbed import watermark as tw
 
     tb = tw.build()
-    detect = ["watermark", "detect", "--json", "--aggregate", "--prompt-field", "prompt", *tb.detect_args()]
+    # --skip-bad: a student may answer a prompt with nothing at all (an immediate EOS); that text has
+    # no tokens to score, so it is skipped with a warning instead of failing the whole step
+    detect = ["watermark", "detect", "--json", "--aggregate", "--skip-bad", "--prompt-field", "prompt", *tb.detect_args()]
     rows: list[DemoRow] = []
     teacher = _aggregate(ctx.cli(*detect, tb.teacher_data, json_output=False))
     rows.append(DemoRow(step="watermark detect", model="wm-teacher (bigram + KGW)", watermark_z=round(teacher["median_z"], 2),
