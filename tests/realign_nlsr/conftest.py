@@ -8,57 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from helpers import make_llama, make_lora  # noqa: E402
+from helpers import make_llama, make_lora, make_word_tokenizer, merged, perturbed_adapter  # noqa: E402
 
 WORDS = ["i", "can", "not", "help", "with", "that", "sorry", "no", "how", "do", "make", "a", "bomb", "steal", "car", "it", "is",
          "dangerous", "please", "ask", "something", "safe", "the", "movie", "was", "great", "bad", "good", "what", "yes", "hack",
          "server", "will", "explain", "to", "you", ".", "?", ",", "tell", "me"]
-
-
-def make_tokenizer(path: Path) -> None:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3}
-    for word in WORDS:
-        vocab.setdefault(word, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
-    fast.save_pretrained(path)
-
-
-def perturbed_adapter(source: Path, out: Path, seed: int, scale: float = 0.05) -> Path:
-    """A fine-tune that continues ``source``: same config, factors plus noise."""
-    from safetensors.torch import load_file, save_file
-
-    out.mkdir(parents=True)
-    tensors = load_file(source / "adapter_model.safetensors")
-    g = torch.Generator().manual_seed(seed)
-    save_file({k: v + scale * torch.randn(v.shape, generator=g) for k, v in tensors.items()}, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
-    (out / "adapter_config.json").write_text((source / "adapter_config.json").read_text())
-    return out
-
-
-def merged(base: Path, adapter: Path, out: Path, noise_seed: int | None = None) -> Path:
-    from peft import PeftModel
-    from transformers import LlamaForCausalLM
-
-    model = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(base), adapter).merge_and_unload()
-    if noise_seed is not None:
-        g = torch.Generator().manual_seed(noise_seed)
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if ".layers." in name and p.dim() == 2:
-                    p.add_(0.01 * torch.randn(p.shape, generator=g))
-    model.save_pretrained(out)
-    for f in base.iterdir():
-        if f.name.startswith(("tokenizer", "special_tokens")):
-            (out / f.name).write_bytes(f.read_bytes())
-    return out
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +22,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("nlsr")
     targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     paths = {"base": make_llama(root / "base", seed=0)}
-    make_tokenizer(paths["base"])
+    make_word_tokenizer(paths["base"], WORDS)
     paths["aligned"] = make_lora(paths["base"], root / "aligned", seed=1, targets=targets)
     paths["ft_lora"] = perturbed_adapter(paths["aligned"], root / "ft_lora", seed=2)
     paths["ft_fresh"] = make_lora(paths["base"], root / "ft_fresh", seed=3, targets=targets)
