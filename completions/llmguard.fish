@@ -275,21 +275,21 @@ complete -c llmguard -n '__fish_seen_subcommand_from watermark; and not __fish_s
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and not __fish_seen_subcommand_from detect distill generate scrub spoof' -a generate -d 'Generate watermarked (or plain) continuations for prompts; the prompt is stripped from every output.'
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and not __fish_seen_subcommand_from detect distill generate scrub spoof' -a scrub -d 'Scrub an inherited watermark: contrastive data s = ℓ_R − β(ℓ_S − ℓ_R), distil a fresh student, detect.'
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and not __fish_seen_subcommand_from detect distill generate scrub spoof' -a spoof -d 'Spoof (amplify) an inherited watermark: s = ℓ_S + β(ℓ_S − ℓ_R), distil a fresh student, detect.'
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l scheme -d 'Watermark family: kgw or unigram.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l profile -d 'Implementation to match bit for bit: kgw → hf (default), kirchenbauer, markllm, fast; unigram → zhao (default), markllm.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l seeding -d 'Seeding scheme of the profile: hf lefthash|selfhash; kirchenbauer simple_1|selfhash|minhash|skipgram|ff-<prf>-<h>-<salt>; markllm time|additive|skip|min[-self]; fast hash.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l gamma -d 'Green-list fraction γ (profile default).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l key -d 'Hash key (profile default, 15485863 for KGW).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l context-width -d 'Context width h (MarkLLM prefix_length).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l vocab-size -d 'Vocabulary size of the green lists: tokenizer (len(tokenizer)), model (config.json vocab_size), N, or auto (model for --profile hf when --model is given, as transformers does; else tokenizer).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l rng-device -d 'Device of the torch generator behind the permutations (cpu and cuda give different lists).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l tokenizer -s t -d 'Tokenizer directory, tokenizer.json, or hub id.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l text-field -d 'JSON field with the text (default: text).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l prompt-field -d 'JSON field with the prompt: stripped from the text when it starts with it; its windows are excluded from the pooled corpus test.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l ids-field -d 'JSON field with token ids (instead of text; no tokenizer needed).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l skip-bad -d 'Skip malformed, empty or too-short records (warned) instead of failing.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l model -d 'Model directory whose config.json gives the model vocab size (no weights read).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l scheme -d 'Watermark family: kgw or unigram.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l profile -d 'Implementation to match bit for bit: kgw → hf (default), kirchenbauer, markllm, fast; unigram → zhao (default), markllm.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l seeding -d 'Seeding scheme of the profile: hf lefthash|selfhash; kirchenbauer simple_1|selfhash|minhash|skipgram|ff-<prf>-<h>-<salt>; markllm time|additive|skip|min[-self]; fast hash.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l gamma -d 'Green-list fraction γ (profile default).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l delta -d 'Green-logit bias δ (profile default).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l key -d 'Hash key (profile default, 15485863 for KGW).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l context-width -d 'Context width h (MarkLLM prefix_length).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l vocab-size -d 'Vocabulary size of the green lists: tokenizer (len(tokenizer)), model (config.json vocab_size), N, or auto (model for --profile hf when --model is given, as transformers does; else tokenizer).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l rng-device -d 'Device of the torch generator behind the permutations (cpu and cuda give different lists).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l dedup -d 'Repeated units: none, ngram (unique n-grams, reference default), window (unique context), window+token. Default: the profiles reference behaviour.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l pvalue -d 'normal (from z, as the references), binomial (exact tail), or hf-approx (transformers <= 5.20s approximation, for reproducing old reports; not calibrated).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l z-threshold -d 'Predict watermarked when z exceeds this.' -F
@@ -325,6 +325,14 @@ complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l json -d 'Print one JSON document on stdout instead of a table.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l force -d 'Replace OUT if it exists.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l help -s h -d 'Show help and exit.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l scheme -d 'Watermark family: kgw or unigram.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l profile -d 'Implementation to match bit for bit: kgw → hf (default), kirchenbauer, markllm, fast; unigram → zhao (default), markllm.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l seeding -d 'Seeding scheme of the profile: hf lefthash|selfhash; kirchenbauer simple_1|selfhash|minhash|skipgram|ff-<prf>-<h>-<salt>; markllm time|additive|skip|min[-self]; fast hash.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l gamma -d 'Green-list fraction γ (profile default).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l key -d 'Hash key (profile default, 15485863 for KGW).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l context-width -d 'Context width h (MarkLLM prefix_length).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l vocab-size -d 'Vocabulary size of the green lists: tokenizer (len(tokenizer)), model (config.json vocab_size), N, or auto (model for --profile hf when --model is given, as transformers does; else tokenizer).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l rng-device -d 'Device of the torch generator behind the permutations (cpu and cuda give different lists).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l model -s m -d 'Model directory (HF layout) or hub id.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l prompts -s p -d 'JSONL/JSON prompts (or plain text, one per line).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l output -s o -d 'Output JSONL (written atomically).' -F
@@ -332,15 +340,7 @@ complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l prompt-field -d 'JSON field with the prompt.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l skip-bad -d 'Skip malformed prompt records (warned).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l template -d 'Prompt formatting: none (as given), auto (chat template if any), plain, chat.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l scheme -d 'Watermark family: kgw or unigram.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l profile -d 'Implementation to match bit for bit: kgw → hf (default), kirchenbauer, markllm, fast; unigram → zhao (default), markllm.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l seeding -d 'Seeding scheme of the profile: hf lefthash|selfhash; kirchenbauer simple_1|selfhash|minhash|skipgram|ff-<prf>-<h>-<salt>; markllm time|additive|skip|min[-self]; fast hash.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l gamma -d 'Green-list fraction γ (profile default).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l delta -d 'Green-logit bias δ (profile default).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l key -d 'Hash key (profile default, 15485863 for KGW).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l context-width -d 'Context width h (MarkLLM prefix_length).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l vocab-size -d 'Vocabulary size of the green lists: tokenizer (len(tokenizer)), model (config.json vocab_size), N, or auto (model for --profile hf when --model is given, as transformers does; else tokenizer).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l rng-device -d 'Device of the torch generator behind the permutations (cpu and cuda give different lists).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l no-watermark -d 'Plain generation (the control).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l max-new-tokens -d 'New tokens per prompt.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l sample -l greedy -d 'Multinomial sampling (default) or greedy.' -F
@@ -353,11 +353,6 @@ complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l dtype -d 'auto, float32, bfloat16 or float16.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l force -d 'Replace OUT if it exists.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l help -s h -d 'Show help and exit.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l eval-prompts -d 'Held-out prompts for the closed loop (JSONL/plain lines); without it, no loop.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l eval-text -d 'Held-out clean text (JSONL text field or plain lines) for perplexity.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l eval-max-new-tokens -d 'New tokens per held-out prompt.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l eval-seed -d 'Sampling seed of the held-out generations.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l z-threshold -d 'Detection threshold on z (and |z|) for the flagged fractions.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l scheme -d 'Watermark family: kgw or unigram.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l profile -d 'Implementation to match bit for bit: kgw → hf (default), kirchenbauer, markllm, fast; unigram → zhao (default), markllm.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l seeding -d 'Seeding scheme of the profile: hf lefthash|selfhash; kirchenbauer simple_1|selfhash|minhash|skipgram|ff-<prf>-<h>-<salt>; markllm time|additive|skip|min[-self]; fast hash.' -F
@@ -366,6 +361,11 @@ complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l context-width -d 'Context width h (MarkLLM prefix_length).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l vocab-size -d 'Vocabulary size of the green lists: tokenizer (len(tokenizer)), model (config.json vocab_size), N, or auto (model for --profile hf when --model is given, as transformers does; else tokenizer).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l rng-device -d 'Device of the torch generator behind the permutations (cpu and cuda give different lists).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l eval-prompts -d 'Held-out prompts for the closed loop (JSONL/plain lines); without it, no loop.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l eval-text -d 'Held-out clean text (JSONL text field or plain lines) for perplexity.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l eval-max-new-tokens -d 'New tokens per held-out prompt.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l eval-seed -d 'Sampling seed of the held-out generations.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l z-threshold -d 'Detection threshold on z (and |z|) for the flagged fractions.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l student-init -d 'Model the new student starts from (HF directory; CDG-KD: the base model).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l lora -d 'Train a LoRA adapter instead of all weights (writes a PEFT adapter directory).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l lora-r -d 'LoRA rank.' -F
@@ -404,11 +404,6 @@ complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l force-vocab -d 'Accept S and R whose vocab sizes differ although the tokenizer is the same.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l force -d 'Replace OUT if it exists.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l help -s h -d 'Show help and exit.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l eval-prompts -d 'Held-out prompts for the closed loop (JSONL/plain lines); without it, no loop.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l eval-text -d 'Held-out clean text (JSONL text field or plain lines) for perplexity.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l eval-max-new-tokens -d 'New tokens per held-out prompt.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l eval-seed -d 'Sampling seed of the held-out generations.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l z-threshold -d 'Detection threshold on z (and |z|) for the flagged fractions.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l scheme -d 'Watermark family: kgw or unigram.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l profile -d 'Implementation to match bit for bit: kgw → hf (default), kirchenbauer, markllm, fast; unigram → zhao (default), markllm.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l seeding -d 'Seeding scheme of the profile: hf lefthash|selfhash; kirchenbauer simple_1|selfhash|minhash|skipgram|ff-<prf>-<h>-<salt>; markllm time|additive|skip|min[-self]; fast hash.' -F
@@ -417,6 +412,11 @@ complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l context-width -d 'Context width h (MarkLLM prefix_length).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l vocab-size -d 'Vocabulary size of the green lists: tokenizer (len(tokenizer)), model (config.json vocab_size), N, or auto (model for --profile hf when --model is given, as transformers does; else tokenizer).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l rng-device -d 'Device of the torch generator behind the permutations (cpu and cuda give different lists).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l eval-prompts -d 'Held-out prompts for the closed loop (JSONL/plain lines); without it, no loop.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l eval-text -d 'Held-out clean text (JSONL text field or plain lines) for perplexity.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l eval-max-new-tokens -d 'New tokens per held-out prompt.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l eval-seed -d 'Sampling seed of the held-out generations.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l z-threshold -d 'Detection threshold on z (and |z|) for the flagged fractions.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l student-init -d 'Model the new student starts from (HF directory; CDG-KD: the base model).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l lora -d 'Train a LoRA adapter instead of all weights (writes a PEFT adapter directory).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l lora-r -d 'LoRA rank.' -F
