@@ -215,12 +215,28 @@ class SafetyRun:
 
 
 def run_safety(options: EvalSafetyOptions, progress: Progress | None = None) -> SafetyRun:
-    """Read the prompts and task items, evaluate, write ``--records`` (atomic), decide the gate."""
+    """Read the prompts and task items, evaluate, write ``--records`` (atomic), decide the gate.
+
+    ``--records`` is checked before anything loads (never an input, its parent usable, not
+    existing without ``--force``) and locked for the whole run, so a second run fails at once.
+    """
+    from contextlib import nullcontext
+
+    from llmguard.io.output_safety import OutputLock, check_output
+
+    o = options
+    if o.records is not None:  # before any model loads: never an input, parent usable, not taken by another run
+        inputs = [Path(p) for p in (o.prompts, o.task_data, o.adapter, o.model, o.judge) if p is not None]
+        check_output(o.records, inputs, force=o.force, kind="file")
+    with OutputLock(o.records) if o.records is not None else nullcontext():
+        return _run_safety_locked(o, progress)
+
+
+def _run_safety_locked(o: EvalSafetyOptions, progress: Progress | None) -> SafetyRun:
     import json
 
     from llmguard.io.atomic import atomic_open
 
-    o = options
     prompts = read_records(o.prompts, required=[o.prompt_field], what="prompts") if o.prompts else None
     items = read_records(o.task_data, required=[o.prompt_field, o.answer_field], what="task data") if o.task_data else None
     report = evaluate_safety(

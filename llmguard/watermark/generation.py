@@ -71,12 +71,23 @@ def _processor(options: GenerateOptions, lm: Any, tokenizer: Any, warn: Callable
 def generate_jsonl(options: GenerateOptions, progress: Progress | None = None, *,
                    on_warning: Callable[[str], None] | None = None) -> GenerationResult:
     """Generate a continuation for every prompt and write ``options.output`` (atomic) + its manifest."""
+    from llmguard.io.output_safety import OutputLock, check_output
+
+    o = options
+    # before the model loads: OUT is never an input (the prompts!), its parent is usable, and it
+    # stays locked for the whole run so a concurrent run on the same OUT fails instead of racing
+    inputs = [Path(p) for p in (o.prompts, o.model, o.adapter) if p is not None]
+    check_output(o.output, inputs, force=o.force, kind="file")
+    with OutputLock(o.output):
+        return _generate_locked(o, progress, on_warning)
+
+
+def _generate_locked(o: GenerateOptions, progress: Progress | None, on_warning: Callable[[str], None] | None) -> GenerationResult:
     from llmguard.inference import generate as run_generate
     from llmguard.inference import load_causal_lm
     from llmguard.io.atomic import atomic_open, atomic_write_json
     from llmguard.io.manifest import Manifest
 
-    o = options
     progress = progress or NullProgress()
     warn = Warnings(on_warning)
 

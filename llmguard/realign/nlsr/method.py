@@ -96,6 +96,14 @@ def nlsr(finetuned: str | os.PathLike[str], output: str | os.PathLike[str] | Non
 def run_nlsr(options: NlsrOptions, progress: Progress | None = None) -> NlsrResult:
     """Realign ``options.finetuned`` with NLSR and write ``options.output`` (unless ``dry_run``)."""
     progress = progress or NullProgress()
+    if options.output is not None and not options.dry_run:  # refuse in a second, not after the calibration
+        from llmguard.io.output_safety import refuse_overlap
+        from llmguard.io.writer import check_output_path
+
+        models = (options.finetuned, options.aligned, options.base, options.reference)
+        data = (options.calibration, options.harmful_prompts)
+        check_output_path(Path(str(options.output)), [Path(str(p)) for p in models if p is not None], options.force)
+        refuse_overlap(Path(str(options.output)), [Path(str(p)) for p in data if p is not None])
     options = with_reference_calibration(options, progress)
     with analyze(options, progress) as analysis:
         return realign(options, analysis, progress)
