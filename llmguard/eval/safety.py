@@ -110,6 +110,7 @@ def evaluate_safety(
     limit: int | None = None,
     progress: Progress | None = None,
     loaded: tuple[Any, Any] | None = None,
+    on_warning: Any = None,
 ) -> SafetyReport:
     """Generate answers for harmful ``prompts`` (and ``task_items``), judge them, count.
 
@@ -141,7 +142,7 @@ def evaluate_safety(
         lm, tok = loaded
     else:
         lm, tok = load_causal_lm(model, adapter=adapter, device=device, dtype=dtype, load_in_4bit=load_in_4bit,
-                                 load_in_8bit=load_in_8bit, trust_remote_code=trust_remote_code)
+                                 load_in_8bit=load_in_8bit, trust_remote_code=trust_remote_code, on_warning=on_warning)
     timings["load"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -214,7 +215,7 @@ class SafetyRun:
             raise GateTripped(self.gate)
 
 
-def run_safety(options: EvalSafetyOptions, progress: Progress | None = None) -> SafetyRun:
+def run_safety(options: EvalSafetyOptions, progress: Progress | None = None, on_warning: Any = None) -> SafetyRun:
     """Read the prompts and task items, evaluate, write ``--records`` (atomic), decide the gate.
 
     ``--records`` is checked before anything loads (never an input, its parent usable, not
@@ -229,10 +230,10 @@ def run_safety(options: EvalSafetyOptions, progress: Progress | None = None) -> 
         inputs = [Path(p) for p in (o.prompts, o.task_data, o.adapter, o.model, o.judge) if p is not None]
         check_output(o.records, inputs, force=o.force, kind="file")
     with OutputLock(o.records) if o.records is not None else nullcontext():
-        return _run_safety_locked(o, progress)
+        return _run_safety_locked(o, progress, on_warning)
 
 
-def _run_safety_locked(o: EvalSafetyOptions, progress: Progress | None) -> SafetyRun:
+def _run_safety_locked(o: EvalSafetyOptions, progress: Progress | None, on_warning: Any) -> SafetyRun:
     import json
 
     from llmguard.io.atomic import atomic_open
@@ -244,6 +245,7 @@ def _run_safety_locked(o: EvalSafetyOptions, progress: Progress | None) -> Safet
         prompt_field=o.prompt_field, category_field=o.category_field, answer_field=o.answer_field, batch_size=o.batch_size,
         max_new_tokens=o.max_new_tokens, device=o.device, dtype=o.dtype, template=o.template, load_in_4bit=o.load_in_4bit,
         load_in_8bit=o.load_in_8bit, trust_remote_code=o.trust_remote_code, limit=o.limit, progress=progress,
+        on_warning=on_warning,
     )
     if o.records is not None:
         with atomic_open(o.records) as fh:

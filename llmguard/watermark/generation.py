@@ -95,7 +95,7 @@ def _generate_locked(o: GenerateOptions, progress: Progress | None, on_warning: 
     manifest = Manifest(verb=o.verb)
     manifest.add_input("prompts", o.prompts)
     with manifest.stage("load"):
-        lm, tokenizer = load_causal_lm(o.model, adapter=o.adapter, device=o.device, dtype=o.dtype)
+        lm, tokenizer = load_causal_lm(o.model, adapter=o.adapter, device=o.device, dtype=o.dtype, on_warning=warn)
     processor, wm_config = _processor(o, lm, tokenizer, warn)
     sampling = o.sampling()
     t0 = time.perf_counter()
