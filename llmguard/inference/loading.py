@@ -85,14 +85,26 @@ def verify_checkpoint_files(model_dir: Path, adapter_dir: Path | None) -> None:
     from llmguard.io.checkpoint import open_checkpoint
     from llmguard.io.lora import LoraAdapter
 
+    from llmguard.io.dtypes import is_floating
+
     checkpoint = open_checkpoint(model_dir)
     try:
+        if not (checkpoint.config or {}).get("quantization_config"):
+            # transformers casts an integer tensor into a float parameter without a word
+            ints = [m for m in checkpoint.meta.values() if not is_floating(m.dtype)]
+            if ints:
+                raise InvalidInputError(f"{ints[0].file}: tensor {ints[0].name!r} is stored as {ints[0].dtype}; "
+                                        "the model's parameters are floating point (wrong or corrupted file?)")
         if adapter_dir is not None:
             adapter = LoraAdapter(adapter_dir)
             names = set(checkpoint.names())
             if checkpoint.tie_word_embeddings and "model.embed_tokens.weight" in names:
                 names.add("lm_head.weight")
             adapter.resolve_targets(names)
+            shapes = {name: meta.shape for name, meta in checkpoint.meta.items()}
+            if "lm_head.weight" not in shapes and "model.embed_tokens.weight" in shapes:
+                shapes["lm_head.weight"] = shapes["model.embed_tokens.weight"]
+            adapter.check_shapes(shapes)
     finally:
         checkpoint.close()
 

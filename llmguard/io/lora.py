@@ -214,6 +214,22 @@ class LoraAdapter:
             full[found] = key
         self.full_tensors = full
 
+    def check_shapes(self, shapes: dict[str, tuple[int, ...]]) -> None:
+        """Every module's ΔW (and every full tensor) must have its base tensor's shape (exit 3),
+        checked from the headers before any math: a factor of the wrong size otherwise fails
+        deep inside a matrix product, or PEFT reports it as a state-dict error."""
+        for module in self.modules.values():
+            want = shapes.get(module.target)
+            got = self.delta_shape(module)
+            if want is not None and tuple(want) != tuple(got):
+                raise InvalidInputError(f"{self.file.path}: module {module.name!r} gives a {list(got)} delta but the base "
+                                        f"tensor {module.target} is {list(want)}")
+        for target, key in self.full_tensors.items():
+            want = shapes.get(target)
+            got = self.file.tensors[key].shape
+            if want is not None and tuple(want) != tuple(got):
+                raise InvalidInputError(f"{self.file.path}: tensor {key!r} is {list(got)} but the base tensor {target} is {list(want)}")
+
     # -- math -------------------------------------------------------------------------------
     def factors(self, module: LoraModule, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """(A, B) in float32 with the scale folded into B, oriented so ΔW = B @ A (or its transpose)."""
