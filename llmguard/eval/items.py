@@ -113,6 +113,8 @@ def read_items(
                 repr(m) for m in missing
             )
         items.append(item)
+    if not items:  # every other verb refuses an empty input; a judge run over nothing is not a result
+        raise InvalidInputError(f"{path}: input file has no items")
     return items
 
 

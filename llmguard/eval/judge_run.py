@@ -55,14 +55,26 @@ class JudgeRun:
 
 def run_judges(protocol: JudgeProtocol, progress: Progress | None = None, *, info: Callable[[str], None] = lambda m: None,
                warn: Callable[[str], None] = lambda m: None) -> JudgeRun:
-    """Judge ``protocol.options.items`` into ``options.output`` (see the module docstring)."""
+    """Judge ``protocol.options.items`` into ``options.output`` (see the module docstring).
+
+    The results file is checked and locked before the items are read or a judge loads, so a
+    second run on the same output fails at once (exit 4) instead of interleaving records.
+    """
+    from llmguard.io.output_safety import OutputLock
+
+    check_judge_output(protocol.options)
+    with OutputLock(protocol.options.output):
+        return _run_judges_locked(protocol, progress, info, warn)
+
+
+def _run_judges_locked(protocol: JudgeProtocol, progress: Progress | None, info: Callable[[str], None],
+                       warn: Callable[[str], None]) -> JudgeRun:
     from llmguard.eval.cache import GenerationCache, default_cache_path
     from llmguard.eval.hdc import exit_code_for
     from llmguard.eval.items import ResultsFile, read_jsonl
 
     o, templates = protocol.options, protocol.templates
     progress = progress or NullProgress()
-    check_judge_output(o)
     items = protocol.read_items()
     if o.limit is not None:
         items = items[: o.limit]

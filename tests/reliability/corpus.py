@@ -56,6 +56,10 @@ class Env:
         return self.data / "labels.jsonl"
 
     @property
+    def pred(self) -> Path:
+        return self.data / "pred.jsonl"
+
+    @property
     def texts(self) -> Path:
         return self.data / "texts.jsonl"
 
@@ -77,6 +81,8 @@ def write_env_data(tb: Path, data: Path) -> None:
     items = tj.judge_items(2)
     tj.write_items(items, data / "items.jsonl")
     tj.write_labels(items, data / "labels.jsonl")
+    (data / "pred.jsonl").write_text("".join(json.dumps({"id": it["id"], "criterion": "REL", "score": 3 + i % 2, "parse_status": "ok"}) + "\n"
+                                             for i, it in enumerate(items)))
     (data / "texts.jsonl").write_text("".join(json.dumps({"text": "the review is positive . the answer is seven ."}) + "\n" for _ in range(2)))
     (data / "sft.jsonl").write_text("".join(json.dumps({"instruction": "say hi", "input": "", "output": "hi there ."}) + "\n" for _ in range(2)))
 
@@ -481,7 +487,7 @@ def _data_cases() -> list[Case]:
                                                      "-p", str(d), "--steps", "1", "-o", "out", "--device", "cpu"], set()),
         "eval hdc": ("items", lambda e, d: ["eval", "hdc", str(d), "--judge", str(e.judge), "-o", "hdc.jsonl", "--device", "cpu"],
                      {"garbage .parquet"}),
-        "eval agree": ("labels", lambda e, d: ["eval", "agree", "--pred", str(e.items), "--human", str(d)], {"garbage .parquet"}),
+        "eval agree": ("labels", lambda e, d: ["eval", "agree", "--pred", str(e.pred), "--human", str(d), "--bootstrap", "0"], {"garbage .parquet"}),
         "watermark detect": ("texts", lambda e, d: ["watermark", "detect", str(d), "--tokenizer", str(e.model("tokenizer"))],
                              {"garbage .parquet"}),
         "watermark distill": ("sft", lambda e, d: ["watermark", "distill", "--data", str(d), "--student-init", str(e.model("base")),
@@ -549,7 +555,7 @@ def _plant_stale(root: Path, out_name: str, directory: bool) -> None:
 
 WRITERS: dict[str, tuple[str, bool, Callable[[Env, Path, str], list[str]], tuple[str, ...]]] = {
     # verb: (output name, output is a directory, argv(env, prompts copy, out), extra outputs)
-    "realign resta": ("out", True, lambda e, p, o: ["realign", "resta", "-f", str(e.model("finetuned-full")), "-a", str(e.model("aligned")),
+    "realign resta": ("out", True, lambda e, p, o: ["realign", "resta", "-f", str(p), "-a", str(e.model("aligned")),
                                                     "-u", str(e.model("base")), "-o", o, "--device", "cpu"], ()),
     "watermark generate": ("gen.jsonl", False, lambda e, p, o: ["watermark", "generate", "-m", str(e.model("base")), "-p", str(p), "-o", o,
                                                                 *FAST_GEN], ("gen.jsonl.llmguard.json",)),
@@ -558,23 +564,24 @@ WRITERS: dict[str, tuple[str, bool, Callable[[Env, Path, str], list[str]], tuple
     "eval hdc": ("hdc.jsonl", False, lambda e, p, o: ["eval", "hdc", str(p), "--judge", str(e.judge), "-o", o, "--device", "cpu",
                                                       "--no-cache", "--aspects", "REL", "--max-new-tokens", "4"], ("hdc.jsonl.llmguard.json",)),
     "realign nlsr": ("out", True, lambda e, p, o: ["realign", "nlsr", "-f", str(e.model("finetuned-lora")), "-a", str(e.model("aligned-lora")),
-                                                   "-c", str(e.calibration), "-o", o, "--device", "cpu"], ()),
+                                                   "-c", str(p), "-o", o, "--device", "cpu"], ()),
     "realign safelora": ("out", True, lambda e, p, o: ["realign", "safelora", "-a", str(e.model("aligned")), "--base", str(e.model("aligned-sft")),
-                                                       "-f", str(e.model("finetuned-lora")), "-o", o, "--device", "cpu"], ()),
+                                                       "-f", str(p), "-o", o, "--device", "cpu"], ()),
     "realign somf": ("out", True, lambda e, p, o: ["realign", "somf", "-a", str(e.model("aligned-lora")), "-f", str(e.model("finetuned-lora")),
-                                                   "-p", str(e.preference), "--steps", "1", "-o", o, "--device", "cpu"], ()),
+                                                   "-p", str(p), "--steps", "1", "-o", o, "--device", "cpu"], ()),
     "watermark scrub": ("scrub", True, lambda e, p, o: ["watermark", "scrub", "--student", str(e.model("aligned")), "--reference",
                                                         str(e.model("base")), "--prompts", str(p), "--data-only", "-o", o, "--device", "cpu",
                                                         "--max-new-tokens", "2"], ()),
     "watermark spoof": ("spoof", True, lambda e, p, o: ["watermark", "spoof", "--student", str(e.model("aligned")), "--reference",
                                                         str(e.model("base")), "--prompts", str(p), "--data-only", "-o", o, "--device", "cpu",
                                                         "--max-new-tokens", "2"], ()),
-    "watermark distill": ("student", True, lambda e, p, o: ["watermark", "distill", "--data", str(e.sft), "--student-init",
+    "watermark distill": ("student", True, lambda e, p, o: ["watermark", "distill", "--data", str(p), "--student-init",
                                                             str(e.model("base")), "-o", o, "--device", "cpu"], ()),
 }
 
-#: the data file each writer reads, which the output situations point OUT at
-WRITER_INPUT = {"eval hdc": "items"}
+#: the input each writer reads (a private copy), which the output situations point OUT at
+WRITER_INPUT = {"eval hdc": "items", "realign resta": "finetuned-full", "realign safelora": "finetuned-lora", "realign nlsr": "calibration",
+                "realign somf": "preference", "watermark distill": "sft"}
 
 
 def _output_cases() -> list[Case]:
@@ -583,7 +590,8 @@ def _output_cases() -> list[Case]:
         which = WRITER_INPUT.get(verb, "prompts")
 
         def prep(env: Env, root: Path, which: str = which) -> Path:
-            return copy_input(getattr(env, which), root / getattr(env, which).name)
+            src = getattr(env, which) if hasattr(env, which) else env.model(which)
+            return copy_input(src, root / src.name)
 
         def out_is_input(env: Env, root: Path, argv=argv, prep=prep) -> tuple[list[str], tuple[str, ...]]:
             data = prep(env, root)
@@ -650,8 +658,10 @@ def _output_cases() -> list[Case]:
     for verb in ("realign resta", "watermark generate"):
         out_name, is_dir, argv, extra = WRITERS[verb]
 
-        def stale(env: Env, root: Path, argv=argv, out_name=out_name, is_dir=is_dir) -> tuple[list[str], tuple[str, ...]]:
-            data = copy_input(env.prompts, root / env.prompts.name)
+        def stale(env: Env, root: Path, argv=argv, out_name=out_name, is_dir=is_dir, verb=verb) -> tuple[list[str], tuple[str, ...]]:
+            which = WRITER_INPUT.get(verb, "prompts")
+            src = getattr(env, which) if hasattr(env, which) else env.model(which)
+            data = copy_input(src, root / src.name)
             _plant_stale(root, out_name, is_dir)
             return argv(env, data, out_name), ()
 

@@ -26,6 +26,7 @@ class CalibrationPairs:
     pairs: list[tuple[str, str]]
     skipped: int = 0
     path: Path | None = None
+    first_skipped: str | None = None  # where and why the first row was skipped (for the warning)
 
 
 def load_pairs(
@@ -48,27 +49,31 @@ def load_pairs(
         raise InvalidInputError(f"calibration data {source}: no such file")
     pairs: list[tuple[str, str]] = []
     skipped = 0
+    first: str | None = None
     for item in iter_rows(source, what="calibration"):
         row = item.value
         if item.error is not None:
             if not skip_bad:
                 raise InvalidInputError(f"{item.where}: {item.error} (pass --skip-bad to skip such lines)")
             skipped += 1
+            first = first or f"{item.where}: {item.error}"
             continue
         prompt = row.get(prompt_field) if isinstance(row, dict) else None
         response = row.get(response_field) if isinstance(row, dict) else None
         if not isinstance(prompt, str) or not isinstance(response, str) or not response.strip():
             skipped += 1
+            why = "not a JSON object" if not isinstance(row, dict) else f"no non-empty string fields {prompt_field!r} and {response_field!r}"
+            first = first or f"{item.where}: {why}"
             continue
         pairs.append((prompt, response))
     if not pairs:
         raise InvalidInputError(
             f"{source}: no usable calibration rows (need non-empty string fields {prompt_field!r} and {response_field!r}; "
-            f"{skipped} row(s) skipped)"
+            f"{skipped} row(s) skipped, first {first or '-'})"
         )
     if limit is not None and limit < len(pairs):
         pairs = random.Random(seed).sample(pairs, limit)
-    return CalibrationPairs(pairs, skipped, source)
+    return CalibrationPairs(pairs, skipped, source, first)
 
 
 def encode_pairs(
