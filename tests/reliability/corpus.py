@@ -396,7 +396,7 @@ class Case:
     expected: int
     outputs: tuple[str, ...] = ()  # what a successful run may create (relative to the case dir)
     hold: Callable[[Path], Callable[[], Callable[[], None]]] | None = None
-    after: Callable[[Path], list[str]] | None = None  # extra checks once run: list of problems
+    after: Callable[[Path, Any], list[str]] | None = None  # extra checks (case dir, outcome): list of problems
     kind: str = "checkpoint"
     allowed_changes: tuple[str, ...] = field(default=())
 
@@ -534,8 +534,8 @@ def _other_process_lock(out_name: str) -> Callable[[Path], Callable[[], Callable
     return hold
 
 
-def _stale_temps(out_name: str) -> Callable[[Path], list[str]]:
-    def check(root: Path) -> list[str]:
+def _stale_temps(out_name: str) -> Callable[[Path, Any], list[str]]:
+    def check(root: Path, outcome: Any) -> list[str]:
         left = [p.name for p in root.iterdir() if p.name.startswith(f".{out_name}.llmguard-")]
         return [f"stale temporaries not removed: {left}"] if left else []
 
@@ -701,6 +701,29 @@ def _misc_cases() -> list[Case]:
                 ("finetuned-lora", "delta"))
 
     cases.append(Case("diff --base of another hidden size", "diff", diff_other_hidden, 3, kind="adapter"))
+
+    def diff_zero_delta(env: Env, root: Path) -> tuple[list[str], tuple[str, ...]]:
+        m = str(env.model("finetuned-full"))
+        return ["diff", m, m, "--base", m, "--json", "--device", "cpu"], ()
+
+    def strict_json(root: Path, outcome: Any) -> list[str]:
+        def refuse(constant: str) -> None:
+            raise ValueError(constant)
+
+        try:
+            json.loads(outcome.stdout, parse_constant=refuse)
+        except ValueError as err:
+            return [f"stdout is not valid JSON ({err})"]
+        return []
+
+    cases.append(Case("zero deltas (undefined cosines) with --json", "diff", diff_zero_delta, 0, after=strict_json, kind="options"))
+
+    def diff_nan_json(env: Env, root: Path) -> tuple[list[str], tuple[str, ...]]:
+        model = copy_input(env.model("finetuned-full"), root / "model")
+        nan_weight(model)
+        return ["diff", str(model), str(env.model("aligned")), "--json", "--device", "cpu"], ()
+
+    cases.append(Case("NaN weight with --json (NaN statistics)", "diff", diff_nan_json, 0, after=strict_json, kind="checkpoint"))
     return cases
 
 
@@ -732,7 +755,7 @@ def run_all(env: Env, work: Path, only: Callable[[Case], bool] | None = None) ->
         hold = case.hold(root) if case.hold is not None else None
         outcome = run_case(case.name, case.verb, root, argv, case.expected, needles, case.outputs, case.allowed_changes, hold)
         if case.after is not None:
-            outcome.leftovers += case.after(root)
+            outcome.leftovers += case.after(root, outcome)
         outcome.kind = case.kind  # type: ignore[attr-defined]
         outcomes.append(outcome)
     for path, digest in before.items():

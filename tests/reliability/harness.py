@@ -111,6 +111,7 @@ def run_case(name: str, verb: str, root: Path, argv: list[str], expected: int, n
     lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith("warning:")]
     error_line = lines[0] if lines else ""
     outcome = Outcome(name, verb, expected, code, error_line[:300])
+    outcome.stdout = _stdout  # type: ignore[attr-defined]
     outcome.wrong_exit = code != expected
     outcome.traceback = "Traceback" in stderr or "internal error" in stderr
     if expected != 0:
