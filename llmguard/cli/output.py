@@ -115,11 +115,19 @@ def reports_errors(fn: F) -> F:
             _maybe_traceback()
             raise fail(err.message, err.exit_code) from None
         except KeyboardInterrupt:
+            from llmguard import interrupts
+
+            interrupts.mark_reported()
             raise fail("interrupted; no partial output was left behind", 130) from None
         except MemoryError:
             _maybe_traceback()
             raise fail("out of memory", 4) from None
         except Exception as err:  # noqa: BLE001 - last line of defence for the user
+            from llmguard import interrupts
+
+            if interrupts.received():  # a swallowed Ctrl-C broke a library (e.g. torch without numpy)
+                interrupts.mark_reported()
+                raise fail("interrupted; no partial output was left behind", 130) from None
             if type(err).__name__ == "OutOfMemoryError":
                 _maybe_traceback()
                 raise fail(f"out of memory on the device: {err}", 4) from None
