@@ -174,19 +174,26 @@ class StreamingWriter:
 
     # -- context ----------------------------------------------------------------------------
     def __enter__(self) -> "StreamingWriter":
+        # everything up to a running writer thread inside one try: a Ctrl-C landing in
+        # Thread.start() (it waits for the thread to come up) must not skip the cleanup, since
+        # __exit__ is never called when __enter__ raises
         try:
             if self.tmp.exists():
                 shutil.rmtree(self.tmp)
             self.tmp.mkdir(parents=True)
             self._create_shards()
+            self._thread = threading.Thread(target=self._drain, name="llmguard-writer", daemon=True)
+            self._thread.start()
         except OSError as err:
             self._discard()
             raise disk_error(err, self.out) from None
         except BaseException:
+            try:
+                self._stop_thread()
+            except BaseException:
+                pass
             self._discard()
             raise
-        self._thread = threading.Thread(target=self._drain, name="llmguard-writer", daemon=True)
-        self._thread.start()
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:

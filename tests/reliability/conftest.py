@@ -18,4 +18,4 @@ def corpus_env(testbed, tmp_path_factory: pytest.TempPathFactory) -> Env:
     root = Path(testbed.root) if hasattr(testbed, "root") else Path(testbed)
     data = tmp_path_factory.mktemp("corpus-data")
     write_env_data(root, data)
-    return Env(root, data, tj.tiny_judge_path())
+    return Env(root, data, tj.tiny_judge_path(), tj.tiny_llava_path())

@@ -31,6 +31,7 @@ class Env:
     tb: Path  # testbed root
     data: Path  # small data files written once per session
     judge: Path  # the tiny HDC judge
+    llava: Path | None = None  # the tiny LLaVA (ace-m3's judge)
 
     def model(self, name: str) -> Path:
         return self.tb / name
@@ -487,6 +488,8 @@ def _data_cases() -> list[Case]:
                                                      "-p", str(d), "--steps", "1", "-o", "out", "--device", "cpu"], set()),
         "eval hdc": ("items", lambda e, d: ["eval", "hdc", str(d), "--judge", str(e.judge), "-o", "hdc.jsonl", "--device", "cpu"],
                      {"garbage .parquet"}),
+        "eval ace-m3": ("items", lambda e, d: ["eval", "ace-m3", str(d), "--judge", str(e.llava), "-o", "ace.jsonl", "--device", "cpu"],
+                        {"garbage .parquet"}),
         "eval agree": ("labels", lambda e, d: ["eval", "agree", "--pred", str(e.pred), "--human", str(d), "--bootstrap", "0"], {"garbage .parquet"}),
         "watermark detect": ("texts", lambda e, d: ["watermark", "detect", str(d), "--tokenizer", str(e.model("tokenizer"))],
                              {"garbage .parquet"}),
