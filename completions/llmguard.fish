@@ -135,6 +135,7 @@ complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subco
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l load-in-4bit -d 'Load the model in 4 bit (bitsandbytes, GPU).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l load-in-8bit -d 'Load the model in 8 bit (bitsandbytes, GPU).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l json -d 'Print one JSON document on stdout instead of a table.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l force -d 'Replace the --records file if it exists.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l trust-remote-code -d 'Allow custom modelling code from the checkpoint.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l help -s h -d 'Show help and exit.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from inspect' -l scan -d 'Also read every tensor (one at a time) and count NaN/Inf values; exit 3 if any.' -F
