@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from llmguard.errors import InvalidInputError, LLMGuardError, UsageError
 
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 DTYPES = ["F32", "F16", "BF16", "I32", "I64", "U8", "BOOL", "F64", "F99", "", None, 3]
 json_scalars = st.none() | st.booleans() | st.integers(-3, 2**40) | st.floats(allow_nan=True) | st.text(max_size=12)
@@ -147,7 +147,7 @@ def test_adapter_config(config, tmp_path_factory) -> None:
 
 # ----------------------------------------------------------------------------- data records
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(lines=st.lists(st.one_of(json_values.map(json.dumps), st.text(max_size=30), st.binary(max_size=20)), max_size=6),
        suffix=st.sampled_from([".jsonl", ".json", ".csv", ".tsv", ".txt", ".parquet"]))
 @example(lines=[b'{"prompt": "caf\xe9"}'], suffix=".jsonl")  # not UTF-8: once exit 1 with no line
@@ -168,7 +168,7 @@ def test_records_reader(lines, suffix) -> None:
         assert records and all(isinstance(r, dict) and "prompt" in r for r in records)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(lines=st.lists(st.one_of(json_values.map(json.dumps), st.text(max_size=30), st.binary(max_size=20)), max_size=6),
        skip_bad=st.booleans())
 def test_judge_items_reader(lines, skip_bad) -> None:
@@ -197,7 +197,7 @@ judge_text = st.one_of(
 )
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(text=judge_text, truncated=st.booleans())
 @example(text="Score: 1e309\nScore: nan", truncated=False)
 def test_judge_output_parsers(text, truncated) -> None:
@@ -212,7 +212,7 @@ def test_judge_output_parsers(text, truncated) -> None:
 
 # ----------------------------------------------------------------------------- watermark configuration
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(scheme=st.sampled_from(["kgw", "unigram", "KGW", "nope"]), profile=st.sampled_from([None, "hf", "kirchenbauer", "markllm", "fast", "zhao", "x"]),
        seeding=st.sampled_from([None, "lefthash", "selfhash", "simple_1", "minhash", "skipgram", "bogus"]),
        gamma=st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True)), delta=st.one_of(st.none(), st.floats(allow_nan=True)),

@@ -127,7 +127,7 @@ def _comparable(path: Path) -> dict[tuple[str, str], tuple]:
 def test_eval_killed_mid_way_resumes_to_the_records_of_an_uninterrupted_run(tmp_path: Path) -> None:
     from llmguard.testbed import judge as tj
 
-    items = tj.write_items(tj.judge_items(24), tmp_path / "items.jsonl")
+    items = tj.write_items(tj.judge_items(16), tmp_path / "items.jsonl")
     judge = tj.tiny_judge_path()
     args = ["eval", "hdc", items, "--judge", judge, "--no-cache", "--device", "cpu", "--batch-size", "1", "--aspects", "REL,COR"]
     proc = _start(*args, "-o", "killed.jsonl", cwd=tmp_path)
@@ -136,11 +136,36 @@ def test_eval_killed_mid_way_resumes_to_the_records_of_an_uninterrupted_run(tmp_
     proc.kill()
     proc.communicate(timeout=60)
     done = results.read_text().count("\n")
-    assert 3 <= done < 48, done
+    assert 3 <= done < 32, done
     code, stderr = run_in_process(*args, "-o", results, "--resume")
     assert code == 0, stderr
     code, stderr = run_in_process(*args, "-o", tmp_path / "whole.jsonl")
     assert code == 0, stderr
     assert _comparable(results) == _comparable(tmp_path / "whole.jsonl")
-    assert len(_comparable(results)) == 48
+    assert len(_comparable(results)) == 32
     assert _temps(tmp_path, "killed.jsonl") == []
+
+
+def test_generate_killed_mid_way_resumes_to_the_records_of_an_uninterrupted_run(testbed, tmp_path: Path) -> None:
+    """Sampling with a watermark: the RNG state saved after each finished batch makes the resumed
+    run draw exactly what the uninterrupted one draws."""
+    root = Path(testbed.root)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join((root / "data" / "harmful_test.jsonl").read_text().splitlines()[:24]) + "\n")
+    args = ["watermark", "generate", "-m", root / "base", "-p", prompts, "--max-new-tokens", "16", "--batch-size", "2", "--seed", "7",
+            "--device", "cpu"]
+    proc = _start(*args, "-o", "killed.jsonl", cwd=tmp_path)
+    state = tmp_path / ".killed.jsonl.llmguard-partial.state.json"
+    _wait_for(lambda: state.exists() and json.loads(state.read_text() or "{}").get("batches", 0) >= 2, proc)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert not (tmp_path / "killed.jsonl").exists()
+    code, stderr = run_in_process(*args, "-o", tmp_path / "killed.jsonl", "--resume")
+    assert code == 0, stderr
+    code, stderr = run_in_process(*args, "-o", tmp_path / "whole.jsonl")
+    assert code == 0, stderr
+    resumed = (tmp_path / "killed.jsonl").read_text()
+    assert resumed == (tmp_path / "whole.jsonl").read_text() and resumed.count("\n") == 24
+    assert _temps(tmp_path, "killed.jsonl") == [] and _temps(tmp_path, "whole.jsonl") == []
+    code, stderr = run_in_process(*args, "-o", tmp_path / "whole.jsonl", "--resume")
+    assert code == 2 and "no unfinished run" in stderr
