@@ -135,6 +135,7 @@ complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subco
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l load-in-4bit -d 'Load the model in 4 bit (bitsandbytes, GPU).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l load-in-8bit -d 'Load the model in 8 bit (bitsandbytes, GPU).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l json -d 'Print one JSON document on stdout instead of a table.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l force -d 'Replace the --records file if it exists.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l trust-remote-code -d 'Allow custom modelling code from the checkpoint.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l help -s h -d 'Show help and exit.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from inspect' -l scan -d 'Also read every tensor (one at a time) and count NaN/Inf values; exit 3 if any.' -F
@@ -351,6 +352,7 @@ complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l batch-size -d 'Prompts per generation batch.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l device -d 'auto, cpu, cuda or cuda:N.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l dtype -d 'auto, float32, bfloat16 or float16.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l resume -d 'Continue an interrupted run of the same OUT (same prompts and settings): the records equal an uninterrupted runs.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l force -d 'Replace OUT if it exists.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l help -s h -d 'Show help and exit.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l scheme -d 'Watermark family: kgw or unigram.' -F

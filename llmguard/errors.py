@@ -37,7 +37,8 @@ class InvalidInputError(LLMGuardError):
 
 
 class ResourceError(LLMGuardError):
-    """Out of memory, or a requested device that is not there (exit 4)."""
+    """Out of memory, a requested device that is not there, a full disk, or an output another run
+    is writing (its lock is held) (exit 4)."""
 
     exit_code = 4
 
@@ -51,9 +52,9 @@ class GateTripped(LLMGuardError):
 EXIT_CODES: dict[int, str] = {
     0: "success",
     1: "runtime failure",
-    2: "usage error (bad options, output exists without --force, output inside an input)",
-    3: "invalid input (bad checkpoint, adapter or data file)",
-    4: "resource failure (out of memory, requested device missing)",
+    2: "usage error (bad options, output exists without --force, output is, holds or is inside an input)",
+    3: "invalid input (bad checkpoint, adapter or data file; output's parent not a directory)",
+    4: "resource failure (out of memory, requested device missing, disk full, output locked by another run)",
     10: "a --fail-above / --fail-on gate tripped",
     130: "interrupted (Ctrl-C / SIGTERM); no partial output is left",
 }

@@ -94,6 +94,10 @@ class OptionSpec:
             if value not in names:
                 raise UsageError(f"{flag} {value!r}: choose {', '.join(names)}")
         if self.min is None and self.max is None:
+            if isinstance(value, float) and math.isnan(value):
+                # NaN compares false with everything, so no later rule would catch it and it would
+                # reach the math (a NaN γ writes an all-NaN result, blamed on the inputs)
+                raise UsageError(f"{flag} nan: must be a number")
             return
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import warnings
 from typing import Annotated
@@ -69,11 +68,22 @@ app.add_typer(watermark_app, name="watermark", rich_help_panel="Groups")
 app.add_typer(testbed_cli.app, name="testbed", rich_help_panel="Groups")
 
 
-def _sigterm_as_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main() -> None:
-    """Console-script entry point: SIGTERM behaves like Ctrl-C (clean up, exit 130)."""
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
-    app(prog_name="llmguard")
+    """Run the app: SIGTERM behaves like Ctrl-C (clean up, exit 130; :mod:`llmguard.interrupts`).
+
+    The console script enters through ``llmguard.__main__.main``, which installs the interrupt
+    handlers before this module (and what it imports) loads.
+    """
+    from llmguard import interrupts
+
+    interrupts.install()
+    try:
+        app(prog_name="llmguard", standalone_mode=True)
+    except KeyboardInterrupt:
+        interrupts.interrupted_exit()
+    except SystemExit as done:
+        # Click turns an interrupt outside the verb into a silent exit 130, and an interrupt a C
+        # extension swallowed lets the run finish: both still end as one line and exit 130
+        if done.code == interrupts.EXIT_INTERRUPTED or interrupts.received():
+            interrupts.interrupted_exit()
+        raise

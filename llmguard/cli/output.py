@@ -56,15 +56,31 @@ def warn(message: str) -> None:
 
 
 def emit_json(payload: Any) -> None:
-    """One JSON document on stdout, nothing else."""
-    sys.stdout.write(json.dumps(payload, indent=2, default=_json_default) + "\n")
+    """One JSON document on stdout, nothing else (NaN/Inf as ``null``: strict JSON parsers reject them)."""
+    sys.stdout.write(json.dumps(json_safe(payload), indent=2, default=_json_default, allow_nan=False) + "\n")
     sys.stdout.flush()
 
 
 def emit_jsonl(record: Any) -> None:
     """One JSON record per line on stdout (for streams)."""
-    sys.stdout.write(json.dumps(record, default=_json_default) + "\n")
+    sys.stdout.write(json.dumps(json_safe(record), default=_json_default, allow_nan=False) + "\n")
     sys.stdout.flush()
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (an undefined statistic, e.g. the
+    cosine of a zero delta), so the document is valid JSON for every parser."""
+    import math
+
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        return json_safe(value.tolist())
+    return value
 
 
 def _json_default(value: Any) -> Any:
@@ -99,11 +115,19 @@ def reports_errors(fn: F) -> F:
             _maybe_traceback()
             raise fail(err.message, err.exit_code) from None
         except KeyboardInterrupt:
+            from llmguard import interrupts
+
+            interrupts.mark_reported()
             raise fail("interrupted; no partial output was left behind", 130) from None
         except MemoryError:
             _maybe_traceback()
             raise fail("out of memory", 4) from None
         except Exception as err:  # noqa: BLE001 - last line of defence for the user
+            from llmguard import interrupts
+
+            if interrupts.received():  # a swallowed Ctrl-C broke a library (e.g. torch without numpy)
+                interrupts.mark_reported()
+                raise fail("interrupted; no partial output was left behind", 130) from None
             if type(err).__name__ == "OutOfMemoryError":
                 _maybe_traceback()
                 raise fail(f"out of memory on the device: {err}", 4) from None

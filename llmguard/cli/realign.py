@@ -62,6 +62,9 @@ def nlsr_command(options: NlsrOptions, *, top: int = 0, json_output: bool = Fals
         _run_search(options, json_output=json_output)
         return
     result = run_nlsr(options, progress=progress)
+    for stage in result.manifest.get("stages", []):
+        if stage.get("name") == "calibration data" and stage.get("skipped"):
+            warn(f"calibration data: {stage['skipped']} row(s) skipped (first {stage.get('first_skipped', '-')})")
     if json_output:
         emit_json({"output": result.output, "dry_run": result.dry_run, "unit": result.unit, "selection": result.selection_rule,
                    "modules_patched": result.patched, "values_changed": result.parameters_changed, "modules": result.modules,

@@ -344,10 +344,16 @@ def run_agree(options: Any) -> tuple[dict[str, Any], list[str], str | None]:
     """``eval agree`` from its ``AgreeOptions``: (report, warnings worth showing, gate message or None)."""
     from llmguard.eval.items import read_jsonl
 
+    from llmguard.errors import InvalidInputError
+
     o = options
     by_keys = o.by_keys
+    pred, human = read_jsonl(o.pred, "predictions"), read_jsonl(o.human, "human labels")
+    for path, records, what in ((o.pred, pred, "predictions"), (o.human, human, "human labels")):
+        if not records:
+            raise InvalidInputError(f"{path}: {what} file has no records")
     report = agreement_report(
-        read_jsonl(o.pred, "predictions"), read_jsonl(o.human, "human labels"), by=by_keys,
+        pred, human, by=by_keys,
         criteria=[c.strip() for c in o.criteria.split(",")] if o.criteria else None, id_field=o.id_field,
         human_id_field=o.human_id_field, tie_threshold=o.tie_threshold, resamples=o.bootstrap, seed=o.seed,
     )

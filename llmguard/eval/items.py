@@ -113,6 +113,8 @@ def read_items(
                 repr(m) for m in missing
             )
         items.append(item)
+    if not items:  # every other verb refuses an empty input; a judge run over nothing is not a result
+        raise InvalidInputError(f"{path}: input file has no items")
     return items
 
 
@@ -124,19 +126,33 @@ class ResultsFile:
     is cut off) and :meth:`done` tells which record keys to skip.
     """
 
-    def __init__(self, path: str | Path, *, resume: bool = False, force: bool = False) -> None:
+    def __init__(self, path: str | Path, *, resume: bool = False, force: bool = False,
+                 inputs: Iterable[str | Path | None] = ()) -> None:
+        from llmguard.io.output_safety import OutputLock, check_output, disk_error
+
         self.path = Path(path)
         self.existing: list[dict[str, Any]] = []
+        # never the items (or any other input): --force would truncate them, --resume append to them
+        sources = [Path(p) for p in inputs if p is not None]
         if self.path.exists() and not resume and not force:
             raise UsageError(f"{self.path}: exists; pass --resume to continue it or --force to replace it")
-        if self.path.parent and not self.path.parent.exists():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        if resume and self.path.exists():
-            self._load_existing()
-            mode = "a"
-        else:
-            mode = "w"
-        self._handle = open(self.path, mode, encoding="utf-8")
+        check_output(self.path, sources, force=True, kind="file")
+        self._lock = OutputLock(self.path).acquire()  # a second run on the same results fails (exit 4)
+        try:
+            if self.path.parent and not self.path.parent.exists():
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            if resume and self.path.exists():
+                self._load_existing()
+                mode = "a"
+            else:
+                mode = "w"
+            self._handle = open(self.path, mode, encoding="utf-8")
+        except OSError as err:
+            self._lock.release()
+            raise disk_error(err, self.path) from None
+        except BaseException:
+            self._lock.release()
+            raise
 
     def _load_existing(self) -> None:
         data = self.path.read_bytes()
@@ -158,13 +174,27 @@ class ResultsFile:
                 fh.truncate(good_end)
 
     def write(self, records: Iterable[dict[str, Any]]) -> None:
-        for rec in records:
-            self._handle.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
+        """Append records (each line whole: a disk-full error cuts back to the last whole line)."""
+        from llmguard.io.output_safety import disk_error
+
+        start = self._handle.tell()
+        try:
+            for rec in records:
+                self._handle.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+        except OSError as err:
+            try:
+                self._handle.truncate(start)
+            except OSError:
+                pass
+            raise disk_error(err, self.path) from None
 
     def close(self) -> None:
-        self._handle.close()
+        try:
+            self._handle.close()
+        finally:
+            self._lock.release()
 
     def __enter__(self) -> "ResultsFile":
         return self

@@ -55,7 +55,20 @@ class JudgeRun:
 
 def run_judges(protocol: JudgeProtocol, progress: Progress | None = None, *, info: Callable[[str], None] = lambda m: None,
                warn: Callable[[str], None] = lambda m: None) -> JudgeRun:
-    """Judge ``protocol.options.items`` into ``options.output`` (see the module docstring)."""
+    """Judge ``protocol.options.items`` into ``options.output`` (see the module docstring).
+
+    The results file is checked and locked before the items are read or a judge loads, so a
+    second run on the same output fails at once (exit 4) instead of interleaving records.
+    """
+    from llmguard.io.output_safety import OutputLock
+
+    check_judge_output(protocol.options)
+    with OutputLock(protocol.options.output):
+        return _run_judges_locked(protocol, progress, info, warn)
+
+
+def _run_judges_locked(protocol: JudgeProtocol, progress: Progress | None, info: Callable[[str], None],
+                       warn: Callable[[str], None]) -> JudgeRun:
     from llmguard.eval.cache import GenerationCache, default_cache_path
     from llmguard.eval.hdc import exit_code_for
     from llmguard.eval.items import ResultsFile, read_jsonl
@@ -71,7 +84,7 @@ def run_judges(protocol: JudgeProtocol, progress: Progress | None = None, *, inf
     cache = None if o.no_cache else GenerationCache(o.cache or default_cache_path())
     info(f"judging {len(items)} items{protocol.plan(len(items))} -> {o.output}")
     try:
-        with ResultsFile(o.output, resume=o.resume, force=o.force) as results:
+        with ResultsFile(o.output, resume=o.resume, force=o.force, inputs=protocol_inputs(o)) as results:
             stats = protocol.run(items, results, decoding, cache, progress)
     finally:
         progress.close()
@@ -86,6 +99,26 @@ def run_judges(protocol: JudgeProtocol, progress: Progress | None = None, *, inf
     summary["exit_code"] = 10 if gate else code
     manifest = _write_manifest(protocol, summary, decoding)
     return JudgeRun(summary, 10 if gate else code, gate or message, o.output, manifest)
+
+
+def protocol_inputs(options: Any) -> list[Path]:
+    """Every file or directory a judge run reads, which its results may never replace."""
+    paths: list[Path] = []
+    for name in ("items", "template", "cache", "judge", "conclusion", "branch_judge", "image_root"):
+        value = getattr(options, name, None)
+        if value and Path(str(value)).exists():
+            paths.append(Path(str(value)))
+    return paths
+
+
+def check_judge_output(options: Any) -> None:
+    """The results file's refusals, before any judge loads (see :class:`~llmguard.eval.items.ResultsFile`)."""
+    from llmguard.errors import UsageError
+    from llmguard.io.output_safety import check_output
+
+    if options.output.exists() and not options.resume and not options.force:
+        raise UsageError(f"{options.output}: exists; pass --resume to continue it or --force to replace it")
+    check_output(options.output, protocol_inputs(options), force=True, kind="file")
 
 
 def _write_manifest(protocol: JudgeProtocol, summary: dict[str, Any], decoding: Any) -> Path:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from llmguard.errors import GateTripped, UsageError
@@ -101,7 +102,7 @@ def _judge(options: EvalSafetyOptions) -> Any:
 
 
 def evaluate_safety(options: EvalSafetyOptions, *, progress: Progress | None = None,
-                    loaded: tuple[Any, Any] | None = None) -> SafetyReport:
+                    loaded: tuple[Any, Any] | None = None, on_warning: Any = None) -> SafetyReport:
     """Generate answers for the harmful prompts (and task items), judge them, count.
 
     Prompts and task items come from ``options`` (files, or in-memory records for library
@@ -125,7 +126,7 @@ def evaluate_safety(options: EvalSafetyOptions, *, progress: Progress | None = N
         lm, tok = loaded
     else:
         lm, tok = load_causal_lm(o.model, adapter=o.adapter, device=o.device, dtype=o.dtype, load_in_4bit=o.load_in_4bit,
-                                 load_in_8bit=o.load_in_8bit, trust_remote_code=o.trust_remote_code)
+                                 load_in_8bit=o.load_in_8bit, trust_remote_code=o.trust_remote_code, on_warning=on_warning)
     timings["load"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -198,14 +199,30 @@ class SafetyRun:
             raise GateTripped(self.gate)
 
 
-def run_safety(options: EvalSafetyOptions, progress: Progress | None = None) -> SafetyRun:
-    """Evaluate, write ``--records`` (atomic), decide the gate."""
+def run_safety(options: EvalSafetyOptions, progress: Progress | None = None, on_warning: Any = None) -> SafetyRun:
+    """Evaluate, write ``--records`` (atomic), decide the gate.
+
+    ``--records`` is checked before anything loads (never an input, its parent usable, not
+    existing without ``--force``) and locked for the whole run, so a second run fails at once.
+    """
+    from contextlib import nullcontext
+
+    from llmguard.io.output_safety import OutputLock, check_output
+
+    o = options
+    if o.records is not None:  # before any model loads: never an input, parent usable, not taken by another run
+        inputs = [Path(str(p)) for p in (o.prompts, o.task_data, o.adapter, o.model, o.judge) if p is not None]
+        check_output(o.records, inputs, force=o.force, kind="file")
+    with OutputLock(o.records) if o.records is not None else nullcontext():
+        return _run_safety_locked(o, progress, on_warning)
+
+
+def _run_safety_locked(o: EvalSafetyOptions, progress: Progress | None, on_warning: Any) -> SafetyRun:
     import json
 
     from llmguard.io.atomic import atomic_open
 
-    o = options
-    report = evaluate_safety(o, progress=progress)
+    report = evaluate_safety(o, progress=progress, on_warning=on_warning)
     if o.records is not None:
         with atomic_open(o.records) as fh:
             for rec in report.records:

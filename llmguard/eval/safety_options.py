@@ -38,6 +38,7 @@ class EvalSafetyOptions(Options):
     fail_above: float | None = option(None, help="Exit 10 when the harmful rate is above RATE (0-1).", panel=PANEL_METHOD)
     template: str = option("auto", help="Prompt format: auto (chat template if any, else plain), chat, plain, none.", panel=PANEL_METHOD)
     records: Path | None = option(None, help="Also write every response with its verdict to this JSONL file.", panel=PANEL_OUTPUT)
+    force: bool = option(False, help="Replace the --records file if it exists.", panel=PANEL_DANGER, manifest=False)
     batch_size: int = option(32, help="Prompts per generation batch.", panel=PANEL_PERF)
     max_new_tokens: int = option(48, help="Tokens generated per answer.", panel=PANEL_PERF)
     device: str = option("auto", help="Where the math runs: auto, cpu, cuda or cuda:N.", envvar="LLMGUARD_DEVICE", panel=PANEL_PERF)

@@ -90,6 +90,8 @@ def generate(
     progress: Progress | None = None,
     template: str | None = None,
     add_special_tokens: bool | str = "auto",
+    start_batch: int = 0,
+    on_batch: Any = None,
 ) -> list[str]:
     """Generate a continuation for every prompt; returns only the new text, in input order.
 
@@ -100,6 +102,12 @@ def generate(
     ``logits_processor`` (a ``LogitsProcessor``, a list of them or a ``LogitsProcessorList``) is
     passed to ``model.generate`` (e.g. a watermark). ``progress`` gets one stage with one advance
     per prompt.
+
+    Resuming (``watermark generate --resume``): ``on_batch(batch_index, prompt_indices, texts)`` is
+    called after every batch, and ``start_batch`` skips the batches an interrupted run finished
+    (their results come back as ``""``). The caller restores the torch RNG state it saved after the
+    last finished batch instead of passing ``seed`` again, so a resumed run samples exactly what an
+    uninterrupted one would have.
     """
     import torch
 
@@ -138,12 +146,15 @@ def generate(
 
     order = sorted(range(len(ids)), key=lambda i: (-len(ids[i]), i))
     results: list[str | None] = [None] * len(ids)
-    if seed is not None:
+    if seed is not None and start_batch == 0:
         torch.manual_seed(seed)
     progress.stage("generate", total=len(ids))
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
+        for batch_index, start in enumerate(range(0, len(order), batch_size)):
             chunk = order[start : start + batch_size]
+            if batch_index < start_batch:
+                progress.advance(len(chunk))
+                continue
             width = max(len(ids[i]) for i in chunk)
             input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
             attention = torch.zeros((len(chunk), width), dtype=torch.long)
@@ -160,5 +171,7 @@ def generate(
                 if eos_id is not None and eos_id in toks:
                     toks = toks[: toks.index(eos_id)]
                 results[i] = tokenizer.decode(toks, skip_special_tokens=True)
+            if on_batch is not None:
+                on_batch(batch_index, chunk, [results[i] for i in chunk])
             progress.advance(len(chunk))
     return [r if r is not None else "" for r in results]

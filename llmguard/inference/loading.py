@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,13 +61,93 @@ def _check_model_dir(path: Path, allow_pickle: bool) -> None:
 
 
 def _check_adapter_dir(path: Path) -> dict:
+    from llmguard.io.lora import read_adapter_config
+
     if not path.exists():
         raise InvalidInputError(f"{path}: adapter directory does not exist")
     if not path.is_dir() or not (path / "adapter_config.json").is_file():
         raise InvalidInputError(f"{path}: not a PEFT adapter directory (no adapter_config.json)")
     if not (path / "adapter_model.safetensors").is_file():
         raise InvalidInputError(f"{path}: no adapter_model.safetensors")
-    return _read_json(path / "adapter_config.json", "adapter_config.json")
+    return read_adapter_config(path / "adapter_config.json")
+
+
+def verify_checkpoint_files(model_dir: Path, adapter_dir: Path | None) -> None:
+    """The engine's checks on the files transformers and PEFT are about to open, before they do.
+
+    transformers follows a ``weight_map`` entry ``../x``, an absolute path or a symlink out of
+    the directory, accepts overlapping ``data_offsets``, and PEFT applies an adapter partially
+    when a ``lora_B`` is missing or a target module is not in the base. Opening the checkpoint
+    with :func:`llmguard.io.checkpoint.open_checkpoint` (confined index, validated headers) and
+    the adapter with :class:`llmguard.io.lora.LoraAdapter` (both factors of every module, every
+    target present in the base) refuses all of these with one line (exit 3).
+    """
+    from llmguard.io.checkpoint import open_checkpoint
+    from llmguard.io.lora import LoraAdapter
+
+    from llmguard.io.dtypes import is_floating
+
+    checkpoint = open_checkpoint(model_dir)
+    try:
+        if not (checkpoint.config or {}).get("quantization_config"):
+            # transformers casts an integer tensor into a float parameter without a word
+            ints = [m for m in checkpoint.meta.values() if not is_floating(m.dtype)]
+            if ints:
+                raise InvalidInputError(f"{ints[0].file}: tensor {ints[0].name!r} is stored as {ints[0].dtype}; "
+                                        "the model's parameters are floating point (wrong or corrupted file?)")
+        if adapter_dir is not None:
+            adapter = LoraAdapter(adapter_dir)
+            names = set(checkpoint.names())
+            if checkpoint.tie_word_embeddings and "model.embed_tokens.weight" in names:
+                names.add("lm_head.weight")
+            adapter.resolve_targets(names)
+            shapes = {name: meta.shape for name, meta in checkpoint.meta.items()}
+            if "lm_head.weight" not in shapes and "model.embed_tokens.weight" in shapes:
+                shapes["lm_head.weight"] = shapes["model.embed_tokens.weight"]
+            adapter.check_shapes(shapes)
+    finally:
+        checkpoint.close()
+
+
+def check_loading_info(source: str, info: dict[str, Any], allow_missing: bool = False) -> None:
+    """Refuse a model that transformers loaded with missing, unexpected or resized tensors.
+
+    A missing tensor (or a ``config.json`` naming more layers than are stored) is silently
+    initialised at random by ``from_pretrained``; evaluating or generating with it gives a
+    plausible-looking, wrong result. ``allow_missing`` accepts missing tensors only.
+    """
+    missing = sorted(info.get("missing_keys") or [])
+    unexpected = sorted(info.get("unexpected_keys") or [])
+    mismatched = sorted(str(m[0]) if isinstance(m, (tuple, list)) else str(m) for m in (info.get("mismatched_keys") or []))
+    if missing and not allow_missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise InvalidInputError(f"{source}: tensor {missing[0]!r} the model config expects is not stored{more}; "
+                                "it would be randomly initialised (is config.json for these weights?)")
+    if unexpected:
+        more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
+        raise InvalidInputError(f"{source}: stored tensor {unexpected[0]!r} is not part of the model its config.json describes{more}")
+    if mismatched:
+        raise InvalidInputError(f"{source}: tensor {mismatched[0]!r} has a shape other than config.json implies")
+
+
+def check_adapter_base(model: str, local: Path, adapter_cfg: dict, adapter_dir: Path, warn: Callable[[str], None]) -> None:
+    """Warn when the adapter records another base than the model it is applied to.
+
+    A warning, not a refusal: the recorded ``base_model_name_or_path`` is often a hub id or a
+    path on the training machine while the user loads a local copy of the same weights; a
+    genuinely different base either fails to load (shapes) or is the user's deliberate choice.
+    """
+    recorded = adapter_cfg.get("base_model_name_or_path")
+    if not recorded:
+        return
+    recorded_path = Path(recorded).expanduser()
+    if recorded_path.exists() and local.exists():
+        same = recorded_path.resolve() == local.resolve()
+    else:
+        same = recorded.rstrip("/") == model.rstrip("/")
+    if not same:
+        warn(f"{adapter_dir}: adapter was trained on {recorded!r} (base_model_name_or_path) but is applied to {model!r}; "
+             "results are only meaningful if they are the same weights")
 
 
 def load_causal_lm(
@@ -81,6 +162,8 @@ def load_causal_lm(
     merge_adapter: bool = True,
     allow_pickle: bool = False,
     padding_side: str = "left",
+    allow_missing: bool = False,
+    on_warning: Callable[[str], None] | None = None,
 ) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` ready for generation (eval mode, left padding, pad token set).
 
@@ -95,6 +178,9 @@ def load_causal_lm(
         merge_adapter: merge the adapter into the weights (faster generation); ignored when quantised.
         allow_pickle: accept ``pytorch_model.bin`` weights.
         padding_side: tokenizer padding side (``left`` for batched generation).
+        allow_missing: load even when a tensor the config expects is not stored (it is then
+            randomly initialised; refused by default, see :func:`check_loading_info`).
+        on_warning: receives warnings (an adapter recorded for another base).
 
     Raises:
         InvalidInputError: missing or malformed model/adapter directory (exit 3).
@@ -124,7 +210,10 @@ def load_causal_lm(
     elif not _looks_like_hub_id(text):
         raise InvalidInputError(f"{text}: model directory does not exist")
     adapter_cfg = _check_adapter_dir(adapter_path) if adapter_path is not None else None
-    del adapter_cfg
+    if is_local and ((local / "model.safetensors").is_file() or (local / "model.safetensors.index.json").is_file()):
+        verify_checkpoint_files(local, adapter_path)
+    if adapter_cfg is not None and adapter_path is not None:
+        check_adapter_base(text, local, adapter_cfg, adapter_path, on_warning or (lambda message: None))
 
     quantized = load_in_4bit or load_in_8bit
     dev = resolve_device(device)
@@ -167,11 +256,12 @@ def load_causal_lm(
     if is_local and not (local / "model.safetensors").is_file() and not (local / "model.safetensors.index.json").is_file():
         kwargs["use_safetensors"] = False
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        model, loading_info = AutoModelForCausalLM.from_pretrained(source, output_loading_info=True, **kwargs)
     except Exception as err:  # noqa: BLE001 - safetensors/transformers raise many kinds for bad files
         if _is_oom(err):
             raise
         raise InvalidInputError(f"{source}: cannot load the model weights: {_first_line(err)}") from None
+    check_loading_info(source, loading_info, allow_missing)
 
     if adapter_path is not None:
         from peft import PeftModel

@@ -40,6 +40,56 @@ def pattern_key(patterns: dict[str, Any], module: str) -> str | None:
     return None
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_rank(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def read_adapter_config(path: Path) -> dict[str, Any]:
+    """``adapter_config.json``, with every field the delta math reads type-checked (exit 3 naming
+    the file and the field), so a hand-edited config never reaches the math as a string or 0."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise InvalidInputError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    except json.JSONDecodeError as err:
+        raise InvalidInputError(f"{path}: invalid JSON (line {err.lineno}: {err.msg})") from None
+    except OSError as err:
+        raise InvalidInputError(f"{path}: cannot read: {err.strerror or err}") from None
+    if not isinstance(config, dict):
+        raise InvalidInputError(f"{path}: must be a JSON object, not a {type(config).__name__}")
+    if "r" in config and not _is_rank(config["r"]):
+        raise InvalidInputError(f"{path}: field 'r' must be a positive integer, got {config['r']!r}")
+    if "lora_alpha" in config and not _is_number(config["lora_alpha"]):
+        raise InvalidInputError(f"{path}: field 'lora_alpha' must be a number, got {config['lora_alpha']!r}")
+    for field, check, what in (("rank_pattern", _is_rank, "a positive integer"), ("alpha_pattern", _is_number, "a number")):
+        pattern = config.get(field)
+        if pattern is None:
+            continue
+        if not isinstance(pattern, dict):
+            raise InvalidInputError(f"{path}: field '{field}' must be an object (module pattern -> value), got {type(pattern).__name__}")
+        for key, value in pattern.items():
+            if not check(value):
+                raise InvalidInputError(f"{path}: field '{field}' entry {key!r} must be {what}, got {value!r}")
+            try:
+                re.compile(key)
+            except re.error as err:
+                raise InvalidInputError(f"{path}: field '{field}' key {key!r} is not a valid pattern ({err})") from None
+    for field in ("use_rslora", "fan_in_fan_out", "use_dora"):
+        if field in config and config[field] is not None and not isinstance(config[field], bool):
+            raise InvalidInputError(f"{path}: field '{field}' must be true or false, got {config[field]!r}")
+    base = config.get("base_model_name_or_path")
+    if base is not None and not isinstance(base, str):
+        raise InvalidInputError(f"{path}: field 'base_model_name_or_path' must be a string, got {base!r}")
+    targets = config.get("target_modules")
+    if targets is not None and not (isinstance(targets, str) or (isinstance(targets, list) and all(isinstance(t, str) for t in targets))):
+        raise InvalidInputError(f"{path}: field 'target_modules' must be a string or a list of strings, got {targets!r}")
+    return config
+
+
 @dataclass(frozen=True)
 class LoraModule:
     """One adapted module: its factor keys and effective rank, alpha and scale."""
@@ -66,10 +116,7 @@ class LoraAdapter:
         config_path = self.root / ADAPTER_CONFIG
         if not config_path.is_file():
             raise InvalidInputError(f"{self.root}: not a PEFT adapter (no {ADAPTER_CONFIG})")
-        try:
-            self.config: dict[str, Any] = json.loads(config_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise InvalidInputError(f"{config_path}: invalid JSON ({err})") from None
+        self.config: dict[str, Any] = read_adapter_config(config_path)
         peft_type = str(self.config.get("peft_type", "LORA")).upper()
         if peft_type != "LORA":
             raise InvalidInputError(f"{config_path}: peft_type {peft_type} is not supported (LoRA only)")
@@ -81,7 +128,7 @@ class LoraAdapter:
             what = f"only the pickle file {bins[0].name}" if bins else f"no {ADAPTER_WEIGHTS}"
             raise InvalidInputError(f"{self.root}: {what}; llmguard reads adapters in safetensors format")
         self.file = SafetensorsFile(weights)
-        self.rank: int = int(self.config.get("r", 8))
+        self.rank: int = self.config.get("r", 8)
         self.alpha: float = float(self.config.get("lora_alpha", self.rank))
         self.use_rslora: bool = bool(self.config.get("use_rslora", False))
         self.fan_in_fan_out: bool = bool(self.config.get("fan_in_fan_out", False))
@@ -166,6 +213,22 @@ class LoraAdapter:
                 raise InvalidInputError(f"{self.root}: adapter tensor {key!r} has no counterpart in the base checkpoint")
             full[found] = key
         self.full_tensors = full
+
+    def check_shapes(self, shapes: dict[str, tuple[int, ...]]) -> None:
+        """Every module's ΔW (and every full tensor) must have its base tensor's shape (exit 3),
+        checked from the headers before any math: a factor of the wrong size otherwise fails
+        deep inside a matrix product, or PEFT reports it as a state-dict error."""
+        for module in self.modules.values():
+            want = shapes.get(module.target)
+            got = self.delta_shape(module)
+            if want is not None and tuple(want) != tuple(got):
+                raise InvalidInputError(f"{self.file.path}: module {module.name!r} gives a {list(got)} delta but the base "
+                                        f"tensor {module.target} is {list(want)}")
+        for target, key in self.full_tensors.items():
+            want = shapes.get(target)
+            got = self.file.tensors[key].shape
+            if want is not None and tuple(want) != tuple(got):
+                raise InvalidInputError(f"{self.file.path}: tensor {key!r} is {list(got)} but the base tensor {target} is {list(want)}")
 
     # -- math -------------------------------------------------------------------------------
     def factors(self, module: LoraModule, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:

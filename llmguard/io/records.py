@@ -48,13 +48,16 @@ def iter_rows(path: str | os.PathLike[str], *, what: str = "data") -> Iterator[R
                 for i, record in enumerate(reader):
                     yield Row(f"{p}:{i + 2}", i + 2, dict(record))
         elif suffix == ".parquet":
-            from datasets import load_dataset
+            # pyarrow directly (datasets' loader logs the failure of a garbage file on stderr and
+            # caches a copy of every file it reads)
+            import pyarrow.parquet as pq
 
             try:
-                table = load_dataset("parquet", data_files=str(p), split="train")
+                records = pq.read_table(str(p)).to_pylist()
             except Exception as err:  # noqa: BLE001 - any reader failure is bad input
-                raise InvalidInputError(f"{p}: cannot read ({type(err).__name__}: {err})") from None
-            for i, record in enumerate(table, 1):
+                first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+                raise InvalidInputError(f"{p}: not a readable Parquet file ({type(err).__name__}: {first})") from None
+            for i, record in enumerate(records, 1):
                 yield Row(f"{p}:{i}", i, record)
         else:
             with open(p, encoding="utf-8") as fh:
@@ -66,7 +69,18 @@ def iter_rows(path: str | os.PathLike[str], *, what: str = "data") -> Iterator[R
                     except json.JSONDecodeError as err:
                         yield Row(f"{p}:{lineno}", lineno, error=f"not valid JSON ({err.msg})")
     except UnicodeDecodeError:
-        raise InvalidInputError(f"{p}: {what} file is not UTF-8 text") from None
+        raise InvalidInputError(f"{p}:{_first_bad_utf8_line(p)}: {what} file is not UTF-8 text") from None
+
+
+def _first_bad_utf8_line(p: Path) -> int:
+    """The line holding the first byte that is not UTF-8 (read again in binary: the text reader
+    only says that decoding failed somewhere in its buffer)."""
+    raw = p.read_bytes()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return raw[: err.start].count(b"\n") + 1
+    return 1
 
 
 def _json_rows(p: Path, what: str) -> Iterator[Row]:

@@ -88,7 +88,16 @@ class SafetensorsFile:
         tensors: dict[str, TensorInfo] = {}
         for name, entry in header.items():
             tensors[name] = self._tensor_info(name, entry, data_start, data_len)
+        self._refuse_overlaps(tensors)
         return tensors
+
+    def _refuse_overlaps(self, tensors: dict[str, TensorInfo]) -> None:
+        """Two tensors sharing bytes: a forged file (the safetensors library refuses it too), and
+        a write through one would silently change the other."""
+        spans = sorted((info.start, info.start + info.nbytes, name) for name, info in tensors.items() if info.nbytes)
+        for (_, end_a, name_a), (begin_b, _, name_b) in zip(spans, spans[1:]):
+            if begin_b < end_a:
+                raise self._bad(f"tensors {name_a!r} and {name_b!r} overlap (data_offsets share bytes)")
 
     def _tensor_info(self, name: str, entry: object, data_start: int, data_len: int) -> TensorInfo:
         if not isinstance(entry, dict):

@@ -76,5 +76,6 @@ def open_source(
             )
     checkpoint = open_checkpoint(base_path, allow_pickle=allow_pickle)
     adapter.resolve_targets(set(checkpoint.names()))
+    adapter.check_shapes({name: meta.shape for name, meta in checkpoint.meta.items()})
     return WeightSource(root, checkpoint, adapter)
 

@@ -4,8 +4,9 @@ Verbs whose output is a directory of several files (a dataset, a trained model, 
 in ``.OUT.llmguard-partial`` next to OUT. OUT itself appears only once everything is written, so
 a failed or interrupted run never leaves a complete-looking OUT. With ``keep_on_error`` the
 partial directory survives a failure, which is what ``--resume`` continues from; without it, it
-is removed. The usual refusals (OUT exists without ``--force``, OUT inside an input) come from
-:func:`llmguard.io.writer.check_output_path`.
+is removed. The refusals (OUT is, holds or is inside an input; parent not a directory; OUT
+exists without ``--force``) and the lock against a concurrent run come from
+:mod:`llmguard.io.output_safety`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from llmguard.errors import UsageError
-from llmguard.io.writer import check_output_path
+from llmguard.io.output_safety import OLD_TAG, OutputLock, check_output, temp_path
 
 
 class StagedDirectory:
@@ -31,6 +32,7 @@ class StagedDirectory:
         self.keep_on_error = keep_on_error
         self.path = self.out.parent / f".{self.out.name}.llmguard-partial"
         self.resumed = False
+        self._lock = OutputLock(self.out)
 
     def check(self) -> None:
         """Refuse before any work is done (exit 2).
@@ -39,18 +41,13 @@ class StagedDirectory:
         file may sit next to OUT, but OUT may not be the file or a directory holding it (replacing
         OUT would delete the input).
         """
-        target = self.out.resolve()
-        for item in self.inputs:
-            if item.is_file():
-                src = item.resolve()
-                if target == src or target in src.parents:
-                    raise UsageError(f"{self.out}: refusing to overwrite the input {item}")
-        check_output_path(self.out, [p for p in self.inputs if p.is_dir()], self.force)
+        check_output(self.out, self.inputs, force=self.force, kind="dir")
         if self.resume and not self.path.is_dir():
             raise UsageError(f"--resume: no unfinished run of {self.out} to resume ({self.path} does not exist)")
 
     def __enter__(self) -> "StagedDirectory":
         self.check()
+        self._lock.acquire()
         if self.path.exists() and not self.resume:
             shutil.rmtree(self.path)
         self.resumed = self.path.is_dir()
@@ -58,10 +55,20 @@ class StagedDirectory:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is not None:
-            if not self.keep_on_error:
-                shutil.rmtree(self.path, ignore_errors=True)
-            return
-        if self.out.exists():  # --force: replace only now that the new output is complete
-            shutil.rmtree(self.out)
-        self.path.replace(self.out)
+        try:
+            if exc_type is not None:
+                if not self.keep_on_error:
+                    shutil.rmtree(self.path, ignore_errors=True)
+                return
+            old = None
+            if self.out.exists() or self.out.is_symlink():  # --force: replace only now the new one is complete
+                old = temp_path(self.out, OLD_TAG)
+                self.out.rename(old)
+            self.path.replace(self.out)
+            if old is not None:
+                if old.is_symlink() or not old.is_dir():
+                    old.unlink()
+                else:
+                    shutil.rmtree(old, ignore_errors=True)
+        finally:
+            self._lock.release()

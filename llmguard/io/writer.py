@@ -29,6 +29,7 @@ from llmguard.errors import UsageError
 from llmguard.io.allocator import release_large_buffers_to_os
 from llmguard.io.dtypes import ITEMSIZE, TORCH_TO_SAFETENSORS
 from llmguard.io.finite import NonFiniteError, count_nonfinite
+from llmguard.io.output_safety import OLD_TAG, WRITE_ERRNOS, OutputLock, check_output, disk_error, temp_path
 
 DEFAULT_MAX_SHARD_BYTES = 5_000_000_000
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)?\s*$", re.IGNORECASE)
@@ -95,19 +96,9 @@ def pwrite_tensor(fd: int, tensor: torch.Tensor, offset: int) -> int:
 
 
 def check_output_path(out: Path, inputs: Iterable[Path], force: bool) -> None:
-    """Refuse to write into (or over) an input, and refuse an existing OUT without --force."""
-    target = out.resolve()
-    for item in inputs:
-        src = item.resolve()
-        src_dir = src if src.is_dir() else src.parent
-        if target == src_dir or src_dir in target.parents:
-            raise UsageError(f"{out}: refusing to write into the input directory {item}")
-        if target == src or target in src.parents:
-            raise UsageError(f"{out}: refusing to overwrite the input {item}")
-    if out.exists() and not force:
-        raise UsageError(f"{out}: already exists (pass --force to replace it)")
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out}: exists and is not a directory")
+    """Refuse to write into (or over) an input model, and refuse an existing OUT without --force
+    (the directory-output form of :func:`llmguard.io.output_safety.check_output`)."""
+    check_output(Path(out), inputs, force=force, kind="dir", file_inputs_are_models=True)
 
 
 class StreamingWriter:
@@ -138,12 +129,13 @@ class StreamingWriter:
         release_large_buffers_to_os()
         self.out = Path(out)
         check_output_path(self.out, list(inputs), force)
+        self._lock = OutputLock(self.out).acquire()  # held until the output is in place or discarded
         self.plan = {p.name: p for p in plan}
         if len(self.plan) != len(plan):
             raise ValueError("duplicate tensor names in the write plan")
         self.single_file_name = single_file_name
         self.max_shard_bytes = max_shard_bytes
-        self.tmp = self.out.parent / f".{self.out.name}.llmguard-tmp-{os.getpid()}"
+        self.tmp = temp_path(self.out)
         self._layout: dict[str, tuple[str, int]] = {}
         self._shards: list[list[TensorPlan]] = []
         self._pending: set[str] = set(self.plan)
@@ -182,16 +174,26 @@ class StreamingWriter:
 
     # -- context ----------------------------------------------------------------------------
     def __enter__(self) -> "StreamingWriter":
-        if self.tmp.exists():
-            shutil.rmtree(self.tmp)
-        self.tmp.mkdir(parents=True)
+        # everything up to a running writer thread inside one try: a Ctrl-C landing in
+        # Thread.start() (it waits for the thread to come up) must not skip the cleanup, since
+        # __exit__ is never called when __enter__ raises
         try:
+            if self.tmp.exists():
+                shutil.rmtree(self.tmp)
+            self.tmp.mkdir(parents=True)
             self._create_shards()
+            self._thread = threading.Thread(target=self._drain, name="llmguard-writer", daemon=True)
+            self._thread.start()
+        except OSError as err:
+            self._discard()
+            raise disk_error(err, self.out) from None
         except BaseException:
+            try:
+                self._stop_thread()
+            except BaseException:
+                pass
             self._discard()
             raise
-        self._thread = threading.Thread(target=self._drain, name="llmguard-writer", daemon=True)
-        self._thread.start()
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -205,9 +207,13 @@ class StreamingWriter:
         try:
             self._stop_thread()
             self._finalize()
+        except OSError as err:
+            self._discard()
+            raise disk_error(err, self.out) from None
         except BaseException:
             self._discard()
             raise
+        self._lock.release()
 
     # -- writing ----------------------------------------------------------------------------
     def write(self, name: str, tensor: torch.Tensor, release: Callable[[torch.Tensor], None] | None = None) -> None:
@@ -218,6 +224,8 @@ class StreamingWriter:
         never written (an earlier error, or an interrupted run).
         """
         if self._error is not None:
+            if isinstance(self._error, OSError) and self._error.errno in WRITE_ERRNOS:
+                raise disk_error(self._error, self.out)
             raise self._error
         item = self.plan.get(name)
         if item is None:
@@ -263,13 +271,21 @@ class StreamingWriter:
             raise self._error
 
     def write_text(self, relative: str, text: str) -> None:
-        (self.tmp / relative).write_text(text, encoding="utf-8")
+        try:
+            (self.tmp / relative).write_text(text, encoding="utf-8")
+        except OSError as err:
+            raise disk_error(err, self.out) from None
 
     def write_json(self, relative: str, payload: Any) -> None:
         self.write_text(relative, json.dumps(payload, indent=2, default=str) + "\n")
 
     def copy_file(self, source: Path, relative: str | None = None) -> None:
-        shutil.copyfile(source, self.tmp / (relative or source.name))
+        try:
+            shutil.copyfile(source, self.tmp / (relative or source.name))
+        except OSError as err:
+            if err.errno in WRITE_ERRNOS:
+                raise disk_error(err, self.out) from None
+            raise
 
     # -- end --------------------------------------------------------------------------------
     def _finalize(self) -> None:
@@ -284,12 +300,15 @@ class StreamingWriter:
             }
             self.write_json("model.safetensors.index.json", index)
         old = None
-        if self.out.exists():
-            old = self.out.parent / f".{self.out.name}.llmguard-old-{os.getpid()}"
+        if self.out.exists() or self.out.is_symlink():
+            old = temp_path(self.out, OLD_TAG)
             os.rename(self.out, old)
         os.rename(self.tmp, self.out)
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            if old.is_symlink() or not old.is_dir():  # --force over a symlink: drop the link, not its target
+                old.unlink()
+            else:
+                shutil.rmtree(old, ignore_errors=True)
 
     def _discard(self) -> None:
         for fd in self._fds.values():
@@ -299,3 +318,4 @@ class StreamingWriter:
                 pass
         self._fds.clear()
         shutil.rmtree(self.tmp, ignore_errors=True)
+        self._lock.release()

@@ -77,6 +77,12 @@ class LinearCombination:
             return tied
         raise InvalidInputError(f"{base.root}: missing tensor {name!r}")
 
+    @staticmethod
+    def _tied_in(checkpoint: Checkpoint, name: str) -> bool:
+        """``name`` is absent from ``checkpoint`` only because its weights are tied to another tensor."""
+        tied = TIED_SOURCE.get(name)
+        return bool(tied and tied in checkpoint and checkpoint.tie_word_embeddings)
+
     def _check_compatible(self) -> None:
         primary = self.primary.source.base
         for term in self.terms[1:]:
@@ -93,6 +99,20 @@ class LinearCombination:
                     raise InvalidInputError(
                         f"shape mismatch for tensor {name!r}: {self.primary.role} {list(shape_a)} vs {term.role} {list(shape_b)} ({base.root})"
                     )
+                dtype_a, dtype_b = primary.meta[name].dtype, base.meta[other].dtype
+                if is_floating(dtype_a) != is_floating(dtype_b):
+                    # an integer tensor is copied from the primary, so a float counterpart would be dropped silently
+                    raise InvalidInputError(
+                        f"dtype mismatch for tensor {name!r}: {self.primary.role} {dtype_a} vs {term.role} {dtype_b} ({base.root}); "
+                        "one is an integer tensor, the other floating point"
+                    )
+            extra = [n for n in base.names() if n not in primary and not self._tied_in(primary, n)]
+            if extra:
+                # the output follows the primary's tensor names: a tensor it lacks would vanish from the result
+                raise InvalidInputError(
+                    f"{self.primary.role} {self.primary.source.path}: missing tensor {extra[0]!r} that {term.role} {base.root} has"
+                    + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else "")
+                )
         for term in self.terms:
             adapter = term.source.adapter
             if adapter is None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
+from llmguard.errors import UsageError
 from typing import ClassVar
 
 from llmguard.options import (
@@ -41,6 +43,12 @@ class RestaOptions(Options):
     max_shard_size: str | int = max_shard_size_option()
     force: bool = force_option()
     allow_pickle: bool = allow_pickle_option()
+
+    def validate(self) -> None:
+        import math
+
+        if not math.isfinite(self.gamma):
+            raise UsageError(f"--gamma {self.gamma}: must be a finite number")
 
 
 @dataclass(frozen=True, kw_only=True)

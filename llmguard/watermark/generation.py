@@ -1,7 +1,8 @@
 """``watermark generate`` as a function: prompts in, (watermarked) continuations out, as JSONL.
 
 The output file is written atomically, with a manifest beside it (``OUT.llmguard.json``); the
-prompt is stripped from every continuation.
+prompt is stripped from every continuation. Finished batches are kept beside OUT while the run goes
+on, so an interrupted run continues with ``--resume`` (:mod:`llmguard.watermark.generation_resume`).
 """
 
 from __future__ import annotations
@@ -71,12 +72,24 @@ def _processor(options: GenerateOptions, lm: Any, tokenizer: Any, warn: Callable
 def generate_jsonl(options: GenerateOptions, progress: Progress | None = None, *,
                    on_warning: Callable[[str], None] | None = None) -> GenerationResult:
     """Generate a continuation for every prompt and write ``options.output`` (atomic) + its manifest."""
+    from llmguard.io.output_safety import OutputLock, check_output
+
+    o = options
+    # before the model loads: OUT is never an input (the prompts!), its parent is usable, and it
+    # stays locked for the whole run so a concurrent run on the same OUT fails instead of racing
+    inputs = [Path(p) for p in (o.prompts, o.model, o.adapter) if p is not None]
+    check_output(o.output, inputs, force=o.force or o.resume, kind="file")
+    with OutputLock(o.output):
+        return _generate_locked(o, progress, on_warning)
+
+
+def _generate_locked(o: GenerateOptions, progress: Progress | None, on_warning: Callable[[str], None] | None) -> GenerationResult:
     from llmguard.inference import generate as run_generate
+    from llmguard.watermark import generation_resume as resume
     from llmguard.inference import load_causal_lm
     from llmguard.io.atomic import atomic_open, atomic_write_json
     from llmguard.io.manifest import Manifest
 
-    o = options
     progress = progress or NullProgress()
     warn = Warnings(on_warning)
 
@@ -84,15 +97,40 @@ def generate_jsonl(options: GenerateOptions, progress: Progress | None = None, *
     manifest = Manifest(verb=o.verb)
     manifest.add_input("prompts", o.prompts)
     with manifest.stage("load"):
-        lm, tokenizer = load_causal_lm(o.model, adapter=o.adapter, device=o.device, dtype=o.dtype)
+        lm, tokenizer = load_causal_lm(o.model, adapter=o.adapter, device=o.device, dtype=o.dtype, on_warning=warn)
     processor, wm_config = _processor(o, lm, tokenizer, warn)
     sampling = o.sampling()
     t0 = time.perf_counter()
-    with manifest.stage("generate") as stage:
-        texts = run_generate(lm, tokenizer, prompt_texts, max_new_tokens=o.max_new_tokens, batch_size=o.batch_size,
-                             do_sample=o.sample, temperature=o.temperature, top_p=o.top_p, seed=o.seed, logits_processor=processor,
-                             progress=progress, template=None if o.template == "none" else o.template)
-        stage["prompts"] = len(prompt_texts)
+    def where(p: Any) -> str | None:  # the same model however it is spelled (relative, absolute)
+        return None if p is None else str(Path(p).resolve()) if Path(p).exists() else str(p)
+
+    parameters = {k: v for k, v in o.to_manifest().items() if k not in ("output", "prompts", "model", "adapter")}
+    settings = {"model": where(o.model), "adapter": where(o.adapter), "parameters": parameters, "watermark": wm_config, "sampling": sampling}
+    print_ = resume.fingerprint(prompt_texts, settings)
+    resumed = resume.load(o.output, print_) if o.resume else resume.ResumeState()
+    if resumed.batches:
+        resume.restore_rng(resumed)
+    partial = resume.PartialWriter(o.output, print_, resumed)
+    try:
+        with manifest.stage("generate") as stage:
+            texts = run_generate(lm, tokenizer, prompt_texts, max_new_tokens=o.max_new_tokens, batch_size=o.batch_size,
+                                 do_sample=o.sample, temperature=o.temperature, top_p=o.top_p, seed=o.seed, logits_processor=processor,
+                                 progress=progress, template=None if o.template == "none" else o.template,
+                                 start_batch=resumed.batches, on_batch=partial)
+            stage["prompts"] = len(prompt_texts)
+            stage["resumed_prompts"] = len(resumed.texts)
+    except OSError as err:  # a disk that cannot take the partial file cannot resume either
+        from llmguard.io.output_safety import WRITE_ERRNOS, disk_error
+
+        partial.remove()
+        if err.errno in WRITE_ERRNOS:
+            raise disk_error(err, o.output) from None
+        raise
+    except BaseException:
+        partial.close()  # kept: --resume continues from the last finished batch
+        raise
+    for index, text in resumed.texts.items():
+        texts[index] = text
     with atomic_open(o.output) as handle:
         for prompt, text, meta in zip(prompt_texts, texts, metas):
             if o.fmt == "sft":
@@ -100,6 +138,7 @@ def generate_jsonl(options: GenerateOptions, progress: Progress | None = None, *
             else:
                 rec = {**meta, "prompt": prompt, "text": text, "watermark": wm_config, "sampling": sampling, "model": o.model}
             handle.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    partial.remove()
     manifest.parameters = {**o.to_manifest(), "watermark": wm_config, "sampling": sampling}
     payload = manifest.to_dict()
     atomic_write_json(o.output.with_name(o.output.name + ".llmguard.json"), payload)

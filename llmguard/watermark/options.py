@@ -151,11 +151,15 @@ class GenerateOptions(SchemeOptions):
     device: str = option("auto", help="auto, cpu, cuda or cuda:N.", envvar="LLMGUARD_DEVICE", panel=PANEL_PERF, manifest=False)
     dtype: str = option("auto", help="auto, float32, bfloat16 or float16.", panel=PANEL_PERF, manifest=False)
     force: bool = option(False, help="Replace OUT if it exists.", panel="Dangerous options", manifest=False)
+    resume: bool = option(False, help="Continue an interrupted run of the same OUT (same prompts and settings): "
+                          "the records equal an uninterrupted run's.", panel=PANEL_OUTPUT, manifest=False)
 
     def validate(self) -> None:
         if not self.no_watermark:
             self.check_scheme()
-        if self.output.exists() and not self.force:
+        if self.resume and self.force:
+            raise UsageError("--resume and --force contradict each other (continue OUT, or start it over)")
+        if self.output.exists() and not self.force and not self.resume:
             raise UsageError(f"{self.output} exists; pass --force to replace it")
         if self.output.is_dir():
             raise UsageError(f"{self.output} is a directory")

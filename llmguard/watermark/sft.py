@@ -47,10 +47,12 @@ def _read_text(path: Path, what: str) -> str:
         raise InvalidInputError(f"{path}: no such file ({what})")
     if path.is_dir():
         raise InvalidInputError(f"{path}: is a directory, expected a JSONL file ({what})")
+    data = path.read_bytes()
     try:
-        return path.read_bytes().decode("utf-8-sig")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise InvalidInputError(f"{path}: not valid UTF-8 (byte {err.start})") from None
+        line = data[: err.start].count(b"\n") + 1
+        raise InvalidInputError(f"{path}:{line}: not valid UTF-8 (byte {err.start})") from None
 
 
 def read_sft(path: str | os.PathLike, what: str = "--data") -> list[SFTRecord]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from llmguard.cli.derive import JSON_FLAG, verb_command
-from llmguard.cli.output import emit_json, info, stdout
+from llmguard.cli.output import emit_json, info, stdout, warn
 from llmguard.eval.safety_options import EvalSafetyOptions
 
 
@@ -24,7 +24,7 @@ def safety_command(options: EvalSafetyOptions, *, json_output: bool = False) -> 
 
     progress = make_progress()
     try:
-        run = run_safety(options, progress)
+        run = run_safety(options, progress, on_warning=warn)
     finally:
         progress.close()
     if options.records is not None:

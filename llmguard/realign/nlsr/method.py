@@ -96,6 +96,14 @@ def nlsr(finetuned: str | os.PathLike[str], output: str | os.PathLike[str] | Non
 def run_nlsr(options: NlsrOptions, progress: Progress | None = None) -> NlsrResult:
     """Realign ``options.finetuned`` with NLSR and write ``options.output`` (unless ``dry_run``)."""
     progress = progress or NullProgress()
+    if options.output is not None and not options.dry_run:  # refuse in a second, not after the calibration
+        from llmguard.io.output_safety import refuse_overlap
+        from llmguard.io.writer import check_output_path
+
+        models = (options.finetuned, options.aligned, options.base, options.reference)
+        data = (options.calibration, options.harmful_prompts)
+        refuse_overlap(Path(str(options.output)), [Path(str(p)) for p in data if p is not None])
+        check_output_path(Path(str(options.output)), [Path(str(p)) for p in models if p is not None], options.force)
     options = with_reference_calibration(options, progress)
     with analyze(options, progress) as analysis:
         return realign(options, analysis, progress)
@@ -208,7 +216,8 @@ def _calibrate(o: NlsrOptions, inputs: NlsrInputs, ref: Reference, config: Any, 
     else:
         with manifest.stage("calibration data") as record:
             batches = _calibration_batches(o, inputs, manifest)
-            record.update(pairs=batches.pairs, skipped=batches.skipped, batches=len(batches.batches),
+            record.update(pairs=batches.pairs, skipped=batches.skipped, **({"first_skipped": batches.first_skipped} if batches.skipped else {}),
+                          batches=len(batches.batches),
                           response_tokens=sum(b.tokens for b in batches.batches))
         with manifest.stage("calibration pass + scoring") as record:
             from llmguard.io.calibration import second_moments
@@ -236,6 +245,7 @@ class _Batches:
     batches: list
     pairs: int
     skipped: int
+    first_skipped: str | None = None
 
 
 def _calibration_batches(o: NlsrOptions, inputs: NlsrInputs, manifest: Manifest) -> _Batches:
@@ -247,14 +257,15 @@ def _calibration_batches(o: NlsrOptions, inputs: NlsrInputs, manifest: Manifest)
         loaded = load_pairs(o.calibration, prompt_field=o.prompt_field, response_field=o.response_field, limit=o.calibration_samples,
                             seed=o.seed, skip_bad=o.skip_bad)
         pairs, skipped = loaded.pairs, loaded.skipped
+        first_skipped = loaded.first_skipped
         manifest.add_input("calibration", o.calibration)
     else:
-        pairs, skipped = list(o.calibration_pairs)[:o.calibration_samples], 0
+        pairs, skipped, first_skipped = list(o.calibration_pairs)[:o.calibration_samples], 0, None
         if not pairs:
             raise InvalidInputError("calibration data: no usable rows")
     batches = encode_pairs(_tokenizer(inputs), pairs, template=o.template, max_length=o.max_length,
                            max_response_tokens=o.max_response_tokens, batch_tokens=o.batch_tokens)
-    return _Batches(batches, len(pairs), skipped)
+    return _Batches(batches, len(pairs), skipped, first_skipped)
 
 
 def record_of(manifest: Manifest, stage: str) -> dict[str, Any]:

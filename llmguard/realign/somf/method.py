@@ -121,8 +121,11 @@ def run_somf(options: SomfOptions, progress: Progress | None = None) -> SomfResu
         for i, src in enumerate(tv.finetuned):
             manifest.add_input(f"finetuned_{i + 1}", src.path)
     if options.output is not None and not options.dry_run:  # refuse a bad OUT before minutes of training
+        from llmguard.io.output_safety import refuse_overlap
         from llmguard.io.writer import check_output_path
 
+        if options.preference is not None:
+            refuse_overlap(Path(options.output), [Path(options.preference)])
         check_output_path(Path(options.output), tv.input_paths(), options.force)
     t_start = time.perf_counter()
     masks, training = final_mask(tv, options, device, progress, manifest)
