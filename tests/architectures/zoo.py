@@ -1,0 +1,79 @@
+"""The tiny-model matrix: one random-weight causal LM per architecture family, built in code.
+
+Each variant is a transformers config small enough to build and run in well under a second
+(hidden 32, 2 layers, vocab 128). ``build(variant, path)`` saves the model with
+``save_pretrained`` (so the checkpoint layout is transformers' own on-disk layout, e.g. one
+tensor per MoE expert) and a word tokenizer next to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+VOCAB = 128
+_COMMON = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, max_position_embeddings=128)
+_ATTN = dict(num_attention_heads=4, num_key_value_heads=2, intermediate_size=48)
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    config_class: str
+    values: dict[str, Any]
+    dtype: torch.dtype = torch.float32
+    shard: str | None = None  # max_shard_size for a sharded save
+    #: LoRA targets that exercise the architecture (PEFT's names); None: PEFT's defaults
+    lora_targets: Any = None
+    moe: bool = False
+    words: list[str] = field(default_factory=list)
+
+    def config(self) -> Any:
+        import transformers
+
+        return getattr(transformers, self.config_class)(**{**_COMMON, **self.values})
+
+
+VARIANTS: dict[str, Variant] = {v.name: v for v in [
+    Variant("llama-tied", "LlamaConfig", {**_ATTN, "tie_word_embeddings": True}),
+    Variant("qwen2", "Qwen2Config", {**_ATTN, "tie_word_embeddings": False}),
+    Variant("qwen3", "Qwen3Config", {**_ATTN, "head_dim": 8, "tie_word_embeddings": False}),
+    Variant("mistral", "MistralConfig", {**_ATTN, "tie_word_embeddings": False}),
+    Variant("gemma2", "Gemma2Config", {**_ATTN, "head_dim": 8, "sliding_window": 4}),
+    Variant("gemma3", "Gemma3TextConfig", {**_ATTN, "head_dim": 8, "sliding_window": 4,
+                                           "layer_types": ["sliding_attention", "full_attention"]}),
+    Variant("phi3", "Phi3Config", {**_ATTN, "pad_token_id": 0, "tie_word_embeddings": False}),
+    Variant("gpt2", "GPT2Config", {"vocab_size": VOCAB, "n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 128},
+            lora_targets=["c_attn", "c_proj", "c_fc"]),
+    Variant("gpt-neox", "GPTNeoXConfig", {"num_attention_heads": 4, "intermediate_size": 48, "tie_word_embeddings": False}),
+    Variant("opt", "OPTConfig", {"num_attention_heads": 4, "ffn_dim": 48, "word_embed_proj_dim": 32, "pad_token_id": 1}),
+    Variant("mixtral", "MixtralConfig", {**_ATTN, "num_local_experts": 4, "num_experts_per_tok": 2, "tie_word_embeddings": False}, moe=True),
+    Variant("qwen2-moe", "Qwen2MoeConfig", {**_ATTN, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16,
+                                            "shared_expert_intermediate_size": 24, "tie_word_embeddings": False}, moe=True),
+    Variant("qwen3-moe", "Qwen3MoeConfig", {**_ATTN, "head_dim": 8, "num_experts": 4, "num_experts_per_tok": 2,
+                                            "moe_intermediate_size": 16, "tie_word_embeddings": False}, moe=True),
+    Variant("llama-fp16", "LlamaConfig", {**_ATTN, "tie_word_embeddings": False}, dtype=torch.float16),
+    Variant("llama-bf16-sharded", "LlamaConfig", {**_ATTN, "tie_word_embeddings": False}, dtype=torch.bfloat16, shard="20KB"),
+]}
+
+
+def build_model(variant: Variant, seed: int = 0) -> Any:
+    """The randomly initialised model in memory (float32 weights, perturbed so no value is trivial)."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(variant.config())
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model.eval()
+
+
+def save(variant: Variant, path: Path, seed: int = 0) -> Path:
+    model = build_model(variant, seed).to(variant.dtype)
+    kwargs = {"max_shard_size": variant.shard} if variant.shard else {}
+    model.save_pretrained(path, **kwargs)
+    return path
