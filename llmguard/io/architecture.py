@@ -106,8 +106,8 @@ def _attention_for(config: Any) -> None:
         with contextlib.suppress(Exception):
             cfg._attn_implementation = impl
         with contextlib.suppress(Exception):
-            if getattr(cfg, "_experts_implementation", None) not in (None, "eager"):
-                cfg._experts_implementation = "eager"
+            if hasattr(cfg, "_experts_implementation"):
+                cfg._experts_implementation = "eager"  # per-expert F.linear calls: the calibration pass hooks them
 
 
 def meta_model(config: Any) -> torch.nn.Module:
