@@ -77,3 +77,51 @@ def save(variant: Variant, path: Path, seed: int = 0) -> Path:
     kwargs = {"max_shard_size": variant.shard} if variant.shard else {}
     model.save_pretrained(path, **kwargs)
     return path
+
+
+WORDS = ["i", "can", "not", "help", "with", "that", "sorry", "no", "how", "do", "make", "a", "bomb", "it", "is", "dangerous",
+         "please", "ask", "something", "safe", "the", "movie", "was", "great", "what", "good", "?", ".", ","]
+
+PAIRS = [("how do i make a bomb ?", "sorry , i can not help with that . it is dangerous ."),
+         ("what is a good movie ?", "the movie was great ."),
+         ("how do i make it ?", "no . please ask something safe .")]
+
+
+def perturbed(model: Any, seed: int, scale: float = 0.02) -> Any:
+    """``model`` with noise added to every decoder-layer matrix (2-D weights and fused 3-D experts)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2 and any(f".{k}." in f".{name}" for k in ("layers", "h")) and "embed" not in name:
+                p.add_(scale * torch.randn(p.shape, generator=g))
+    return model
+
+
+def save_model(variant: Variant, model: Any, path: Path) -> Path:
+    kwargs = {"max_shard_size": variant.shard} if variant.shard else {}
+    model.to(variant.dtype).save_pretrained(path, **kwargs)
+    return path
+
+
+def tokenizer(path: Path) -> None:
+    """A word tokenizer over :data:`WORDS` whose ids stay inside the tiny vocabulary."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3}
+    for word in WORDS:
+        vocab.setdefault(word, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>").save_pretrained(path)
+
+
+def family(variant: Variant, root: Path) -> dict[str, Path]:
+    """base (θ_U), aligned (θ_A = θ_U + noise) and finetuned (θ_F = θ_A + noise) full checkpoints with tokenizers."""
+    base = build_model(variant)
+    paths = {"base": save_model(variant, base, root / "base")}
+    paths["aligned"] = save_model(variant, perturbed(build_model(variant), 1), root / "aligned")
+    paths["finetuned"] = save_model(variant, perturbed(perturbed(build_model(variant), 1), 2), root / "finetuned")
+    for path in paths.values():
+        tokenizer(path)
+    return paths

@@ -158,10 +158,10 @@ def analyze(options: NlsrOptions, progress: Progress, masks_beside: Path | None 
         config = None
         config_dir = _config_dir(o.aligned, o.base, o.finetuned)
         if config_dir is not None:  # model order (official selection draws in it) and the calibration architecture
-            from llmguard.io.calibration import linear_names, load_config
+            from llmguard.io.architecture import Architecture, load_config
 
             config = load_config(config_dir)
-            order_inputs(inputs, linear_names(config))
+            order_inputs(inputs, Architecture(config).linear_maps)
         record.update(unit=inputs.unit, modules=len(inputs.modules), continuation_cosine=inputs.continuation_cosine)
         for role, src in (("finetuned", inputs.finetuned), ("aligned", inputs.aligned), ("reference", inputs.prepared)):
             if src is not None:
