@@ -84,6 +84,7 @@ def _summarize_adapter(adapter: LoraAdapter) -> dict[str, Any]:
         "rank_pattern": adapter.rank_pattern,
         "alpha_pattern": adapter.alpha_pattern,
         "modules_to_save": sorted(adapter.full_tensors),
+        "expert_parameter_modules": {m.key: {"experts": m.experts, "rank": m.rank} for m in adapter.parameter_modules.values()},
         "parameters": adapter.parameter_count,
         "dtypes": dict(dtypes.most_common()),
         "bytes": adapter.file.path.stat().st_size,

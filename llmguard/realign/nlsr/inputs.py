@@ -118,7 +118,7 @@ def open_inputs(
         assert finetuned_src.adapter is not None
         names = list(finetuned_src.adapter.modules)
     elif delta_source.adapter is not None:
-        names = list(delta_source.adapter.modules)
+        names = list(delta_source.adapter.modules) + [t.removesuffix(".weight") for t in delta_source.adapter.parameter_targets]
     else:
         names = [n[: -len(".weight")] for n in base_ckpt.names() if n.endswith(".weight") and len(base_ckpt.meta[n].shape) == 2]
     names = [n for n in names if layer_of(n) is not None]
@@ -152,6 +152,10 @@ def _decide_unit(unit: str, finetuned: WeightSource, reference: WeightSource, ba
     both = ft is not None and ref is not None
     if unit in DELTA_UNITS:
         return unit, None
+    if any(a is not None and a.parameter_modules for a in (ft, ref)):
+        if unit == "element":
+            raise InvalidInputError("--unit element: LoRA on fused MoE expert parameters has no per-expert factors to transplant; use --unit row or weight")
+        return "row", None
     if not both:
         if unit == "element":
             raise InvalidInputError("--unit element needs LoRA adapters for both the fine-tuned model and the aligned/reference model")
