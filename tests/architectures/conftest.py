@@ -29,7 +29,8 @@ ADAPTERS = {
     "mixtral-experts": ("mixtral", dict(r=4, lora_alpha=8, target_modules=["q_proj"],
                                         target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"])),
     "qwen3-moe-experts": ("qwen3-moe", dict(r=2, lora_alpha=4, target_modules=["o_proj"], target_parameters=["mlp.experts.down_proj"])),
-    "qwen2-moe-default": ("qwen2-moe", dict(r=4, lora_alpha=8)),
+    "qwen2-moe-all-linear": ("qwen2-moe", dict(r=4, lora_alpha=8, target_modules="all-linear")),
+    "gpt2-default": ("gpt2", dict(r=4, lora_alpha=8, fan_in_fan_out=True)),
 }
 
 
