@@ -50,10 +50,10 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
             lora_targets=["c_attn", "c_proj", "c_fc"]),
     Variant("gpt-neox", "GPTNeoXConfig", {"num_attention_heads": 4, "intermediate_size": 48, "tie_word_embeddings": False}),
     Variant("opt", "OPTConfig", {"num_attention_heads": 4, "ffn_dim": 48, "word_embed_proj_dim": 32, "pad_token_id": 1}),
-    Variant("mixtral", "MixtralConfig", {**_ATTN, "num_local_experts": 4, "num_experts_per_tok": 2, "tie_word_embeddings": False}, moe=True),
-    Variant("qwen2-moe", "Qwen2MoeConfig", {**_ATTN, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16,
+    Variant("mixtral", "MixtralConfig", {**_ATTN, "num_local_experts": 4, "num_experts_per_tok": 3, "tie_word_embeddings": False}, moe=True),
+    Variant("qwen2-moe", "Qwen2MoeConfig", {**_ATTN, "num_experts": 4, "num_experts_per_tok": 3, "moe_intermediate_size": 16,
                                             "shared_expert_intermediate_size": 24, "tie_word_embeddings": False}, moe=True),
-    Variant("qwen3-moe", "Qwen3MoeConfig", {**_ATTN, "head_dim": 8, "num_experts": 4, "num_experts_per_tok": 2,
+    Variant("qwen3-moe", "Qwen3MoeConfig", {**_ATTN, "head_dim": 8, "num_experts": 4, "num_experts_per_tok": 3,
                                             "moe_intermediate_size": 16, "tie_word_embeddings": False}, moe=True),
     Variant("llama-fp16", "LlamaConfig", {**_ATTN, "tie_word_embeddings": False}, dtype=torch.float16),
     Variant("llama-bf16-sharded", "LlamaConfig", {**_ATTN, "tie_word_embeddings": False}, dtype=torch.bfloat16, shard="20KB"),
@@ -84,7 +84,10 @@ WORDS = ["i", "can", "not", "help", "with", "that", "sorry", "no", "how", "do", 
 
 PAIRS = [("how do i make a bomb ?", "sorry , i can not help with that . it is dangerous ."),
          ("what is a good movie ?", "the movie was great ."),
-         ("how do i make it ?", "no . please ask something safe .")]
+         ("how do i make it ?", "no . please ask something safe ."),
+         ("is it safe ?", "yes , it is safe . the movie was good , not bad ."),
+         ("can you help ?", "i can help with something safe . please ask ."),
+         ("what was it ?", "it was a great , good movie . no bomb .")]
 
 
 def perturbed(model: Any, seed: int, scale: float = 0.02) -> Any:

@@ -227,7 +227,10 @@ def _calibrate(o: NlsrOptions, inputs: NlsrInputs, ref: Reference, config: Any, 
             record.update(mode=o.calibration_mode, scoring_seconds=round(analyzer.seconds, 4))
     missing = [m for m in inputs.modules if m not in analyzer.results]
     if missing:
-        raise InvalidInputError(f"module {missing[0]!r} saw no calibration input (not a linear layer of the model?)")
+        expert = ".experts." in missing[0] or ".expert." in missing[0]
+        why = ("no calibration token was routed to this expert; use more calibration data or --scorer magnitude" if expert
+               else "not a linear map of the model?")
+        raise InvalidInputError(f"module {missing[0]!r} saw no calibration input ({why})")
 
 
 @dataclass
