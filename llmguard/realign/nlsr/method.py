@@ -161,7 +161,12 @@ def analyze(options: NlsrOptions, progress: Progress, masks_beside: Path | None 
             from llmguard.io.architecture import Architecture, load_config
 
             config = load_config(config_dir)
-            order_inputs(inputs, Architecture(config).linear_maps)
+            architecture = Architecture(config)
+            fused = architecture.unsupported_fused()
+            if fused:
+                raise InvalidInputError(f"{architecture.class_name} stores its experts fused on disk ({fused[0]!r}, 3-D); "
+                                        "NLSR patches 2-D linear weights only")
+            order_inputs(inputs, architecture.linear_maps)
         record.update(unit=inputs.unit, modules=len(inputs.modules), continuation_cosine=inputs.continuation_cosine)
         for role, src in (("finetuned", inputs.finetuned), ("aligned", inputs.aligned), ("reference", inputs.prepared)):
             if src is not None:
