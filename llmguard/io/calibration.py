@@ -232,13 +232,14 @@ class _Accumulator:
         targets = self.plan.experts[name]
 
         def hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
-            values = list(args) + list(kwargs.values())
-            hidden = values[0]
-            rows = hidden.reshape(-1, hidden.shape[-1])
-            picked = [v.reshape(rows.shape[0], *v.shape[hidden.dim() - 1:]) if isinstance(v, torch.Tensor) and v.shape[:1] == rows.shape[:1] else v
-                      for v in values]
-            if self.select is not None and self.select.numel() == rows.shape[0]:
-                picked = [v[self.select] if isinstance(v, torch.Tensor) and v.shape[:1] == rows.shape[:1] else v for v in picked]
+            hidden, *rest = list(args) + list(kwargs.values())  # (hidden [N, d], top-k index, top-k weights)
+            if hidden.dim() != 2:
+                raise InvalidInputError(f"calibration: the experts of {name!r} ({type(module).__name__}) take {hidden.dim()}-D inputs; "
+                                        "activation statistics of fused experts are not supported for this model (use --scorer magnitude)")
+            n = hidden.shape[0]
+            picked = [hidden, *rest]
+            if self.select is not None and self.select.numel() == n:  # re-run on the selected tokens only
+                picked = [v[self.select] if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[0] == n else v for v in picked]
             params = {attr: getattr(module, attr) for attr, _ in targets}
             calls = 0
 
@@ -248,8 +249,8 @@ class _Accumulator:
                     if weight.dim() == 2 and weight.untyped_storage().data_ptr() == param.untyped_storage().data_ptr():
                         expert = (weight.storage_offset() - param.storage_offset()) // param.stride(0)
                         names = targets.get((attr, expert))
+                        calls += 1
                         if names is not None:
-                            calls += 1
                             self._add(f"{name}.{attr}[{expert}]", names, x, apply_select=False)
                         break
                 return original(x, weight, bias)

@@ -83,3 +83,25 @@ def test_nothing_to_realign_is_an_error(matrix, adapters, tmp_path):
     with pytest.raises(InvalidInputError, match="no (adapted )?linear"):
         nlsr(only_embedding, tmp_path / "out", aligned=only_embedding, base=base, scorer="magnitude", budget=1.0)
     assert not (tmp_path / "out").exists()
+
+
+def test_an_expert_no_calibration_token_reaches_is_refused(matrix, tmp_path):
+    """One response token (the EOS of an empty response) is routed to 3 of 4 experts: the fourth
+    has no statistics, and the run says so instead of scoring it on nothing."""
+    with pytest.raises(InvalidInputError, match=r"experts\.\d\.w\d' saw no calibration input \(no calibration token was routed"):
+        _run(matrix["mixtral"], tmp_path / "out", calibration_pairs=(("how do i make a bomb ?", ""),))
+    assert not (tmp_path / "out").exists()
+
+
+def test_expert_statistics_count_the_tokens_routed_to_each_expert(matrix):
+    from llmguard.io.calibration import CalibrationBatch, second_moments
+
+    path = matrix["qwen3-moe"]["base"]
+    ids = torch.tensor([[5, 9, 12, 7]])
+    select = torch.tensor([[False, False, True, False]])
+    stats = second_moments(load_config(path), open_checkpoint(path).read, [CalibrationBatch(ids, torch.ones_like(ids), select)])
+    for layer in (0, 1):
+        experts = {e: stats.get(f"model.layers.{layer}.mlp.experts.{e}.gate_proj") for e in range(4)}
+        hit = [e for e, s in experts.items() if s is not None]
+        assert len(hit) == 3 and all(experts[e].tokens == 1 for e in hit)  # top-3 of 4 for the one selected token
+    assert stats["model.layers.0.self_attn.q_proj"].tokens == 1
