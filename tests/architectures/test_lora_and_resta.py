@@ -87,3 +87,20 @@ def test_diff_and_inspect_see_every_changed_tensor(adapters, matrix):
     assert summary["expert_parameter_modules"] and summary["modules"] == 2  # q_proj in 2 layers
     tied = summarize(adapters["llama-embedding-tied"][0])
     assert "model.embed_tokens.weight" in tied["modules_to_save"]
+
+
+@pytest.mark.parametrize("name", ["mixtral-experts", "gpt2-fan-in-fan-out", "llama-embedding-tied"])
+def test_resta_with_an_adapter_fine_tune(adapters, matrix, name, tmp_path):
+    adapter_dir, base = adapters[name]
+    variant = ADAPTERS[name][0]
+    aligned = matrix[variant]["aligned"]
+    run_resta(RestaOptions(finetuned=adapter_dir, aligned=aligned, unaligned=base, output=tmp_path / "out", gamma=0.5))
+    source = open_source(adapter_dir)
+    u, a, got = _checkpoint_state(base), _checkpoint_state(aligned), _checkpoint_state(tmp_path / "out")
+    changed = 0
+    for n, value in got.items():
+        delta = source.delta(n, torch.device("cpu"))
+        expected = u[n].float() + (0 if delta is None else delta) + 0.5 * (a[n].float() - u[n].float())
+        assert torch.allclose(value.float(), expected, atol=1e-6), n
+        changed += delta is not None
+    assert changed >= len(source.adapter.parameter_targets) + len(source.adapter.modules)
