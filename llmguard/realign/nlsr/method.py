@@ -167,6 +167,8 @@ def analyze(options: NlsrOptions, progress: Progress, masks_beside: Path | None 
                 raise InvalidInputError(f"{architecture.class_name} stores its experts fused on disk ({fused[0]!r}, 3-D); "
                                         "NLSR patches 2-D linear weights only")
             order_inputs(inputs, architecture.linear_maps)
+            record.update(architecture=architecture.class_name, linear_maps=len(architecture.linear_maps),
+                          transposed_modules=len(inputs.transposed))
         record.update(unit=inputs.unit, modules=len(inputs.modules), continuation_cosine=inputs.continuation_cosine)
         for role, src in (("finetuned", inputs.finetuned), ("aligned", inputs.aligned), ("reference", inputs.prepared)):
             if src is not None:
