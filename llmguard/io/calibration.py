@@ -33,7 +33,6 @@ this engine imports nothing above ``llmguard.io``.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -41,7 +40,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from llmguard.errors import InvalidInputError, ResourceError, UsageError
-from llmguard.io.architecture import Architecture, load_config, meta_model, text_config
+from llmguard.io.architecture import Architecture, load_config, meta_model
 from llmguard.progress import NullProgress, Progress
 
 WeightProvider = Callable[[str], torch.Tensor]

@@ -9,7 +9,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cli_utils import assert_one_line_error, no_partial_output, run_cli  # noqa: E402
 
-import zoo  # noqa: E402
 from conftest import make_adapter  # noqa: E402
 
 
