@@ -1,9 +1,10 @@
 """The tiny-model matrix: one random-weight causal LM per architecture family, built in code.
 
 Each variant is a transformers config small enough to build and run in well under a second
-(hidden 32, 2 layers, vocab 128). ``build(variant, path)`` saves the model with
+(hidden 32, 2 layers, vocab 128). ``save(variant, path)`` / ``family(variant, root)`` save models with
 ``save_pretrained`` (so the checkpoint layout is transformers' own on-disk layout, e.g. one
-tensor per MoE expert) and a word tokenizer next to it.
+tensor per MoE expert) and a word tokenizer next to it; ``ADAPTERS`` / ``make_adapter`` build real
+PEFT LoRA adapters on the bases.
 """
 
 from __future__ import annotations
@@ -128,3 +129,40 @@ def family(variant: Variant, root: Path) -> dict[str, Path]:
     for path in paths.values():
         tokenizer(path)
     return paths
+
+
+#: adapter name → (variant, LoraConfig keyword arguments)
+ADAPTERS = {
+    "llama-default": ("llama-tied", dict(r=4, lora_alpha=8)),
+    "llama-embedding-tied": ("llama-tied", dict(r=4, lora_alpha=8, target_modules=["embed_tokens", "q_proj"])),
+    "qwen2-all-linear-rslora": ("qwen2", dict(r=8, lora_alpha=16, use_rslora=True, target_modules="all-linear")),
+    "qwen2-patterns-lm-head": ("qwen2", dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
+                                             rank_pattern={"down_proj": 2}, alpha_pattern={"v_proj": 3}, modules_to_save=["lm_head"])),
+    "gemma2-default": ("gemma2", dict(r=4, lora_alpha=8)),
+    "gemma3-default": ("gemma3", dict(r=4, lora_alpha=8)),
+    "phi3-fused-qkv": ("phi3", dict(r=4, lora_alpha=8, target_modules=["qkv_proj", "gate_up_proj"])),
+    "gpt2-fan-in-fan-out": ("gpt2", dict(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj", "c_fc"], fan_in_fan_out=True)),
+    "gpt-neox-default": ("gpt-neox", dict(r=4, lora_alpha=8)),
+    "opt-default": ("opt", dict(r=4, lora_alpha=8)),
+    "mixtral-experts": ("mixtral", dict(r=4, lora_alpha=8, target_modules=["q_proj"],
+                                        target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"])),
+    "qwen3-moe-experts": ("qwen3-moe", dict(r=2, lora_alpha=4, target_modules=["o_proj"], target_parameters=["mlp.experts.down_proj"])),
+    "qwen2-moe-all-linear": ("qwen2-moe", dict(r=4, lora_alpha=8, target_modules="all-linear")),
+    "gpt2-default": ("gpt2", dict(r=4, lora_alpha=8, fan_in_fan_out=True)),
+}
+
+
+def make_adapter(base: Path, out: Path, seed: int, **config) -> Path:
+    """A real PEFT LoRA adapter on ``base`` with random non-zero factors."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(**config))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_" in name:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    peft_model.save_pretrained(out)
+    return out

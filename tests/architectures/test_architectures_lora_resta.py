@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import zoo
-from conftest import ADAPTERS
+from zoo import ADAPTERS
 from llmguard.io.checkpoint import open_checkpoint
 from llmguard.io.compare import compare
 from llmguard.io.sources import open_source
@@ -104,3 +104,13 @@ def test_resta_with_an_adapter_fine_tune(adapters, matrix, name, tmp_path):
         assert torch.allclose(value.float(), expected, atol=1e-6), n
         changed += delta is not None
     assert changed >= len(source.adapter.parameter_targets) + len(source.adapter.modules)
+
+
+def test_lm_head_modules_to_save_on_a_tied_base_is_refused(matrix, tmp_path):
+    from zoo import make_adapter
+    from llmguard.errors import InvalidInputError
+
+    base = matrix["llama-tied"]["base"]
+    adapter = make_adapter(base, tmp_path / "a", seed=0, r=4, lora_alpha=8, target_modules=["q_proj"], modules_to_save=["lm_head"])
+    with pytest.raises(InvalidInputError, match="lm_head.weight' has no counterpart in the base checkpoint \\(the base ties it"):
+        open_source(adapter)

@@ -76,7 +76,7 @@ def test_lora_on_conv1d_and_on_fused_experts(adapters, tmp_path):
 
 def test_nothing_to_realign_is_an_error(matrix, adapters, tmp_path):
     """An adapter that changes no linear map (only the embeddings) is refused, not a no-op success."""
-    from conftest import make_adapter
+    from zoo import make_adapter
 
     base = matrix["llama-tied"]["base"]
     only_embedding = make_adapter(base, tmp_path / "emb", seed=5, r=4, lora_alpha=8, target_modules=["embed_tokens"])

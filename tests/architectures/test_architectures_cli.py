@@ -9,7 +9,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cli_utils import assert_one_line_error, no_partial_output, run_cli  # noqa: E402
 
-from conftest import make_adapter  # noqa: E402
+from zoo import make_adapter  # noqa: E402
 
 
 def test_nlsr_cli_on_gpt2_conv1d_and_inspect_structure(matrix, adapters, tmp_path):
