@@ -3,7 +3,8 @@
 Everything here works one tensor at a time so memory does not grow with model size:
 :class:`SafetensorsFile` reads single tensors with ``pread``, :class:`Checkpoint` resolves a
 model directory through its index, :class:`LoraAdapter` computes ΔW from adapter files alone,
-and :class:`StreamingWriter` writes HF-layout shards into a temporary directory that is renamed
+:class:`Architecture` says which tensors are linear maps, fused or tied (from the config and
+transformers' module tree), and :class:`StreamingWriter` writes HF-layout shards into a temporary directory that is renamed
 into place only when complete.
 
 The names below are imported on first use (they need torch); ``llmguard.io.checkpoint_options``,
@@ -14,15 +15,17 @@ from typing import Any
 
 _EXPORTS = {"Checkpoint": "checkpoint", "open_checkpoint": "checkpoint", "LoraAdapter": "lora", "is_adapter_dir": "lora",
             "SafetensorsFile": "safetensors_file", "TensorInfo": "safetensors_file", "StreamingWriter": "writer",
-            "TensorPlan": "writer"}
+            "TensorPlan": "writer", "Architecture": "architecture", "architecture_of": "architecture"}
 
 __all__ = [
+    "Architecture",
     "Checkpoint",
     "LoraAdapter",
     "SafetensorsFile",
     "StreamingWriter",
     "TensorInfo",
     "TensorPlan",
+    "architecture_of",
     "is_adapter_dir",
     "open_checkpoint",
 ]

@@ -4,10 +4,13 @@ Activation-aware methods (NLSR's ActSVD and Wanda scores, pruning, GPTQ-style qu
 need statistics of the inputs of every linear layer on some calibration text. The naive way
 loads the whole model and stores every activation; this module instead
 
-1. builds the model skeleton on the ``meta`` device (no memory), materialises only the
-   embeddings and rotary tables, and captures *all* positional and keyword arguments of
-   decoder layer 0 with a :class:`Catcher` (transformers 5 layers take ``position_embeddings``,
-   a prepared 4-D mask, ``position_ids`` ...), one set per batch;
+1. builds the model skeleton (``llmguard.io.architecture``: parameters on ``meta``, buffers
+   computed for real, float32, the attention implementation the model supports), materialises
+   only what runs before the decoder layers, and records *all* positional and keyword arguments
+   of *every* decoder layer with pass-through :class:`LayerRecorder` stand-ins, one set per
+   batch (transformers 5 layers take ``position_embeddings``, a prepared 4-D mask,
+   ``position_ids`` ...; Gemma-style models alternate sliding-window and full attention, each
+   with its own mask and rotary table, so layer 0's arguments are not every layer's);
 2. then, for each decoder layer in turn, materialises that layer on the device from a weight
    provider (any ``name -> tensor`` callable, so the weights may be computed on the fly, e.g. an
    amplified reference model that never exists on disk), runs every batch through it with
@@ -19,14 +22,17 @@ calibration set (the layer inputs, kept on ``storage``); no per-linear activatio
 stored and the data pass is made once. When the model fits on the device, ``mode="whole"``
 loads it whole and runs each batch once end to end (same statistics, no hidden-state storage).
 
-Linears that receive the very same input tensor (q/k/v, gate/up) share one statistic. The
-batches come from the caller (NLSR tokenises its pairs in ``llmguard.realign.nlsr.calibration_data``);
+Linears that receive the very same input tensor (q/k/v, gate/up) share one statistic. Linear
+maps are those of :class:`~llmguard.io.architecture.Architecture` (``nn.Linear``, GPT-2's
+``Conv1D``, MoE routers, and each expert of transformers 5's fused experts, whose inputs are
+caught at the experts' own ``F.linear`` calls on the tokens routed to them). Statistics are
+keyed by *checkpoint* module names (``…experts.3.gate_proj``), whatever the in-memory layout.
+The batches come from the caller (NLSR tokenises its pairs in ``llmguard.realign.nlsr.calibration_data``);
 this engine imports nothing above ``llmguard.io``.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -34,6 +40,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from llmguard.errors import InvalidInputError, ResourceError, UsageError
+from llmguard.io.architecture import Architecture, load_config, meta_model
 from llmguard.progress import NullProgress, Progress
 
 WeightProvider = Callable[[str], torch.Tensor]
@@ -70,104 +77,203 @@ class SecondMoment:
 LayerCallback = Callable[[int, dict[str, SecondMoment]], None]
 
 
-class Catcher(torch.nn.Module):
-    """Stands in for decoder layer 0: records its inputs, then stops the forward pass."""
+class LayerRecorder(torch.nn.Module):
+    """Stands in for one decoder layer: records its arguments and passes the hidden states on.
+
+    ``tuple_output``: return ``(hidden,)`` for models whose loop indexes the layer output.
+    The last recorder stops the forward pass (nothing after the layers is needed).
+    """
 
     class Stop(Exception):
         pass
 
-    def __init__(self) -> None:
+    def __init__(self, index: int, last: bool, tuple_output: bool) -> None:
         super().__init__()
+        self.index, self.last, self.tuple_output = index, last, tuple_output
         self.captured: tuple[tuple[Any, ...], dict[str, Any]] | None = None
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         self.captured = (args, kwargs)
-        raise Catcher.Stop
+        if self.last:
+            raise LayerRecorder.Stop
+        hidden = args[0] if args else kwargs["hidden_states"]
+        return (hidden,) if self.tuple_output else hidden
 
 
-def _to(value: Any, device: torch.device | str) -> Any:
+Catcher = LayerRecorder  # the old name
+
+
+def _to(value: Any, device: torch.device | str, memo: dict[int, torch.Tensor] | None = None) -> Any:
+    """``value`` with every tensor moved to ``device``; a tensor seen twice is moved once (``memo``)."""
+    memo = {} if memo is None else memo
     if isinstance(value, torch.Tensor):
-        return value.to(device)
+        moved = memo.get(id(value))
+        if moved is None:
+            moved = memo[id(value)] = value.to(device)
+        return moved
     if isinstance(value, tuple):
-        return tuple(_to(v, device) for v in value)
+        return tuple(_to(v, device, memo) for v in value)
     if isinstance(value, list):
-        return [_to(v, device) for v in value]
+        return [_to(v, device, memo) for v in value]
     if isinstance(value, dict):
-        return {k: _to(v, device) for k, v in value.items()}
+        return {k: _to(v, device, memo) for k, v in value.items()}
     return value
 
 
-def _decoder_layers(model: torch.nn.Module, count: int) -> tuple[str, torch.nn.ModuleList]:
-    """The ModuleList of decoder layers (the first list with ``num_hidden_layers`` entries)."""
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) == count:
-            return name, module
-    raise InvalidInputError(f"cannot find the {count} decoder layers in {type(model).__name__}")
+def _materialise(arch: Architecture, module: torch.nn.Module, prefix: str, weights: WeightProvider, device: torch.device,
+                 skip: Callable[[str], bool] = lambda name: False) -> None:
+    """Give every parameter of ``module`` its float32 value, assembled from checkpoint tensors.
 
-
-def _fill(module: torch.nn.Module, prefix: str, weights: WeightProvider, device: torch.device, dtype: torch.dtype) -> None:
-    """Give every parameter of ``module`` its value from the provider (``prefix.param_name``)."""
-    module.to_empty(device=device)
+    In-memory names are translated to the checkpoint's own (fused MoE experts are stacked from
+    the per-expert tensors) by :meth:`Architecture.memory_tensor`; buffers, computed at init,
+    move to the device as they are.
+    """
     with torch.no_grad():
-        for name, param in module.named_parameters(recurse=True):
-            value = weights(f"{prefix}.{name}" if prefix else name)
+        for name, param in list(module.named_parameters(recurse=True)):
+            if skip(name):
+                continue
+            full = f"{prefix}.{name}" if prefix else name
+            value = arch.memory_tensor(full, weights)
             if tuple(value.shape) != tuple(param.shape):
-                raise InvalidInputError(f"tensor {prefix}.{name}: shape {list(value.shape)} but the model expects {list(param.shape)}")
-            param.copy_(value.to(device=device, dtype=dtype))
+                raise InvalidInputError(f"tensor {full}: shape {list(value.shape)} but the model expects {list(param.shape)}")
+            owner, _, attr = name.rpartition(".")
+            target = module.get_submodule(owner) if owner else module
+            target._parameters[attr] = torch.nn.Parameter(value.to(device=device, dtype=torch.float32), requires_grad=False)
+        for name, buffer in list(module.named_buffers(recurse=True)):
+            if skip(name):
+                continue
+            owner, _, attr = name.rpartition(".")
+            target = module.get_submodule(owner) if owner else module
+            target._buffers[attr] = buffer.to(device)
 
 
-def _rebuild_buffers(model: torch.nn.Module, config: Any, device: torch.device) -> None:
-    """Recreate modules whose buffers are computed at init (rotary tables) outside the meta device."""
-    for name, module in list(model.named_modules()):
-        if any(True for _ in module.buffers(recurse=False)) and "rotary" in type(module).__name__.lower():
-            fresh = type(module)(config=config).to(device)
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, fresh)
+def _release(module: torch.nn.Module) -> None:
+    """Put a materialised module's parameters back on meta (frees the layer)."""
+    for sub in module.modules():
+        for attr, param in list(sub._parameters.items()):
+            if param is not None:
+                sub._parameters[attr] = torch.nn.Parameter(param.to("meta"), requires_grad=False)
+
+
+@dataclass
+class _HookPlan:
+    """Which in-memory modules to hook and the checkpoint module names their inputs belong to."""
+
+    linear: dict[str, list[str]] = field(default_factory=dict)  # module → checkpoint names
+    experts: dict[str, dict[tuple[str, int], list[str]]] = field(default_factory=dict)  # module → (param, expert) → names
+
+    @classmethod
+    def of(cls, arch: Architecture, wanted: set[str], layer: int | None = None) -> "_HookPlan":
+        plan = cls()
+        for m in arch.linear_maps:
+            if m.name not in wanted or (layer is not None and m.layer != layer):
+                continue
+            if m.parameter is None:
+                plan.linear.setdefault(m.module, []).append(m.name)
+            else:
+                attr = m.parameter.rpartition(".")[2]
+                plan.experts.setdefault(m.module, {}).setdefault((attr, int(m.expert)), []).append(m.name)  # type: ignore[arg-type]
+        return plan
 
 
 class _Accumulator:
-    """Forward hooks that add XᵀX of each hooked linear's input, sharing identical inputs."""
+    """Forward hooks that add XᵀX of each hooked linear map's input, sharing identical inputs.
 
-    def __init__(self, modules: dict[str, torch.nn.Module], device: torch.device) -> None:
+    Plain modules are hooked at their input. A fused experts module is re-run, inside its own
+    forward hook, on the selected tokens only, with ``F.linear`` intercepted: each call on a
+    slice of one of its 3-D parameters is expert ``e``'s projection, and its input is exactly
+    the tokens routed to ``e`` (after the activation, for ``down_proj``).
+    """
+
+    def __init__(self, model: torch.nn.Module, plan: _HookPlan, device: torch.device) -> None:
         self.device = device
-        self.stats: dict[str, SecondMoment] = {}
+        self.plan = plan
+        self.stats: dict[str, SecondMoment] = {}  # source key → statistic
         self.alias: dict[str, str] = {}
         self.select: torch.Tensor | None = None
         self._seen: list[tuple[torch.Tensor, str]] = []
-        self._handles = [m.register_forward_hook(self._hook(name)) for name, m in modules.items()]
+        self.expert_calls: dict[str, int] = {}
+        self._handles = [model.get_submodule(n).register_forward_hook(self._hook(n)) for n in plan.linear]
+        self._handles += [model.get_submodule(n).register_forward_hook(self._experts_hook(n), with_kwargs=True) for n in plan.experts]
 
     def new_forward(self, select: torch.Tensor) -> None:
         self.select = select.reshape(-1).to(self.device)
         self._seen = []
 
+    def _add(self, key: str, names: list[str], x: torch.Tensor, apply_select: bool = True) -> None:
+        flat = x.reshape(-1, x.shape[-1])
+        if apply_select and self.select is not None and self.select.numel() == flat.shape[0]:
+            flat = flat[self.select]
+        flat = flat.to(torch.float32)
+        stat = self.stats.get(key)
+        if stat is None:
+            stat = self.stats[key] = SecondMoment(torch.zeros(x.shape[-1], x.shape[-1], device=self.device), 0, list(names))
+        stat.xtx.addmm_(flat.T, flat)
+        stat.tokens += flat.shape[0]
+
     def _hook(self, name: str) -> Callable[..., None]:
+        names = self.plan.linear[name]
+
         def hook(module: torch.nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
             x = inputs[0]
             for seen, owner in self._seen:
                 if seen is x:
                     if name not in self.alias and name not in self.stats:
                         self.alias[name] = owner
-                        self.stats[owner].modules.append(name)
+                        self.stats[owner].modules.extend(names)
                     return
             self._seen.append((x, name))
-            owner = self.alias.get(name, name)
-            flat = x.reshape(-1, x.shape[-1])
-            if self.select is not None and self.select.numel() == flat.shape[0]:
-                flat = flat[self.select]
-            flat = flat.to(torch.float32)
-            stat = self.stats.get(owner)
-            if stat is None:
-                stat = self.stats[owner] = SecondMoment(torch.zeros(x.shape[-1], x.shape[-1], device=self.device), 0, [owner])
-            stat.xtx.addmm_(flat.T, flat)
-            stat.tokens += flat.shape[0]
+            self._add(self.alias.get(name, name), names, x)
+
+        return hook
+
+    def _experts_hook(self, name: str) -> Callable[..., None]:
+        targets = self.plan.experts[name]
+
+        def hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+            hidden, *rest = list(args) + list(kwargs.values())  # (hidden [N, d], top-k index, top-k weights)
+            if hidden.dim() != 2:
+                raise InvalidInputError(f"calibration: the experts of {name!r} ({type(module).__name__}) take {hidden.dim()}-D inputs; "
+                                        "activation statistics of fused experts are not supported for this model (use --scorer magnitude)")
+            n = hidden.shape[0]
+            picked = [hidden, *rest]
+            if self.select is not None and self.select.numel() == n:  # re-run on the selected tokens only
+                picked = [v[self.select] if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[0] == n else v for v in picked]
+            params = {attr: getattr(module, attr) for attr, _ in targets}
+            calls = 0
+
+            def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+                nonlocal calls
+                for attr, param in params.items():
+                    if weight.dim() == 2 and weight.untyped_storage().data_ptr() == param.untyped_storage().data_ptr():
+                        expert = (weight.storage_offset() - param.storage_offset()) // param.stride(0)
+                        names = targets.get((attr, expert))
+                        calls += 1
+                        if names is not None:
+                            self._add(f"{name}.{attr}[{expert}]", names, x, apply_select=False)
+                        break
+                return original(x, weight, bias)
+
+            original = torch.nn.functional.linear
+            torch.nn.functional.linear = linear  # type: ignore[assignment]
+            try:
+                module.forward(*picked)
+            finally:
+                torch.nn.functional.linear = original  # type: ignore[assignment]
+            if calls == 0 and picked[0].shape[0] > 0:
+                raise InvalidInputError(
+                    f"calibration: the experts of {name!r} ({type(module).__name__}) are not applied through F.linear per expert; "
+                    "activation statistics of fused experts are not supported for this model (use --scorer magnitude)"
+                )
 
         return hook
 
     def by_module(self) -> dict[str, SecondMoment]:
-        out = dict(self.stats)
-        for name, owner in self.alias.items():
-            out[name] = self.stats[owner]
+        """Checkpoint module name → its statistic (shared objects for shared inputs)."""
+        out: dict[str, SecondMoment] = {}
+        for stat in self.stats.values():
+            for name in stat.modules:
+                out[name] = stat
         return out
 
     def close(self) -> None:
@@ -176,36 +282,9 @@ class _Accumulator:
         self._seen = []
 
 
-def load_config(model_dir: str | os.PathLike[str]) -> Any:
-    from transformers import AutoConfig
-
-    try:
-        return AutoConfig.from_pretrained(str(model_dir))
-    except Exception as err:  # noqa: BLE001
-        raise InvalidInputError(f"{model_dir}: cannot read config.json for the calibration pass ({type(err).__name__}: {err})") from None
-
-
-def meta_model(config: Any) -> torch.nn.Module:
-    """The model skeleton on the meta device (no weights allocated)."""
-    from transformers import AutoModelForCausalLM
-
-    import warnings
-
-    try:
-        with torch.device("meta"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # transformers' own deprecation chatter
-            model = AutoModelForCausalLM.from_config(config)
-    except Exception as err:  # noqa: BLE001
-        raise InvalidInputError(f"cannot build a {getattr(config, 'model_type', '?')} model from its config ({type(err).__name__}: {err})") from None
-    return model.eval()
-
-
 def linear_names(config: Any) -> list[str]:
-    """Names (as in the checkpoint, without ``.weight``) of every linear inside a decoder layer, in model order."""
-    model = meta_model(config)
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    prefix, _ = _decoder_layers(model, text.num_hidden_layers)
-    return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n.startswith(prefix + ".")]
+    """Checkpoint module names (without ``.weight``) of every linear map inside a decoder layer, in model order."""
+    return [m.name for m in Architecture(config).linear_maps]
 
 
 def model_bytes(config: Any, dtype: torch.dtype = torch.float32) -> int:
@@ -240,37 +319,38 @@ def second_moments(
     mode: str = "auto",
     progress: Progress | None = None,
 ) -> dict[str, SecondMoment]:
-    """Second moments of the inputs of the ``targets`` linears (all decoder linears when None).
+    """Second moments of the inputs of the ``targets`` linear maps (all of them when None).
 
-    ``weights(name)`` returns the checkpoint tensor ``name`` (any dtype/device). ``on_layer(i,
-    stats)`` is called once per decoder layer with that layer's statistics (still on the device)
-    so the caller can reduce them at once; then they are dropped and the return value is empty.
-    Without a callback every statistic is returned (on the CPU).
+    ``targets`` and the keys of the result are checkpoint module names (tensor name without
+    ``.weight``); ``weights(name)`` returns the checkpoint tensor ``name`` (any dtype/device).
+    ``on_layer(i, stats)`` is called once per decoder layer with that layer's statistics (still
+    on the device) so the caller can reduce them at once; then they are dropped and the return
+    value is empty. Without a callback every statistic is returned (on the CPU).
 
-    ``mode``: ``layerwise`` (one decoder layer on the device at a time), ``whole`` (load the model
-    once), ``auto`` (whole when it takes under a quarter of the device's free memory).
+    The forward pass is float32 whatever the checkpoint stores (``dtype`` is kept for callers;
+    only float32 is accepted). ``mode``: ``layerwise`` (one decoder layer on the device at a
+    time), ``whole`` (load the model once), ``auto`` (whole when it takes under a quarter of the
+    device's free memory).
     """
     progress = progress or NullProgress()
     device = torch.device(device)
     if mode not in ("auto", "layerwise", "whole"):
         raise UsageError(f"calibration mode {mode!r}: choose auto, layerwise or whole")
+    if dtype != torch.float32:
+        raise UsageError(f"calibration dtype {dtype}: the statistics are computed in float32")
     if not batches:
         raise InvalidInputError("calibration data: no batches")
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    try:
-        text._attn_implementation = "sdpa"  # eager is fine too; never flash (needs a GPU build)
-    except Exception:  # noqa: BLE001
-        pass
-    model = meta_model(config)
-    n_layers = int(text.num_hidden_layers)
-    prefix, layers = _decoder_layers(model, n_layers)
-    all_linear = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n.startswith(prefix + ".")}
-    wanted = all_linear if targets is None else set(targets) & all_linear
+    arch = Architecture(config)
+    model = arch.model
+    all_linear = {m.name for m in arch.linear_maps}
+    if not all_linear:
+        raise InvalidInputError(f"calibration: {arch.class_name} has no linear map inside its decoder layers")
     missing = set(targets or ()) - all_linear
     if missing:
-        raise InvalidInputError(f"calibration: {sorted(missing)[0]!r} is not a linear layer inside a decoder layer of {type(model).__name__}")
+        raise InvalidInputError(f"calibration: {sorted(missing)[0]!r} is not a linear map inside a decoder layer of {arch.class_name}")
+    wanted = all_linear if targets is None else set(targets)
     if mode == "auto":
-        need = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("lm_head")) * (torch.finfo(dtype).bits // 8)
+        need = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("lm_head")) * 4
         mode = "whole" if need * 4 <= available_bytes(device) else "layerwise"
     collected: dict[str, SecondMoment] = {}
 
@@ -287,79 +367,110 @@ def second_moments(
 
     try:
         if mode == "whole":
-            _whole(model, config, prefix, layers, weights, batches, wanted, deliver, device, dtype, progress)
+            _whole(arch, weights, batches, wanted, deliver, device, progress)
         else:
-            _layerwise(model, config, prefix, layers, weights, batches, wanted, deliver, device, dtype, storage, progress)
+            _layerwise(arch, weights, batches, wanted, deliver, device, storage, progress)
     except torch.cuda.OutOfMemoryError as err:  # pragma: no cover - GPU only
         raise ResourceError(f"out of memory on {device} during the calibration pass ({mode}); try --calibration-mode layerwise or fewer/shorter samples") from err
     return collected
 
 
-def _layer_targets(prefix: str, index: int, layer: torch.nn.Module, wanted: set[str]) -> dict[str, torch.nn.Module]:
-    base = f"{prefix}.{index}"
-    return {f"{base}.{n}": m for n, m in layer.named_modules() if f"{base}.{n}" in wanted}
+def _backbone(arch: Architecture) -> tuple[torch.nn.Module, str]:
+    backbone = arch.model.base_model
+    return backbone, next(n for n, m in arch.model.named_modules() if m is backbone)
 
 
-def _front(model: torch.nn.Module, config: Any, prefix: str, weights: WeightProvider, device: torch.device, dtype: torch.dtype) -> None:
-    """Materialise what runs before layer 0 (embeddings, rotary tables); leave the rest on meta."""
-    _rebuild_buffers(model, config, device)
-    for name, module in model.named_modules():
-        if not name or name.startswith(prefix) or name.startswith("lm_head"):
-            continue
-        params = list(module.named_parameters(recurse=False))
-        if params and all(p.is_meta for _, p in params) and isinstance(module, torch.nn.Embedding):
-            _fill(module, name, weights, device, dtype)
+def _front(arch: Architecture, weights: WeightProvider, device: torch.device) -> None:
+    """Materialise what runs outside the decoder layers (embeddings, final norm), not the head."""
+    backbone, bb_prefix = _backbone(arch)
+    inside = arch.layers_prefix + "."
+    skip = lambda name: (f"{bb_prefix}.{name}" if bb_prefix else name).startswith(inside)  # noqa: E731
+    _materialise(arch, backbone, bb_prefix, weights, device, skip=skip)
 
 
-def _layerwise(model, config, prefix, layers, weights, batches, wanted, deliver, device, dtype, storage, progress) -> None:
+def _record_layer_inputs(arch: Architecture, batches: Sequence[CalibrationBatch], device: torch.device, storage: torch.device,
+                         progress: Progress) -> list[list[tuple[tuple[Any, ...], dict[str, Any]]]]:
+    """Per batch, the arguments of every decoder layer (layer 0's hidden states included)."""
+    backbone, _ = _backbone(arch)
+    layers = arch.layers
+    real = list(layers)
+    captured: list[list[tuple[tuple[Any, ...], dict[str, Any]]]] = []
+    progress.stage("calibration: capture layer inputs", len(batches))
+    try:
+        for tuple_output in (False, True):
+            recorders = [LayerRecorder(i, i == len(real) - 1, tuple_output) for i in range(len(real))]
+            for i, recorder in enumerate(recorders):
+                layers[i] = recorder
+            captured = []
+            consistent = True
+            with torch.no_grad():
+                for batch in batches:
+                    try:
+                        backbone(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device), use_cache=False)
+                    except LayerRecorder.Stop:
+                        pass
+                    if any(r.captured is None for r in recorders):
+                        raise InvalidInputError(f"{arch.class_name}: the forward pass did not reach every decoder layer")
+                    first = recorders[0].captured[0][0] if recorders[0].captured[0] else recorders[0].captured[1]["hidden_states"]  # type: ignore[index]
+                    memo: dict[int, torch.Tensor] = {}
+                    per_layer = []
+                    for r in recorders:
+                        args, kwargs = r.captured  # type: ignore[misc]
+                        hidden = args[0] if args else kwargs["hidden_states"]
+                        consistent &= tuple(hidden.shape) == tuple(first.shape)
+                        per_layer.append((_to(args, storage, memo), _to(kwargs, storage, memo)))
+                        r.captured = None
+                    captured.append(per_layer)
+                    progress.advance()
+            if consistent:
+                break
+        else:
+            raise InvalidInputError(f"{arch.class_name}: cannot replay its decoder layers one at a time (use --calibration-mode whole)")
+    finally:
+        for i, layer in enumerate(real):
+            layers[i] = layer
+    return captured
+
+
+def _layerwise(arch, weights, batches, wanted, deliver, device, storage, progress) -> None:
     storage = torch.device(storage) if storage is not None else torch.device("cpu")
-    _front(model, config, prefix, weights, device, dtype)
-    real_first = layers[0]
-    catcher = Catcher()
-    layers[0] = catcher
-    captured: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
-    progress.stage("calibration: capture layer-0 inputs", len(batches))
+    _front(arch, weights, device)
+    captured = _record_layer_inputs(arch, batches, device, storage, progress)
+    hidden_states = []
+    for per_layer in captured:
+        args, kwargs = per_layer[0]
+        hidden_states.append(args[0] if args else kwargs["hidden_states"])
+    progress.stage("calibration: decoder layers", len(arch.layers))
     with torch.no_grad():
-        for batch in batches:
-            try:
-                model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device), use_cache=False)
-            except Catcher.Stop:
-                pass
-            if catcher.captured is None:
-                raise InvalidInputError(f"{type(model).__name__}: the forward pass never reached decoder layer 0")
-            args, kwargs = catcher.captured
-            catcher.captured = None
-            captured.append((_to(args, storage), _to(kwargs, storage)))
-            progress.advance()
-    layers[0] = real_first
-    progress.stage("calibration: decoder layers", len(layers))
-    with torch.no_grad():
-        for index in range(len(layers)):
-            layer = layers[index]
-            _fill(layer, f"{prefix}.{index}", weights, device, dtype)
-            acc = _Accumulator(_layer_targets(prefix, index, layer, wanted), device)
+        for index, layer in enumerate(arch.layers):
+            prefix = f"{arch.layers_prefix}.{index}"
+            _materialise(arch, layer, prefix, weights, device)
+            acc = _Accumulator(arch.model, _HookPlan.of(arch, wanted, index), device)
             try:
                 for b, batch in enumerate(batches):
-                    args, kwargs = captured[b]
+                    args, kwargs = captured[b][index]
+                    memo: dict[int, torch.Tensor] = {}
+                    args, kwargs = _to(args, device, memo), _to(kwargs, device, memo)
+                    hidden = hidden_states[b].to(device)
                     acc.new_forward(batch.select)
-                    out = layer(*_to(args, device), **_to(kwargs, device))
-                    hidden = out[0] if isinstance(out, (tuple, list)) else out
-                    captured[b] = ((hidden.to(storage),) + tuple(args[1:]), kwargs)
+                    if args:
+                        out = layer(hidden, *args[1:], **kwargs)
+                    else:
+                        out = layer(**{**kwargs, "hidden_states": hidden})
+                    out = out[0] if isinstance(out, (tuple, list)) else out
+                    hidden_states[b] = out.to(storage)
             finally:
                 acc.close()
             deliver(index, acc.by_module())
             del acc
-            layers[index] = layer.to("meta")
+            _release(layer)
             progress.advance()
 
 
-def _whole(model, config, prefix, layers, weights, batches, wanted, deliver, device, dtype, progress) -> None:
-    _rebuild_buffers(model, config, device)
-    backbone = model.base_model
-    bb_prefix = next(n for n, m in model.named_modules() if m is backbone)
-    _fill_all(backbone, bb_prefix, weights, device, dtype)
-    targets: dict[str, torch.nn.Module] = {n: m for n, m in model.named_modules() if n in wanted}
-    acc = _Accumulator(targets, device)
+def _whole(arch, weights, batches, wanted, deliver, device, progress) -> None:
+    backbone, bb_prefix = _backbone(arch)
+    _materialise(arch, backbone, bb_prefix, weights, device)
+    acc = _Accumulator(arch.model, _HookPlan.of(arch, wanted), device)
     progress.stage("calibration: forward passes", len(batches))
     try:
         with torch.no_grad():
@@ -370,24 +481,15 @@ def _whole(model, config, prefix, layers, weights, batches, wanted, deliver, dev
     finally:
         acc.close()
     stats = acc.by_module()
-    for index in range(len(layers)):
-        base = f"{prefix}.{index}."
-        deliver(index, {n: s for n, s in stats.items() if n.startswith(base)})
-
-
-def _fill_all(module: torch.nn.Module, prefix: str, weights: WeightProvider, device: torch.device, dtype: torch.dtype) -> None:
-    buffers = {n: b for n, b in module.named_buffers() if not b.is_meta}
-    saved = {n: b.clone() for n, b in buffers.items()}
-    _fill(module, prefix, weights, device, dtype)
-    for name, value in saved.items():
-        owner, _, attr = name.rpartition(".")
-        target = module.get_submodule(owner) if owner else module
-        target._buffers[attr] = value.to(device)
+    layer_of = {m.name: m.layer for m in arch.linear_maps}
+    for index in range(arch.num_layers):
+        deliver(index, {n: s for n, s in stats.items() if layer_of.get(n) == index})
 
 
 __all__ = [
     "CalibrationBatch",
     "Catcher",
+    "LayerRecorder",
     "SecondMoment",
     "linear_names",
     "load_config",

@@ -160,6 +160,30 @@ def _compare_adapters(src_a: WeightSource, src_b: WeightSource, device: Any, pro
             cos, rel = _stats(dot, na, nb)
             rows.append(ModuleDiff(name, list(shape_a), cos, rel, math.sqrt(na), math.sqrt(nb)))
         progress.advance()
+    return rows + _tensor_rows(src_a, src_b, _tensor_only(ad_a) | _tensor_only(ad_b), device)
+
+
+def _tensor_only(adapter: Any) -> set[str]:
+    """Checkpoint tensors an adapter changes outside plain LoRA modules: fused-expert LoRA, modules_to_save."""
+    return set(adapter.parameter_targets) | set(adapter.full_tensors)
+
+
+def _tensor_rows(src_a: WeightSource, src_b: WeightSource, names: set[str], device: Any) -> list[ModuleDiff]:
+    """Delta-vs-delta rows for tensors compared as whole ΔW tensors (None: that side leaves it as is)."""
+    rows = []
+    for name in sorted(names):
+        da, db = src_a.delta(name, device), src_b.delta(name, device)
+        reference = src_a.base if name in src_a.base else src_b.base
+        shape = list(reference.meta[name].shape)
+        if da is None or db is None:
+            present = da if da is not None else db
+            norm = float(torch.linalg.vector_norm(present)) if present is not None else 0.0
+            rows.append(ModuleDiff(_module_name(name), shape, None, None, norm if da is not None else 0.0,
+                                   norm if db is not None else 0.0, "only in A" if da is not None else "only in B"))
+            continue
+        dot, na, nb = _pair_stats(da, db)
+        cos, rel = _stats(dot, na, nb)
+        rows.append(ModuleDiff(_module_name(name), shape, cos, rel, math.sqrt(na), math.sqrt(nb)))
     return rows
 
 
@@ -173,7 +197,7 @@ def _compare_deltas(src_a: WeightSource, src_b: WeightSource, reference: Any, de
 
     if src_a.is_adapter or src_b.is_adapter:
         adapters = [s.adapter for s in (src_a, src_b) if s.adapter is not None]
-        names = sorted({m.target for ad in adapters for m in ad.modules.values()})
+        names = sorted({m.target for ad in adapters for m in ad.modules.values()} | {n for ad in adapters for n in _tensor_only(ad)})
     else:
         names = [n for n in src_a.names() if n in src_b and n in reference and is_floating(src_a.meta(n).dtype)]
     progress.stage("compare deltas", len(names))

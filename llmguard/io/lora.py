@@ -5,6 +5,14 @@
 store ``lora_embedding_A [r, vocab]`` and ``lora_embedding_B [dim, r]`` and give (B @ A)ᵀ · s.
 Inner products between two adapters' deltas are computed in factor space (r×r matrices), so
 comparing adapters never materialises a d×d matrix.
+
+PEFT's ``target_parameters`` LoRA on transformers 5's fused MoE experts (one
+``experts.lora_A`` of shape [r·E, in] and ``lora_B`` [out, r·E] per fused 3-D parameter, nested
+as ``experts.base_layer.lora_*`` when two parameters are targeted) is a
+:class:`ParameterLora`: its ΔW is [E, out, in] per PEFT's ``ParamWrapper`` rule and is split
+into the checkpoint's per-expert tensors by the architecture layer. A saved
+``embed_tokens.base_layer.weight`` (PEFT saves the embedding it adapted) is a full tensor of
+the base, like ``modules_to_save``.
 """
 
 from __future__ import annotations
@@ -90,6 +98,22 @@ def read_adapter_config(path: Path) -> dict[str, Any]:
     return config
 
 
+@dataclass
+class ParameterLora:
+    """LoRA on a fused 3-D parameter (``target_parameters``): E experts of rank ``rank`` each."""
+
+    key: str  # module path in the adapter, e.g. model.layers.0.mlp.experts.base_layer
+    owner: str  # the module holding the parameter, e.g. model.layers.0.mlp.experts
+    a_key: str
+    b_key: str
+    rank: int
+    experts: int
+    alpha: float
+    scaling: float
+    parameter: str | None = None  # resolved in-memory parameter, e.g. ….experts.gate_up_proj
+    stored_out_in: bool = True  # parameter is [E, out, in] (transformers' default), else [E, in, out]
+
+
 @dataclass(frozen=True)
 class LoraModule:
     """One adapted module: its factor keys and effective rank, alpha and scale."""
@@ -134,6 +158,11 @@ class LoraAdapter:
         self.fan_in_fan_out: bool = bool(self.config.get("fan_in_fan_out", False))
         self.rank_pattern: dict[str, int] = dict(self.config.get("rank_pattern") or {})
         self.alpha_pattern: dict[str, float] = dict(self.config.get("alpha_pattern") or {})
+        self.target_parameters: list[str] = list(self.config.get("target_parameters") or [])
+        self.parameter_modules: dict[str, ParameterLora] = {}
+        self.parameter_targets: dict[str, ParameterLora] = {}  # checkpoint tensor → the module whose ΔW changes it
+        self._architecture: Any = None
+        self._split_cache: tuple[str, dict[str, torch.Tensor]] | None = None
         self.modules, self.full_tensors = self._index_keys()
 
     # -- structure --------------------------------------------------------------------------
@@ -157,7 +186,7 @@ class LoraAdapter:
                 raise InvalidInputError(f"{self.file.path}: DoRA magnitude vectors are not supported ({key})")
             else:
                 # modules_to_save / trainable tokens: a full replacement tensor of the base.
-                target = bare.replace(".modules_to_save.", ".").replace(".original_module.", ".")
+                target = bare.replace(".modules_to_save.", ".").replace(".original_module.", ".").replace(".base_layer.", ".")
                 full[target] = key
         modules: dict[str, LoraModule] = {}
         for name, kinds in sorted(factors.items()):
@@ -173,10 +202,15 @@ class LoraAdapter:
                 raise InvalidInputError(
                     f"{self.file.path}: module {name!r} has inconsistent factor shapes A{list(a_shape)} B{list(b_shape)}"
                 )
-            rkey = pattern_key(self.rank_pattern, name)
-            akey = pattern_key(self.alpha_pattern, name)
+            owner = re.sub(r"(\.base_layer)+$", "", name)
+            rkey = pattern_key(self.rank_pattern, owner)
+            akey = pattern_key(self.alpha_pattern, owner)
             cfg_rank = int(self.rank_pattern[rkey]) if rkey is not None else self.rank
             alpha = float(self.alpha_pattern[akey]) if akey is not None else self.alpha
+            if self.target_parameters and not embedding and rank != cfg_rank and rank % cfg_rank == 0 and self._targets_parameter(owner):
+                scaling = alpha / math.sqrt(cfg_rank) if self.use_rslora else alpha / cfg_rank
+                self.parameter_modules[name] = ParameterLora(name, owner, a_key, b_key, cfg_rank, rank // cfg_rank, alpha, scaling)
+                continue
             if cfg_rank != rank:
                 raise InvalidInputError(
                     f"{self.file.path}: module {name!r} stores rank {rank} but adapter_config.json says r={cfg_rank}"
@@ -184,6 +218,14 @@ class LoraAdapter:
             scaling = alpha / math.sqrt(rank) if self.use_rslora else alpha / rank
             modules[name] = LoraModule(name, a_key, b_key, embedding, rank, alpha, scaling)
         return modules, full
+
+    def _targets_parameter(self, owner: str) -> bool:
+        """Whether ``target_parameters`` names a parameter of module ``owner`` (PEFT's suffix match)."""
+        for target in self.target_parameters:
+            module = target.rpartition(".")[0]
+            if not module or owner == module or owner.endswith("." + module):
+                return True
+        return False
 
     def module_for_tensor(self, tensor_name: str) -> LoraModule | None:
         """The adapted module whose delta applies to a base checkpoint tensor, if any."""
@@ -205,12 +247,15 @@ class LoraAdapter:
                 raise InvalidInputError(f"{self.root}: adapter module {name!r} has no weight {name}.weight in the base checkpoint")
             remapped[found] = LoraModule(found, module.a_key, module.b_key, module.embedding, module.rank, module.alpha, module.scaling)
         self.modules = remapped
+        if self.parameter_modules:
+            self._resolve_parameters(base_names)
         full: dict[str, str] = {}
         for target, key in self.full_tensors.items():
             candidates = [target, f"model.{target}", target.removeprefix("model.")]
             found = next((c for c in candidates if c in base_names), None)
             if found is None:
-                raise InvalidInputError(f"{self.root}: adapter tensor {key!r} has no counterpart in the base checkpoint")
+                tied = " (the base ties it to the input embeddings and stores no separate copy)" if target.endswith("lm_head.weight") else ""
+                raise InvalidInputError(f"{self.root}: adapter tensor {key!r} has no counterpart in the base checkpoint{tied}")
             full[found] = key
         self.full_tensors = full
 
@@ -229,6 +274,65 @@ class LoraAdapter:
             got = self.file.tensors[key].shape
             if want is not None and tuple(want) != tuple(got):
                 raise InvalidInputError(f"{self.file.path}: tensor {key!r} is {list(got)} but the base tensor {target} is {list(want)}")
+
+    def use_architecture(self, architecture: Any) -> None:
+        """The base model's :class:`~llmguard.io.architecture.Architecture` (needed for ``target_parameters`` LoRA)."""
+        self._architecture = architecture
+
+    def _resolve_parameters(self, base_names: set[str]) -> None:
+        """Find the fused parameter each :class:`ParameterLora` adapts and the checkpoint tensors it changes."""
+        arch = self._architecture
+        if arch is None:
+            raise InvalidInputError(f"{self.root}: LoRA on fused expert parameters needs the base model's config.json")
+        self.parameter_targets = {}
+        for module in self.parameter_modules.values():
+            a_in = self.file.tensors[module.a_key].shape[1]
+            b_out = self.file.tensors[module.b_key].shape[0]
+            owner = next((c for c in (module.owner, f"model.{module.owner}", module.owner.removeprefix("model."))
+                          if any(p.startswith(c + ".") for p in arch.parameters)), None)
+            if owner is None:
+                raise InvalidInputError(f"{self.root}: adapter module {module.owner!r} is not a module of {arch.class_name}")
+            out_in = not getattr(arch.model.get_submodule(owner), "is_transposed", False)
+            matches = []
+            for pname, param in arch.parameters.items():
+                if pname.rpartition(".")[0] != owner or param.dim() != 3 or param.shape[0] != module.experts:
+                    continue
+                out, inp = (param.shape[1], param.shape[2]) if out_in else (param.shape[2], param.shape[1])
+                if (out, inp) == (b_out, a_in):
+                    matches.append(pname)
+            if len(matches) != 1:
+                raise InvalidInputError(
+                    f"{self.root}: cannot tell which fused parameter of {owner!r} the LoRA {module.key!r} adapts "
+                    f"({len(matches)} of shape [{module.experts}, {b_out}, {a_in}])"
+                )
+            module.parameter, module.stored_out_in = matches[0], out_in
+            for tensor in arch.checkpoint_layout(matches[0]):
+                if tensor not in base_names:
+                    raise InvalidInputError(f"{self.root}: adapter module {module.key!r} changes {tensor!r}, which the base checkpoint lacks")
+                self.parameter_targets[tensor] = module
+
+    def parameter_delta(self, module: ParameterLora, device: torch.device | str = "cpu") -> torch.Tensor:
+        """ΔW of a fused parameter in its in-memory layout ([E, out, in]; PEFT's ParamWrapper rule)."""
+        a = self.file.read(module.a_key).to(device=device, dtype=torch.float32)
+        b = self.file.read(module.b_key).to(device=device, dtype=torch.float32)
+        a = a.reshape(module.experts, module.rank, a.shape[-1])  # e r i
+        b = b.reshape(b.shape[0], module.rank, module.experts)  # o r e
+        spec = "o r e, e r i -> e o i" if module.stored_out_in else "o r e, e r i -> e i o"
+        return torch.einsum(spec, b, a) * module.scaling
+
+    def tensor_delta(self, tensor_name: str, device: torch.device | str = "cpu") -> torch.Tensor | None:
+        """ΔW of one checkpoint tensor from the LoRA factors (None where no factor changes it)."""
+        module = self.module_for_tensor(tensor_name)
+        if module is not None:
+            return self.delta(module, device)
+        pmod = self.parameter_targets.get(tensor_name)
+        if pmod is None:
+            return None
+        assert pmod.parameter is not None
+        if self._split_cache is None or self._split_cache[0] != pmod.key:
+            split = self._architecture.checkpoint_tensors(pmod.parameter, self.parameter_delta(pmod, "cpu"))
+            self._split_cache = (pmod.key, split)
+        return self._split_cache[1][tensor_name].to(device).clone()
 
     # -- math -------------------------------------------------------------------------------
     def factors(self, module: LoraModule, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:

@@ -46,13 +46,12 @@ class WeightSource:
         """
         if self.adapter is None:
             return None
-        module = self.adapter.module_for_tensor(name)
-        if module is not None:
-            return self.adapter.delta(module, device)
-        if name in self.adapter.full_tensors:
+        delta = self.adapter.tensor_delta(name, device)
+        if name in self.adapter.full_tensors:  # replaced (modules_to_save, a saved base_layer), plus any LoRA on top
             full = self.adapter.read_full(name).to(device=device, dtype=torch.float32)
-            return full - self.base.read(name).to(device=device, dtype=torch.float32)
-        return None
+            replaced = full - self.base.read(name).to(device=device, dtype=torch.float32)
+            return replaced if delta is None else replaced.add_(delta)
+        return delta
 
 
 def open_source(
@@ -75,6 +74,12 @@ def open_source(
                 f"{role} {root} is a LoRA adapter of {hint!r}, which is not a local directory; pass --base PATH"
             )
     checkpoint = open_checkpoint(base_path, allow_pickle=allow_pickle)
+    if adapter.parameter_modules:
+        from llmguard.io.architecture import architecture_of
+
+        if not (base_path / "config.json").is_file():
+            raise InvalidInputError(f"{role} {root}: LoRA on fused expert parameters needs the base model's config.json in {base_path}")
+        adapter.use_architecture(architecture_of(base_path))
     adapter.resolve_targets(set(checkpoint.names()))
     adapter.check_shapes({name: meta.shape for name, meta in checkpoint.meta.items()})
     return WeightSource(root, checkpoint, adapter)

@@ -59,7 +59,19 @@ def _summarize_checkpoint(root: Path, allow_pickle: bool) -> dict[str, Any]:
         "layers": config.get("num_hidden_layers"),
         "hidden_size": config.get("hidden_size"),
         "vocab_size": config.get("vocab_size"),
+        "structure": _structure(root) if root.is_dir() and (root / "config.json").is_file() else None,
     }
+
+
+def _structure(root: Path) -> dict[str, Any]:
+    """What the verbs treat specially (linear maps, Conv1D, MoE experts, tied weights), or why not."""
+    from llmguard.errors import LLMGuardError
+    from llmguard.io.architecture import architecture_of
+
+    try:
+        return architecture_of(root).describe()
+    except LLMGuardError as err:
+        return {"unsupported": str(err)}
 
 
 def _summarize_adapter(adapter: LoraAdapter) -> dict[str, Any]:
@@ -84,6 +96,7 @@ def _summarize_adapter(adapter: LoraAdapter) -> dict[str, Any]:
         "rank_pattern": adapter.rank_pattern,
         "alpha_pattern": adapter.alpha_pattern,
         "modules_to_save": sorted(adapter.full_tensors),
+        "expert_parameter_modules": {m.key: {"experts": m.experts, "rank": m.rank} for m in adapter.parameter_modules.values()},
         "parameters": adapter.parameter_count,
         "dtypes": dict(dtypes.most_common()),
         "bytes": adapter.file.path.stat().st_size,

@@ -330,6 +330,9 @@ class AdapterCombination:
         for term in self.adapter_terms:
             adapter = term.source.adapter
             assert adapter is not None
+            if adapter.parameter_modules:
+                raise InvalidInputError(f"{term.role} {term.source.path}: LoRA on fused MoE expert parameters cannot be combined --as-adapter; "
+                                        "write a full checkpoint instead")
             if adapter.full_tensors:
                 raise InvalidInputError(
                     f"{term.role} {term.source.path}: adapters with modules_to_save cannot be combined --as-adapter; "

@@ -80,12 +80,17 @@ class Analyzer:
             delta_ref = torch.zeros(self.inputs.base.meta[target].shape, device=self.device)
         unit = self.inputs.strategy
         assert unit.delta_mask is not None
-        mask = unit.delta_mask(self.scorer, delta_ref, cov, self.ratio, self.keep)
         delta_ft = source_weight(self.inputs.finetuned, target, self.device)
         delta_ft.sub_(self.inputs.base.read(target).to(device=self.device, dtype=torch.float32))
+        transposed = self.inputs.stored_orientation(name)
+        if transposed:  # Conv1D stores (in × out); scores and rows are those of the (out × in) map
+            delta_ref, delta_ft = delta_ref.T, delta_ft.T
+        mask = unit.delta_mask(self.scorer, delta_ref, cov, self.ratio, self.keep)
         similarity = masked_delta_cosine(delta_ft, delta_ref, mask)
         masked = int(mask.sum())
         parameters = unit.parameters_in(masked, delta_ref.shape[1])
+        if transposed and mask.dim() == 2:
+            mask = mask.T.contiguous()  # weight units: flat indices of the stored layout
         kept: torch.Tensor | StoredMask | None = (self.masks.put(mask) if self.masks is not None else None) if unit.spills_masks else mask.cpu()
         return ModuleResult(name, similarity, masked, mask.numel(), parameters, delta_mask=kept)
 

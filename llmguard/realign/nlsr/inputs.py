@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import re
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from llmguard.errors import InvalidInputError, UsageError
+from llmguard.io.architecture import LinearMap
 from llmguard.io.checkpoint import Checkpoint, open_checkpoint
 from llmguard.io.lora import LoraAdapter, is_adapter_dir
 from llmguard.io.sources import WeightSource, open_source
@@ -38,6 +39,11 @@ class NlsrInputs:
     unit: str
     modules: list[str]  # checkpoint module names (no ``.weight``), model order
     continuation_cosine: float | None = None
+    #: modules whose stored weight is (in × out) (GPT-2's Conv1D): rows of ΔW are its columns
+    transposed: set[str] = field(default_factory=set)
+
+    def stored_orientation(self, name: str) -> bool:
+        return name in self.transposed
 
     @property
     def strategy(self) -> Unit:
@@ -123,7 +129,7 @@ def open_inputs(
         assert finetuned_src.adapter is not None
         names = list(finetuned_src.adapter.modules)
     elif delta_source.adapter is not None:
-        names = list(delta_source.adapter.modules)
+        names = list(delta_source.adapter.modules) + [t.removesuffix(".weight") for t in delta_source.adapter.parameter_targets]
     else:
         names = [n[: -len(".weight")] for n in base_ckpt.names() if n.endswith(".weight") and len(base_ckpt.meta[n].shape) == 2]
     names = [n for n in names if layer_of(n) is not None]
@@ -135,12 +141,21 @@ def open_inputs(
     return NlsrInputs(aligned_src, finetuned_src, base_ckpt, prepared, chosen, names, cosine)
 
 
-def order_inputs(inputs: NlsrInputs, model_order: list[str]) -> None:
-    """Put the modules in model order (layer by layer, projections as the model defines them)."""
-    position = {n: i for i, n in enumerate(model_order)}
-    if inputs.strategy.delta_space and (inputs.prepared or inputs.aligned) is not None and (inputs.prepared or inputs.aligned).adapter is None:
-        inputs.modules = [n for n in inputs.modules if n in position]  # full deltas: linears only
-    inputs.modules.sort(key=lambda n: (position.get(n, len(position)), natural_key(n)))
+def order_inputs(inputs: NlsrInputs, linear_maps: list[LinearMap]) -> None:
+    """Keep the linear maps, in model order (layer by layer, projections as the model defines them).
+
+    ``linear_maps`` come from :class:`~llmguard.io.architecture.Architecture`: ``nn.Linear``,
+    GPT-2's ``Conv1D`` (marked transposed), MoE routers and every stored expert projection.
+    Nothing to realign is an error, never a successful run that changed nothing.
+    """
+    position = {m.name: i for i, m in enumerate(linear_maps)}
+    inputs.transposed = {m.name for m in linear_maps if m.transposed}
+    dropped = [n for n in inputs.modules if n not in position]
+    inputs.modules = [n for n in inputs.modules if n in position]
+    inputs.modules.sort(key=lambda n: (position[n], natural_key(n)))
+    if not inputs.modules:
+        hint = f" (e.g. {dropped[0]!r} is not one)" if dropped else ""
+        raise InvalidInputError(f"no linear map inside a decoder layer to realign{hint}")
 
 
 def _decide_unit(unit: str, finetuned: WeightSource, reference: WeightSource, base: Checkpoint) -> tuple[str, float | None]:
@@ -151,6 +166,8 @@ def _decide_unit(unit: str, finetuned: WeightSource, reference: WeightSource, ba
     if unit in DELTA_UNITS:
         return unit, None
     # --unit element: the fine-tune must continue the aligned adapter (same base, same factor basis)
+    if any(a is not None and a.parameter_modules for a in (ft, ref)):
+        raise InvalidInputError("--unit element: LoRA on fused MoE expert parameters has no per-expert factors to transplant; use --unit row or weight")
     if not both:
         raise InvalidInputError("--unit element needs LoRA adapters for both the fine-tuned model and the aligned/reference model")
     assert ft is not None and ref is not None

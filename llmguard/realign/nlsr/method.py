@@ -166,10 +166,17 @@ def analyze(options: NlsrOptions, progress: Progress, masks_beside: Path | None 
         config = None
         config_dir = _config_dir(o.aligned, o.base, o.finetuned)
         if config_dir is not None:  # model order (official selection draws in it) and the calibration architecture
-            from llmguard.io.calibration import linear_names, load_config
+            from llmguard.io.architecture import Architecture, load_config
 
             config = load_config(config_dir)
-            order_inputs(inputs, linear_names(config))
+            architecture = Architecture(config)
+            fused = architecture.unsupported_fused()
+            if fused:
+                raise InvalidInputError(f"{architecture.class_name} stores its experts fused on disk ({fused[0]!r}, 3-D); "
+                                        "NLSR patches 2-D linear weights only")
+            order_inputs(inputs, architecture.linear_maps)
+            record.update(architecture=architecture.class_name, linear_maps=len(architecture.linear_maps),
+                          transposed_modules=len(inputs.transposed))
         record.update(unit=inputs.unit, modules=len(inputs.modules), continuation_cosine=inputs.continuation_cosine,
                       mask_ratio=inputs.mask_ratio(o.mask_ratio))
         for role, src in (("finetuned", inputs.finetuned), ("aligned", inputs.aligned), ("reference", inputs.prepared)):
@@ -237,7 +244,10 @@ def _calibrate(o: NlsrOptions, inputs: NlsrInputs, ref: Reference, config: Any, 
             record.update(mode=o.calibration_mode, scoring_seconds=round(analyzer.seconds, 4))
     missing = [m for m in inputs.modules if m not in analyzer.results]
     if missing:
-        raise InvalidInputError(f"module {missing[0]!r} saw no calibration input (not a linear layer of the model?)")
+        expert = ".experts." in missing[0] or ".expert." in missing[0]
+        why = ("no calibration token was routed to this expert; use more calibration data or --scorer magnitude" if expert
+               else "not a linear map of the model?")
+        raise InvalidInputError(f"module {missing[0]!r} saw no calibration input ({why})")
 
 
 @dataclass

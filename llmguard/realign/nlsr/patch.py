@@ -1,7 +1,8 @@
 """The reversible patch: exactly which stored values a realignment changed, before and after.
 
 ``realign_patch.safetensors`` holds, per changed tensor ``K`` of the output, ``K::index``
-(int64: flat element indices, or row indices), ``K::original`` and ``K::patched`` (the values in
+(int64: flat element indices, or row indices; ``"axis": 1`` in the JSON when the rows are columns of
+a transposed Conv1D weight), ``K::original`` and ``K::patched`` (the values in
 the stored dtype); ``realign_patch.json`` describes it. ``revert`` restores the original values
 after checking that the tensor still holds the patched ones, so undoing is bit-exact.
 """
@@ -72,7 +73,8 @@ class PatchRecorder:
                 os.close(self._fd)
                 self._fd = None
 
-    def record(self, key: str, index: torch.Tensor, original: torch.Tensor, patched: torch.Tensor) -> None:
+    def record(self, key: str, index: torch.Tensor, original: torch.Tensor, patched: torch.Tensor, columns: bool = False) -> None:
+        """One patched tensor; ``columns``: row units index its columns (a transposed Conv1D weight)."""
         if self._fd is None:
             raise RuntimeError("PatchRecorder.record outside PatchRecorder.writing")
         for part, value in (("index", index.to(torch.int64)), ("original", original), ("patched", patched)):
@@ -82,6 +84,8 @@ class PatchRecorder:
                 raise RuntimeError(f"patch entry {key}::{part}: {tuple(value.shape)} {value.dtype} is not what was planned")
             pwrite_tensor(self._fd, value, self._offsets[item.name])
         self.tensors[key] = {"count": int(index.numel()), "dtype": str(original.dtype).removeprefix("torch.")}
+        if columns:
+            self.tensors[key]["axis"] = 1
         self.values_overwritten += patched.numel()
         self.values_changed += int((original != patched).sum())
 
@@ -175,7 +179,8 @@ def revert(patched: str | os.PathLike[str], output: str | os.PathLike[str], *, p
                 if entry is not None:
                     tensor = tensor.clone()
                     rows = meta.get("unit") == "rows"
-                    view = tensor if rows else tensor.view(-1)
+                    columns = rows and (meta.get("tensors") or {}).get(name, {}).get("axis") == 1
+                    view = tensor.T if columns else tensor if rows else tensor.view(-1)
                     index = entry["index"]
                     if index.numel() and (int(index.max()) >= view.shape[0] or int(index.min()) < 0):
                         raise InvalidInputError(f"patch entry {name!r}: index out of range for shape {list(tensor.shape)}")

@@ -73,7 +73,9 @@ def patch_plan(inputs: NlsrInputs, selected: list[ModuleResult], tensor_plan: li
         return plan
     for result in selected:
         key = f"{result.name}.weight"
-        row_width = (inputs.finetuned.base.meta[key].shape[1],) if inputs.strategy.whole_rows else ()  # a row unit holds d_in values
+        shape = inputs.finetuned.base.meta[key].shape
+        d_in = shape[0] if inputs.stored_orientation(result.name) else shape[1]
+        row_width = (d_in,) if inputs.strategy.whole_rows else ()  # a row unit holds d_in values
         plan += PatchRecorder.entry_plan(key, result.masked, (result.masked, *row_width), dtypes[key])
     return plan
 
@@ -128,15 +130,17 @@ def write_delta_units(
         result = jobs.get(name)
         if result is not None:
             mask = result.unit_mask()
-            # row units index rows of the weight; weight units index its flattened entries
-            units: Any = (lambda t: t) if mask.dim() == 1 else (lambda t: t.reshape(-1))
+            # row units index output rows of the map (columns of a transposed Conv1D weight);
+            # weight units index the flattened entries of the stored weight
+            columns = mask.dim() == 1 and inputs.stored_orientation(result.name)
+            units: Any = (lambda t: t.T) if columns else (lambda t: t) if mask.dim() == 1 else (lambda t: t.reshape(-1))
             index = units(mask).nonzero().squeeze(1)
             tensor = tensor.clone()
             view = units(tensor)  # a view (tensor is contiguous): writing into it patches tensor
             original = view[index].clone()
             patched = units(reference.weight(name, device))[index.to(device)].to(tensor.dtype).cpu()
             view[index] = patched
-            recorder.record(name, index, original, patched)
+            recorder.record(name, index, original, patched, columns=columns)
         writer.write(name, tensor)
         progress.advance()
     return len(tensor_plan)

@@ -74,6 +74,8 @@ def run_safelora(options: SafeLoraOptions, progress: Progress | None = None) -> 
         assert adapter is not None
         if adapter.full_tensors:
             raise InvalidInputError(f"finetuned {o.finetuned}: adapters with modules_to_save are not supported by Safe LoRA")
+        if adapter.parameter_modules:
+            raise InvalidInputError(f"finetuned {o.finetuned}: LoRA on fused MoE expert parameters is not supported by Safe LoRA")
         for name, module in adapter.modules.items():
             if module.embedding or adapter.fan_in_fan_out:
                 raise InvalidInputError(f"finetuned {o.finetuned}: module {name!r} is not a plain linear LoRA module")

@@ -125,13 +125,13 @@ def _decide_space(aligned: WeightSource, sources: list[WeightSource]) -> tuple[s
         return "weight", None
     if any(s.base.root.resolve() != aligned.base.root.resolve() for s in sources):
         return "weight", None
-    if al.full_tensors or any(m.embedding for m in al.modules.values()):
+    if al.full_tensors or al.parameter_modules or any(m.embedding for m in al.modules.values()):
         return "weight", None
     cosines = []
     for src in sources:
         ft = src.adapter
         assert ft is not None
-        if set(ft.modules) != set(al.modules) or ft.full_tensors:
+        if set(ft.modules) != set(al.modules) or ft.full_tensors or ft.parameter_modules:
             return "weight", None
         for name, module in al.modules.items():
             other = ft.modules[name]
@@ -159,6 +159,7 @@ def _changed_tensors(aligned: WeightSource, sources: list[WeightSource]) -> tupl
     for name in candidates:
         if all_adapters and not any(
             src.adapter.module_for_tensor(name) is not None or name in src.adapter.full_tensors  # type: ignore[union-attr]
+            or name in src.adapter.parameter_targets  # type: ignore[union-attr]
             for src in [aligned, *sources]
         ):
             continue
