@@ -43,7 +43,8 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or log lines on stderr (before or after the verb).")] = False,
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="Show tracebacks on errors (before or after the verb).")] = 0,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, show_default=False,
+                                              help="A counter, not a value: -v shows tracebacks on errors, library warnings and progress bars (before or after the verb).")] = 0,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,

@@ -3,7 +3,8 @@
 - results on stdout (a Rich table, or JSON with ``--json``);
 - progress, logs and warnings on stderr, silenced by ``-q`` or when stderr is not a TTY;
 - ``NO_COLOR`` honoured (Rich reads it);
-- a user-caused error is one line on stderr plus the documented exit code.
+- a user-caused error is one line on stderr plus the documented exit code (and, under ``--json``,
+  ``{"error": {"message": ..., "exit_code": ...}}`` on stdout).
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ class CliState:
 
     quiet: bool = False
     verbose: int = 0
+    #: ``--json`` was given: an error is then also a JSON document on stdout, so a script that
+    #: parses stdout reads ``{"error": {...}}`` instead of an empty string
+    json_output: bool = False
 
 
 state = CliState()
@@ -78,6 +82,11 @@ def _json_default(value: Any) -> Any:
 def fail(message: str, code: int) -> typer.Exit:
     """Print one error line and return the Exit to raise."""
     message = " ".join(message.split())  # one line, whatever a library put in the message
+    if state.json_output:
+        from llmguard.cli.global_flags import error_document
+
+        sys.stdout.write(error_document(message, code) + "\n")
+        sys.stdout.flush()
     stderr.print(f"[bold red]error:[/bold red] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
     return typer.Exit(code)
 

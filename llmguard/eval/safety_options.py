@@ -36,7 +36,7 @@ class EvalSafetyOptions(Options):
     batch_size: int = option(32, help="Prompts per generation batch.", panel=PANEL_PERF)
     max_new_tokens: int = option(48, help="Tokens generated per answer.", panel=PANEL_PERF)
     device: str = option("auto", help="Where the math runs: auto, cpu, cuda or cuda:N.", envvar="LLMGUARD_DEVICE", panel=PANEL_PERF)
-    dtype: str = option("auto", help="Output dtype: auto (as the input), float32, bfloat16 or float16.", panel=PANEL_OUTPUT)
+    dtype: str = option("auto", help="Dtype the model is loaded in: auto (as stored), float32, bfloat16 or float16.", panel=PANEL_PERF)
     load_in_4bit: bool = option(False, help="Load the model in 4 bit (bitsandbytes, GPU).", panel=PANEL_PERF)
     load_in_8bit: bool = option(False, help="Load the model in 8 bit (bitsandbytes, GPU).", panel=PANEL_PERF)
     trust_remote_code: bool = option(False, help="Allow custom modelling code from the checkpoint.", panel=PANEL_DANGER)

@@ -7,19 +7,13 @@ shows the inherited watermark (student z high, reference weaker, teacher's own t
 
 from __future__ import annotations
 
-import json
-
 from llmguard.cli.demo_runner import DemoContext, DemoRow, StepFailed, register_step, verb_exists
 
 
-def _aggregate(stdout: str) -> dict:
-    lines = [ln for ln in stdout.splitlines() if ln.strip()]
-    if not lines:
-        raise StepFailed("`llmguard watermark detect` printed nothing")
-    last = json.loads(lines[-1])
-    if "aggregate" not in last:
+def _aggregate(doc: dict) -> dict:
+    if not doc.get("aggregate"):
         raise StepFailed("`llmguard watermark detect --aggregate` printed no corpus record")
-    return last["aggregate"]
+    return doc["aggregate"]
 
 
 @register_step("watermark-radioactivity", order=70,
@@ -33,7 +27,7 @@ def watermark_radioactivity(ctx: DemoContext) -> list[DemoRow]:
     # no tokens to score, so it is skipped with a warning instead of failing the whole step
     detect = ["watermark", "detect", "--json", "--aggregate", "--skip-bad", "--prompt-field", "prompt", *tb.detect_args()]
     rows: list[DemoRow] = []
-    teacher = _aggregate(ctx.cli(*detect, tb.teacher_data, json_output=False))
+    teacher = _aggregate(ctx.cli(*detect, tb.teacher_data))
     rows.append(DemoRow(step="watermark detect", model="wm-teacher (bigram + KGW)", watermark_z=round(teacher["median_z"], 2),
                         artefact=str(tb.teacher_data),
                         note=f"pooled z {teacher['pooled']['z']:.1f} over {teacher['num_texts']} texts"))
@@ -42,7 +36,7 @@ def watermark_radioactivity(ctx: DemoContext) -> list[DemoRow]:
         ctx.cli("watermark", "generate", "--model", path, "--prompts", tb.prompts, "-o", out, "--force",
                 "--no-watermark", "--max-new-tokens", "48", "--batch-size", "16", "--seed", "0",
                 "--device", ctx.device, json_output=False)
-        agg = _aggregate(ctx.cli(*detect, out, json_output=False))
+        agg = _aggregate(ctx.cli(*detect, out))
         rows.append(DemoRow(step="watermark generate + detect", model=name, watermark_z=round(agg["median_z"], 2),
                             artefact=str(out),
                             note=f"pooled z {agg['pooled']['z']:.1f}, log10 p {agg['pooled']['log10_p']:.1f}; "
