@@ -58,7 +58,9 @@ def _root(
         warnings.simplefilter("ignore")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    if verbose == 0 and (quiet or not sys.stderr.isatty()):
+    if verbose == 0:
+        # one progress display owns stderr (llmguard.cli.progress): transformers' and the hub's own
+        # bars ("Loading weights", "Writing model shards") stay off unless -v
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 

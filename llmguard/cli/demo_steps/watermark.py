@@ -16,7 +16,7 @@ def _aggregate(doc: dict) -> dict:
     return doc["aggregate"]
 
 
-@register_step("watermark-radioactivity", order=70,
+@register_step("watermark-radioactivity", order=70, aliases=("radioactivity", "watermark"),
                description="watermark generate from the distilled students, watermark detect with the teacher's key",
                available=lambda: verb_exists("watermark", "detect") and verb_exists("watermark", "generate"))
 def watermark_radioactivity(ctx: DemoContext) -> list[DemoRow]:
@@ -44,7 +44,7 @@ def watermark_radioactivity(ctx: DemoContext) -> list[DemoRow]:
     return rows
 
 
-@register_step("watermark-attacks", order=71,
+@register_step("watermark-attacks", order=71, aliases=("attacks",),
                description="watermark scrub and spoof (CDG-KD) on the watermark testbed: contrastive data, distil, detect",
                available=lambda: verb_exists("watermark", "scrub") and verb_exists("watermark", "spoof"))
 def watermark_attacks(ctx: DemoContext) -> list[DemoRow]:
@@ -58,8 +58,9 @@ def watermark_attacks(ctx: DemoContext) -> list[DemoRow]:
         new = doc["models"][mode]
         before = doc["models"]["student"]
         rows.append(DemoRow(
-            step=f"watermark {mode}", model=f"{label}: new student", watermark_z=round(new["median_z"], 2),
+            step=f"watermark {label}", model="wm-student (weak)" if weak else "wm-student", output=f"{out.name}/student",
+            watermark_z=round(new["median_z"], 2), before={"watermark_z": round(before["median_z"], 2)},
             artefact=str(out / "student"),
-            note=f"S z {before['median_z']:.2f} -> {new['median_z']:.2f}; two-sided median p "
-                 f"{new['median_p_two_sided']:.2g}; ppl x{new['perplexity_vs_student']:.2f} of S"))
+            note=f"two-sided median p {new['median_p_two_sided']:.2g}; clean-text perplexity "
+                 f"x{new['perplexity_vs_student']:.2f} of the input student's"))
     return rows
