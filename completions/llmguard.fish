@@ -131,7 +131,7 @@ complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subco
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l batch-size -d 'Prompts per generation batch.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l max-new-tokens -d 'Tokens generated per answer.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l device -d 'Where the math runs: auto, cpu, cuda or cuda:N.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l dtype -d 'Output dtype: auto (as the input), float32, bfloat16 or float16.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l dtype -d 'Dtype the model is loaded in: auto (as stored), float32, bfloat16 or float16.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l load-in-4bit -d 'Load the model in 4 bit (bitsandbytes, GPU).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l load-in-8bit -d 'Load the model in 8 bit (bitsandbytes, GPU).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l json -d 'Print one JSON document on stdout instead of a table.' -F
@@ -299,8 +299,9 @@ complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l html -d 'Write a self-contained HTML page with the token view and stats.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l fail-on-detect -d 'Exit 10 when any text (with --aggregate: the corpus) is predicted watermarked.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l workers -d 'Processes for permutation green lists (0 = all cores).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l json -d 'JSONL on stdout: one record per text, then the corpus record.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l show -d 'Colour tokens green/red (stdout, or stderr with --json).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l json -d 'One JSON document on stdout: {records: [one per text], aggregate}.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l jsonl -d 'JSONL on stdout, streamable: one record per text, then the corpus record.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l show -d 'Colour tokens green/red (stdout, or stderr with --json/--jsonl).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l help -s h -d 'Show help and exit.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l student-init -d 'Model the new student starts from (HF directory; CDG-KD: the base model).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l lora -d 'Train a LoRA adapter instead of all weights (writes a PEFT adapter directory).' -F
@@ -351,6 +352,7 @@ complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l batch-size -d 'Prompts per generation batch.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l device -d 'auto, cpu, cuda or cuda:N.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l dtype -d 'auto, float32, bfloat16 or float16.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l json -d 'Print one JSON document on stdout instead of a table.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l force -d 'Replace OUT if it exists.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l help -s h -d 'Show help and exit.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l eval-prompts -d 'Held-out prompts for the closed loop (JSONL/plain lines); without it, no loop.' -F

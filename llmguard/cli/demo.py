@@ -48,7 +48,7 @@ def demo_command(options: DemoOptions, *, list_steps: bool = False, json_output:
         # output, which has no width, gets the width its longest label needs (nothing wraps)
         stdout.print(f"llmguard demo: before → after on the testbed (held-out TEST split), {result.seconds:.0f} s",
                      markup=False, highlight=False)
-        stdout.print(render(result, width=stdout.width if stdout.is_terminal else 200), markup=False, highlight=False,
+        stdout.print(render(result, width=stdout.width if stdout.is_terminal else None), markup=False, highlight=False,
                      soft_wrap=True)
         for r in result.rows:
             if not r.ok:

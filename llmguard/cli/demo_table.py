@@ -62,10 +62,13 @@ def row_cells(row: Any) -> list[str]:
             f"{row.task} {task}" if task and row.task else task, other]
 
 
-def render(result: Any, width: int = 80) -> str:
-    """The table, sections and legend as lines of at most ``width`` characters (labels wrap)."""
+def render(result: Any, width: int | None = 80) -> str:
+    """The table, sections and legend as lines of at most ``width`` characters (labels wrap);
+    ``width=None`` (piped output): as wide as the longest label needs, nothing wraps."""
     numbers = sum(w for _, w in _COLUMNS) + len(_COLUMNS)
-    label_width = max(16, width - numbers)
+    needed = max([len(f"  {r.model}") for r in result.rows] + [len(f"    → {r.output}") for r in result.rows if r.output] + [16])
+    label_width = max(16, min(needed, width - numbers)) if width else needed
+    width = width or 10_000
     seconds = {s.name: s for s in result.steps}
     header = f"{'model (→ output)':<{label_width}}" + "".join(f" {h:>{w}}" for h, w in _COLUMNS)
     lines = [header.rstrip(), "-" * min(width, len(header))]

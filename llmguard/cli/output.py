@@ -39,7 +39,20 @@ class CliState:
 
 state = CliState()
 
-stdout = Console(highlight=False, soft_wrap=True)
+#: the width of results written to a pipe or file: Rich would otherwise lay tables out for 80
+#: columns, wrapping module names mid-word and cutting intervals; a table only takes the width
+#: its content needs, so a wide limit means nothing wraps. ``COLUMNS`` still wins when set.
+PIPED_WIDTH = 1000
+
+
+def _stdout_console() -> Console:
+    console = Console(highlight=False, soft_wrap=True)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(highlight=False, soft_wrap=True, width=PIPED_WIDTH)
+    return console
+
+
+stdout = _stdout_console()
 stderr = Console(stderr=True, highlight=False)
 
 
