@@ -115,6 +115,9 @@ def test_json_success_documents_of_the_quick_verbs(testbed, tmp_path: Path) -> N
         r = invoke(*args, "--json")
         assert r.exit_code == 0, (args, r.stdout, r.stderr)
         assert isinstance(json.loads(r.stdout), dict), args
+    extras = json.loads(invoke("testbed", "build", "--json").stdout)["extras"]  # every artefact, not only the Llama ones
+    assert set(extras) == {"watermark", "tiny_hdc_judge", "tiny_llava"}
+    assert all(Path(p).exists() for p in [extras["tiny_hdc_judge"], extras["tiny_llava"], *extras["watermark"].values()])
     steps = json.loads(invoke("demo", "--list", "--json").stdout)["steps"]
     assert {"name": "realign-resta", "aliases": ["resta"]}.items() <= next(s for s in steps if s["name"] == "realign-resta").items()
 
