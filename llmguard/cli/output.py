@@ -1,7 +1,8 @@
 """Output conventions shared by every verb (README "Conventions").
 
 - results on stdout (a Rich table, or JSON with ``--json``);
-- progress, logs and warnings on stderr, silenced by ``-q`` or when stderr is not a TTY;
+- on stderr: progress bars (a terminal only, off with ``-q``), info lines (off with ``-q``) and
+  warnings (always shown: they change how a result reads);
 - ``NO_COLOR`` honoured (Rich reads it);
 - a user-caused error is one line on stderr plus the documented exit code (and, under ``--json``,
   ``{"error": {"message": ..., "exit_code": ...}}`` on stdout).

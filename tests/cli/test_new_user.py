@@ -115,6 +115,10 @@ def test_json_success_documents_of_the_quick_verbs(testbed, tmp_path: Path) -> N
         r = invoke(*args, "--json")
         assert r.exit_code == 0, (args, r.stdout, r.stderr)
         assert isinstance(json.loads(r.stdout), dict), args
+    env = json.loads((tmp_path / "resta" / "llmguard.json").read_text())["environment"]  # provenance of the output
+    assert all(env[lib] for lib in ("torch", "transformers", "peft", "safetensors", "python", "llmguard"))
+    assert env["devices"] == ["cpu"] and env["torch_threads"] >= 1 and env["cpu"] and env["accelerator"]["cuda_build"] is None
+    assert env["git_revision"]  # this checkout's revision (None only for a wheel install)
     extras = json.loads(invoke("testbed", "build", "--json").stdout)["extras"]  # every artefact, not only the Llama ones
     assert set(extras) == {"watermark", "tiny_hdc_judge", "tiny_llava"}
     assert all(Path(p).exists() for p in [extras["tiny_hdc_judge"], extras["tiny_llava"], *extras["watermark"].values()])
