@@ -112,6 +112,7 @@ def derive_command(options_cls: type[Options], handler: Callable[..., None], ext
     def command(**values: Any) -> None:
         shown = {name: values.pop(name) for name in extra}
         state.json_output = bool(shown.get("json_output") or shown.get("json_out"))
+        state.json_emitted = False
         handler(build_options(options_cls, values), **shown)
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]

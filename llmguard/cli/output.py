@@ -36,6 +36,9 @@ class CliState:
     #: ``--json`` was given: an error is then also a JSON document on stdout, so a script that
     #: parses stdout reads ``{"error": {...}}`` instead of an empty string
     json_output: bool = False
+    #: a result document is already on stdout (a verb that reports, then fails: ``inspect --scan``
+    #: finding NaN): the error then stays on stderr, so stdout remains one document
+    json_emitted: bool = False
 
 
 state = CliState()
@@ -75,6 +78,7 @@ def warn(message: str) -> None:
 
 def emit_json(payload: Any) -> None:
     """One JSON document on stdout, nothing else."""
+    state.json_emitted = True
     sys.stdout.write(json.dumps(payload, indent=2, default=_json_default) + "\n")
     sys.stdout.flush()
 
@@ -96,7 +100,7 @@ def _json_default(value: Any) -> Any:
 def fail(message: str, code: int) -> typer.Exit:
     """Print one error line and return the Exit to raise."""
     message = " ".join(message.split())  # one line, whatever a library put in the message
-    if state.json_output:
+    if state.json_output and not state.json_emitted:
         from llmguard.cli.global_flags import error_document
 
         sys.stdout.write(error_document(message, code) + "\n")
