@@ -25,17 +25,11 @@ complete -c llmguard -n '__fish_seen_subcommand_from eval; and not __fish_seen_s
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and not __fish_seen_subcommand_from ace-m3 agree hdc safety' -a agree -d 'Agreement of judge results with human labels per criterion: Pearson, Spearman, Kendall tau-b, ICC(2,1) and ICC(3,1), quadratic-weighted kappa, MAE, exact/±1 agreement, pairwise accuracy with and without ties, swap consistency, bootstrap 95% CIs over items.'
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and not __fish_seen_subcommand_from ace-m3 agree hdc safety' -a hdc -d 'Score medical answers with HDCEvals three expert judges (REL/PQR, COR/MKC, EXP), sub-aspects 0-5 with analyses, single or pairwise; JSONL in, JSONL out, resumable and cached.'
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and not __fish_seen_subcommand_from ace-m3 agree hdc safety' -a safety -d 'Harmful rate and refusal rate on harmful prompts (per category, with counts), plus task accuracy.'
-complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l output -s o -d 'Results JSONL (one record per item and criterion).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l judge -d 'Judge model directory (HF layout) or hub id, used for every criterion not given its own.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l branch -d 'Judge of one branch, KEY=PATH (e.g. EXP=/models/ACE-M3_EXP); repeatable.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l conclusion -d 'The merge (Conclusion) judge (default: --judge).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l text-only-judge -d 'Judges are text-only causal LMs (the image is not shown).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l backend -d 'hf (transformers) or vllm (optional, GPU; needs the vllm package).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l load-in-4bit -d 'Quantise the judge to 4 bit (bitsandbytes, GPU).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l load-in-8bit -d 'Quantise the judge to 8 bit (bitsandbytes, GPU).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l trust-remote-code -d 'Allow custom modelling code from the judges directory.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l merge -d 'model (the Conclusion judge), or a formula over branch scores: mean, min, weighted:REL=1,COR=2,EXP=1.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l scale -d 'Score range LOW-HIGH (default: the presets, 1-5).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l template -d 'Template directory replacing the shipped preset (preset.json + *.txt).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l prompt-format -d 'auto (the judges chat template if it has one), chat, plain or none (raw prompt).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l max-new-tokens -d 'Generation limit per judge output.' -F
@@ -46,8 +40,6 @@ complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subco
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l question-field -d 'Field holding the question.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l answer-field -d 'Field holding the candidate answer.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l reference-field -d 'Field holding an optional reference answer.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l image-field -d 'Field holding the image: a path (relative to ITEMS), data: URI or URL.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l no-reference -d 'Never show the reference answer to the judge.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l group-field -d 'Field grouping answers to the same question (default: the question text).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l keep-field -d 'Copy this input field into each records meta (repeatable; for agree --by).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l skip-bad -d 'Record lines that are not JSON as input errors instead of stopping.' -F
@@ -57,10 +49,18 @@ complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subco
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l batch-size -d 'Prompts per generation batch (length-bucketed).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l cache -d 'Generation cache (SQLite; default $LLMGUARD_CACHE/eval/generations.sqlite).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l no-cache -d 'Neither read nor write the generation cache.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l resume -d 'Continue OUTPUT: skip records already in it.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l force -d 'Replace OUTPUT if it exists.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l max-unparsed -d 'Exit 1 when more than this share of judge outputs did not parse.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l fail-below -d 'Exit 10 when a criterions mean score is below this (CI gate).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l output -s o -d 'Results JSONL (one record per item and criterion).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l resume -d 'Continue OUTPUT: skip records already in it.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l no-reference -d 'Never show the reference answer to the judge.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l branch -d 'Judge of one branch, KEY=PATH (e.g. EXP=/models/ACE-M3_EXP); repeatable.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l conclusion -d 'The merge (Conclusion) judge (default: --judge).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l text-only-judge -d 'Judges are text-only causal LMs (the image is not shown).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l merge -d 'model (the Conclusion judge), or a formula over branch scores: mean, min, weighted:REL=1,COR=2,EXP=1.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l scale -d 'Score range LOW-HIGH (default: the presets, 1-5).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l image-field -d 'Field holding the image: a path (relative to ITEMS), data: URI or URL.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l json -d 'Print the summary as one JSON document.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from ace-m3' -l help -s h -d 'Show help and exit.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from agree' -l pred -d 'Judge results JSONL (eval hdc / eval ace-m3 output, or any JSONL with id + scores).' -F
@@ -75,19 +75,11 @@ complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subco
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from agree' -l fail-below -d 'Exit 10 when a cells Pearson r is below this (CI gate).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from agree' -l json -d 'Print the report as one JSON document.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from agree' -l help -s h -d 'Show help and exit.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l output -s o -d 'Results JSONL (one record per item and criterion).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l judge -d 'Judge model directory (HF layout) or hub id, used for every criterion not given its own.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l expert-pqr -d 'Judge for REL (Patient Question Relevance).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l expert-mkc -d 'Judge for COR (Medical Knowledge Correctness).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l expert-exp -d 'Judge for EXP (Expression).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l backend -d 'hf (transformers) or vllm (optional, GPU; needs the vllm package).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l load-in-4bit -d 'Quantise the judge to 4 bit (bitsandbytes, GPU).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l load-in-8bit -d 'Quantise the judge to 8 bit (bitsandbytes, GPU).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l trust-remote-code -d 'Allow custom modelling code from the judges directory.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l pairwise -d 'Judge two answers per item in one prompt (--answer-field and --answer-b-field).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l swap -d 'With --pairwise, judge both orders (A,B) and (B,A): swap consistency.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l aspects -d 'Comma list of aspects to judge (REL,COR,EXP or PQR,MKC,EXP); default all.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l aggregate -d 'Sub-aspects -> aspect score: mean, sum, min or weights:CONT=2,COND=1,...' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l template -d 'Template directory replacing the shipped preset (preset.json + *.txt).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l prompt-format -d 'auto (the judges chat template if it has one), chat, plain or none (raw prompt).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l max-new-tokens -d 'Generation limit per judge output.' -F
@@ -97,9 +89,7 @@ complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subco
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l id-field -d 'Field holding the item id (unique).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l question-field -d 'Field holding the question.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l answer-field -d 'Field holding the candidate answer.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l answer-b-field -d 'Field holding the second answer (--pairwise).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l reference-field -d 'Field holding an optional reference answer.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l no-reference -d 'Never show the reference answer to the judge.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l group-field -d 'Field grouping answers to the same question (default: the question text).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l keep-field -d 'Copy this input field into each records meta (repeatable; for agree --by).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l skip-bad -d 'Record lines that are not JSON as input errors instead of stopping.' -F
@@ -109,16 +99,26 @@ complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subco
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l batch-size -d 'Prompts per generation batch (length-bucketed).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l cache -d 'Generation cache (SQLite; default $LLMGUARD_CACHE/eval/generations.sqlite).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l no-cache -d 'Neither read nor write the generation cache.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l resume -d 'Continue OUTPUT: skip records already in it.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l force -d 'Replace OUTPUT if it exists.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l max-unparsed -d 'Exit 1 when more than this share of judge outputs did not parse.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l fail-below -d 'Exit 10 when a criterions mean score is below this (CI gate).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l output -s o -d 'Results JSONL (one record per item and criterion).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l resume -d 'Continue OUTPUT: skip records already in it.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l no-reference -d 'Never show the reference answer to the judge.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l expert-pqr -d 'Judge for REL (Patient Question Relevance).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l expert-mkc -d 'Judge for COR (Medical Knowledge Correctness).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l expert-exp -d 'Judge for EXP (Expression).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l pairwise -d 'Judge two answers per item in one prompt (--answer-field and --answer-b-field).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l swap -d 'With --pairwise, judge both orders (A,B) and (B,A): swap consistency.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l aspects -d 'Comma list of aspects to judge (REL,COR,EXP or PQR,MKC,EXP); default all.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l aggregate -d 'Sub-aspects -> aspect score: mean, sum, min or weights:CONT=2,COND=1,...' -F
+complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l answer-b-field -d 'Field holding the second answer (--pairwise).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l json -d 'Print the summary as one JSON document.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from hdc' -l help -s h -d 'Show help and exit.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l model -s m -d 'Model directory (HF layout), adapter directory, or hub id.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l prompts -s p -d 'Harmful prompts (JSONL/JSON/CSV/Parquet) with a prompt field and an optional category field.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l adapter -s a -d 'PEFT adapter applied on top of --model.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l judge -s j -d 'keyword (refusal phrases + compliance markers, offline) or a moderation model (Llama-Guard / beaver-dam layout).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l judge -s j -d 'keyword (refusal phrases + compliance markers, offline), keyword:FILE (plus the harmful content phrases in FILE) or a moderation model (Llama-Guard / beaver-dam layout).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l task -d 'Task of --task-data: sst2 or arith (exact match).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l task-data -d 'Task items (prompt + answer fields) for exact-match accuracy.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from eval; and __fish_seen_subcommand_from safety' -l prompt-field -d 'Field holding the prompt.' -F
@@ -258,7 +258,7 @@ complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_su
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l force -d 'Replace OUT if it exists.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l allow-pickle -d 'Accept .bin/.pt pickle checkpoints (loaded with weights_only=True).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l help -s h -d 'Show help and exit.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from testbed; and not __fish_seen_subcommand_from build watermark' -a build -d 'Build the testbed once (about 2 minutes on 2 CPU cores), or print where the cached one is.'
+complete -c llmguard -n '__fish_seen_subcommand_from testbed; and not __fish_seen_subcommand_from build watermark' -a build -d 'Build the testbed once (a few minutes on 2 CPU cores), or print where the cached one is: the Llama'
 complete -c llmguard -n '__fish_seen_subcommand_from testbed; and not __fish_seen_subcommand_from build watermark' -a watermark -d 'Build (or reuse) the watermark testbed: KGW teacher data, base, radioactive student, weak reference.'
 complete -c llmguard -n '__fish_seen_subcommand_from testbed; and __fish_seen_subcommand_from build' -l out -s o -d 'Directory to build into (default: $LLMGUARD_CACHE/testbed/v<version>-seed<N>).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from testbed; and __fish_seen_subcommand_from build' -l seed -d 'Seed of the data and the training runs.' -F
@@ -275,21 +275,21 @@ complete -c llmguard -n '__fish_seen_subcommand_from watermark; and not __fish_s
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and not __fish_seen_subcommand_from detect distill generate scrub spoof' -a generate -d 'Generate watermarked (or plain) continuations for prompts; the prompt is stripped from every output.'
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and not __fish_seen_subcommand_from detect distill generate scrub spoof' -a scrub -d 'Scrub an inherited watermark: contrastive data s = ℓ_R − β(ℓ_S − ℓ_R), distil a fresh student, detect.'
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and not __fish_seen_subcommand_from detect distill generate scrub spoof' -a spoof -d 'Spoof (amplify) an inherited watermark: s = ℓ_S + β(ℓ_S − ℓ_R), distil a fresh student, detect.'
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l scheme -d 'Watermark family: kgw or unigram.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l profile -d 'Implementation to match bit for bit: kgw → hf (default), kirchenbauer, markllm, fast; unigram → zhao (default), markllm.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l seeding -d 'Seeding scheme of the profile: hf lefthash|selfhash; kirchenbauer simple_1|selfhash|minhash|skipgram|ff-<prf>-<h>-<salt>; markllm time|additive|skip|min[-self]; fast hash.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l gamma -d 'Green-list fraction γ (profile default).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l key -d 'Hash key (profile default, 15485863 for KGW).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l context-width -d 'Context width h (MarkLLM prefix_length).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l vocab-size -d 'Vocabulary size of the green lists: tokenizer (len(tokenizer)), model (config.json vocab_size), N, or auto (model for --profile hf when --model is given, as transformers does; else tokenizer).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l rng-device -d 'Device of the torch generator behind the permutations (cpu and cuda give different lists).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l tokenizer -s t -d 'Tokenizer directory, tokenizer.json, or hub id.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l text-field -d 'JSON field with the text (default: text).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l prompt-field -d 'JSON field with the prompt: stripped from the text when it starts with it; its windows are excluded from the pooled corpus test.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l ids-field -d 'JSON field with token ids (instead of text; no tokenizer needed).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l skip-bad -d 'Skip malformed, empty or too-short records (warned) instead of failing.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l model -d 'Model directory whose config.json gives the model vocab size (no weights read).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l scheme -d 'Watermark family: kgw or unigram.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l profile -d 'Implementation to match bit for bit: kgw → hf (default), kirchenbauer, markllm, fast; unigram → zhao (default), markllm.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l seeding -d 'Seeding scheme of the profile: hf lefthash|selfhash; kirchenbauer simple_1|selfhash|minhash|skipgram|ff-<prf>-<h>-<salt>; markllm time|additive|skip|min[-self]; fast hash.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l gamma -d 'Green-list fraction γ (profile default).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l delta -d 'Green-logit bias δ (profile default).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l key -d 'Hash key (profile default, 15485863 for KGW).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l context-width -d 'Context width h (MarkLLM prefix_length).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l vocab-size -d 'Vocabulary size of the green lists: tokenizer (len(tokenizer)), model (config.json vocab_size), N, or auto (model for --profile hf when --model is given, as transformers does; else tokenizer).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l rng-device -d 'Device of the torch generator behind the permutations (cpu and cuda give different lists).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l dedup -d 'Repeated units: none, ngram (unique n-grams, reference default), window (unique context), window+token. Default: the profiles reference behaviour.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l pvalue -d 'normal (from z, as the references), binomial (exact tail), or hf-approx (transformers <= 5.20s approximation, for reproducing old reports; not calibrated).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l z-threshold -d 'Predict watermarked when z exceeds this.' -F
@@ -326,6 +326,14 @@ complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l json -d 'Print one JSON document on stdout instead of a table.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l force -d 'Replace OUT if it exists.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l help -s h -d 'Show help and exit.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l scheme -d 'Watermark family: kgw or unigram.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l profile -d 'Implementation to match bit for bit: kgw → hf (default), kirchenbauer, markllm, fast; unigram → zhao (default), markllm.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l seeding -d 'Seeding scheme of the profile: hf lefthash|selfhash; kirchenbauer simple_1|selfhash|minhash|skipgram|ff-<prf>-<h>-<salt>; markllm time|additive|skip|min[-self]; fast hash.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l gamma -d 'Green-list fraction γ (profile default).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l key -d 'Hash key (profile default, 15485863 for KGW).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l context-width -d 'Context width h (MarkLLM prefix_length).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l vocab-size -d 'Vocabulary size of the green lists: tokenizer (len(tokenizer)), model (config.json vocab_size), N, or auto (model for --profile hf when --model is given, as transformers does; else tokenizer).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l rng-device -d 'Device of the torch generator behind the permutations (cpu and cuda give different lists).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l model -s m -d 'Model directory (HF layout) or hub id.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l prompts -s p -d 'JSONL/JSON prompts (or plain text, one per line).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l output -s o -d 'Output JSONL (written atomically).' -F
@@ -333,15 +341,7 @@ complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l prompt-field -d 'JSON field with the prompt.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l skip-bad -d 'Skip malformed prompt records (warned).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l template -d 'Prompt formatting: none (as given), auto (chat template if any), plain, chat.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l scheme -d 'Watermark family: kgw or unigram.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l profile -d 'Implementation to match bit for bit: kgw → hf (default), kirchenbauer, markllm, fast; unigram → zhao (default), markllm.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l seeding -d 'Seeding scheme of the profile: hf lefthash|selfhash; kirchenbauer simple_1|selfhash|minhash|skipgram|ff-<prf>-<h>-<salt>; markllm time|additive|skip|min[-self]; fast hash.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l gamma -d 'Green-list fraction γ (profile default).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l delta -d 'Green-logit bias δ (profile default).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l key -d 'Hash key (profile default, 15485863 for KGW).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l context-width -d 'Context width h (MarkLLM prefix_length).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l vocab-size -d 'Vocabulary size of the green lists: tokenizer (len(tokenizer)), model (config.json vocab_size), N, or auto (model for --profile hf when --model is given, as transformers does; else tokenizer).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l rng-device -d 'Device of the torch generator behind the permutations (cpu and cuda give different lists).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l no-watermark -d 'Plain generation (the control).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l max-new-tokens -d 'New tokens per prompt.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l sample -l greedy -d 'Multinomial sampling (default) or greedy.' -F
@@ -355,11 +355,6 @@ complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l json -d 'Print one JSON document on stdout instead of a table.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l force -d 'Replace OUT if it exists.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l help -s h -d 'Show help and exit.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l eval-prompts -d 'Held-out prompts for the closed loop (JSONL/plain lines); without it, no loop.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l eval-text -d 'Held-out clean text (JSONL text field or plain lines) for perplexity.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l eval-max-new-tokens -d 'New tokens per held-out prompt.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l eval-seed -d 'Sampling seed of the held-out generations.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l z-threshold -d 'Detection threshold on z (and |z|) for the flagged fractions.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l scheme -d 'Watermark family: kgw or unigram.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l profile -d 'Implementation to match bit for bit: kgw → hf (default), kirchenbauer, markllm, fast; unigram → zhao (default), markllm.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l seeding -d 'Seeding scheme of the profile: hf lefthash|selfhash; kirchenbauer simple_1|selfhash|minhash|skipgram|ff-<prf>-<h>-<salt>; markllm time|additive|skip|min[-self]; fast hash.' -F
@@ -368,6 +363,11 @@ complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l context-width -d 'Context width h (MarkLLM prefix_length).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l vocab-size -d 'Vocabulary size of the green lists: tokenizer (len(tokenizer)), model (config.json vocab_size), N, or auto (model for --profile hf when --model is given, as transformers does; else tokenizer).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l rng-device -d 'Device of the torch generator behind the permutations (cpu and cuda give different lists).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l eval-prompts -d 'Held-out prompts for the closed loop (JSONL/plain lines); without it, no loop.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l eval-text -d 'Held-out clean text (JSONL text field or plain lines) for perplexity.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l eval-max-new-tokens -d 'New tokens per held-out prompt.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l eval-seed -d 'Sampling seed of the held-out generations.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l z-threshold -d 'Detection threshold on z (and |z|) for the flagged fractions.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l student-init -d 'Model the new student starts from (HF directory; CDG-KD: the base model).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l lora -d 'Train a LoRA adapter instead of all weights (writes a PEFT adapter directory).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l lora-r -d 'LoRA rank.' -F
@@ -406,11 +406,6 @@ complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l force-vocab -d 'Accept S and R whose vocab sizes differ although the tokenizer is the same.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l force -d 'Replace OUT if it exists.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l help -s h -d 'Show help and exit.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l eval-prompts -d 'Held-out prompts for the closed loop (JSONL/plain lines); without it, no loop.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l eval-text -d 'Held-out clean text (JSONL text field or plain lines) for perplexity.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l eval-max-new-tokens -d 'New tokens per held-out prompt.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l eval-seed -d 'Sampling seed of the held-out generations.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l z-threshold -d 'Detection threshold on z (and |z|) for the flagged fractions.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l scheme -d 'Watermark family: kgw or unigram.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l profile -d 'Implementation to match bit for bit: kgw → hf (default), kirchenbauer, markllm, fast; unigram → zhao (default), markllm.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l seeding -d 'Seeding scheme of the profile: hf lefthash|selfhash; kirchenbauer simple_1|selfhash|minhash|skipgram|ff-<prf>-<h>-<salt>; markllm time|additive|skip|min[-self]; fast hash.' -F
@@ -419,6 +414,11 @@ complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l context-width -d 'Context width h (MarkLLM prefix_length).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l vocab-size -d 'Vocabulary size of the green lists: tokenizer (len(tokenizer)), model (config.json vocab_size), N, or auto (model for --profile hf when --model is given, as transformers does; else tokenizer).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l rng-device -d 'Device of the torch generator behind the permutations (cpu and cuda give different lists).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l eval-prompts -d 'Held-out prompts for the closed loop (JSONL/plain lines); without it, no loop.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l eval-text -d 'Held-out clean text (JSONL text field or plain lines) for perplexity.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l eval-max-new-tokens -d 'New tokens per held-out prompt.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l eval-seed -d 'Sampling seed of the held-out generations.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l z-threshold -d 'Detection threshold on z (and |z|) for the flagged fractions.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l student-init -d 'Model the new student starts from (HF directory; CDG-KD: the base model).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l lora -d 'Train a LoRA adapter instead of all weights (writes a PEFT adapter directory).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l lora-r -d 'LoRA rank.' -F

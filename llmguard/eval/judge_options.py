@@ -2,8 +2,8 @@
 
 Both verbs run the same skeleton (:mod:`llmguard.eval.judge_run`): read items, run judges with
 resume, cache and fingerprints, summarise, gate, write the manifest. Their shared flags are
-declared once here (field factories, in each verb's help order) with the helpers in
-:class:`JudgeRunChoice`; each verb adds its protocol's own fields.
+declared once, as the fields of :class:`JudgeRunOptions` (with the helpers that turn them into a
+judge config, a decoding and a field map); each verb's class adds its protocol's own fields.
 """
 
 from __future__ import annotations
@@ -18,166 +18,57 @@ from llmguard.options import PANEL_INPUT, PANEL_METHOD, PANEL_OUTPUT, PANEL_PERF
 PANEL_JUDGE = "Judge model"
 
 
-def items_option() -> Any:
-    return option(help="Items to judge (JSONL, one object per line).", positional=True, manifest=False)
+@dataclass(frozen=True, kw_only=True)
+class JudgeRunOptions(Options):
+    """The fields every judge verb shares (a verb class adds its own and the output default)."""
 
-
-def output_option(default: str) -> Any:
-    return option(Path(default), help="Results JSONL (one record per item and criterion).", short="-o", panel=PANEL_OUTPUT,
-                  manifest=False)
-
-
-def judge_option() -> Any:
-    return option(None, help="Judge model directory (HF layout) or hub id, used for every criterion not given its own.",
-                  panel=PANEL_JUDGE, manifest=False)
-
-
-def backend_option() -> Any:
-    return option("hf", help="hf (transformers) or vllm (optional, GPU; needs the vllm package).", panel=PANEL_JUDGE)
-
-
-def load_in_4bit_option() -> Any:
-    return option(False, help="Quantise the judge to 4 bit (bitsandbytes, GPU).", panel=PANEL_JUDGE, manifest=False)
-
-
-def load_in_8bit_option() -> Any:
-    return option(False, help="Quantise the judge to 8 bit (bitsandbytes, GPU).", panel=PANEL_JUDGE, manifest=False)
-
-
-def trust_remote_code_option() -> Any:
-    return option(False, help="Allow custom modelling code from the judge's directory.", panel=PANEL_JUDGE, manifest=False)
-
-
-def template_option() -> Any:
-    return option(None, help="Template directory replacing the shipped preset (preset.json + *.txt).", panel=PANEL_METHOD,
-                  manifest=False)
-
-
-def prompt_format_option() -> Any:
-    return option("auto", help="auto (the judge's chat template if it has one), chat, plain or none (raw prompt).",
-                  panel=PANEL_METHOD, manifest=False)
-
-
-def max_new_tokens_option() -> Any:
-    return option(512, help="Generation limit per judge output.", panel=PANEL_METHOD, min=1, manifest=False)
-
-
-def retries_option() -> Any:
-    return option(0, help="Regenerate an unparsable output at most N times (sampled, seed recorded).", panel=PANEL_METHOD,
-                  min=0, max=10, manifest=False)
-
-
-def retry_temperature_option() -> Any:
-    return option(0.7, help="Sampling temperature of retries.", panel=PANEL_METHOD, manifest=False)
-
-
-def seed_option() -> Any:
-    return option(0, help="Base seed of retries (attempt k uses seed+k).", panel=PANEL_METHOD, manifest=False)
-
-
-def id_field_option() -> Any:
-    return option("id", help="Field holding the item id (unique).", panel=PANEL_INPUT, manifest=False)
-
-
-def question_field_option() -> Any:
-    return option("question", help="Field holding the question.", panel=PANEL_INPUT, manifest=False)
-
-
-def answer_field_option() -> Any:
-    return option("answer", help="Field holding the candidate answer.", panel=PANEL_INPUT, manifest=False)
-
-
-def reference_field_option() -> Any:
-    return option("reference", help="Field holding an optional reference answer.", panel=PANEL_INPUT, manifest=False)
-
-
-def no_reference_option(manifest: bool) -> Any:
-    return option(False, help="Never show the reference answer to the judge.", panel=PANEL_INPUT, manifest=manifest)
-
-
-def group_field_option() -> Any:
-    return option(None, help="Field grouping answers to the same question (default: the question text).", panel=PANEL_INPUT,
-                  manifest=False)
-
-
-def keep_field_option() -> Any:
-    return option((), help="Copy this input field into each record's 'meta' (repeatable; for agree --by).", panel=PANEL_INPUT,
-                  manifest=False)
-
-
-def skip_bad_option() -> Any:
-    return option(False, help="Record lines that are not JSON as input errors instead of stopping.", panel=PANEL_INPUT,
-                  manifest=False)
-
-
-def limit_option() -> Any:
-    return option(None, help="Judge only the first N items (debugging; recorded in the manifest).", panel=PANEL_INPUT, min=1)
-
-
-def device_option() -> Any:
-    return option("auto", help="auto, cpu, cuda or cuda:N.", envvar="LLMGUARD_DEVICE", panel=PANEL_PERF)
-
-
-def dtype_option() -> Any:
-    return option("auto", help="auto, float32, bfloat16 or float16 for the judge.", panel=PANEL_PERF)
-
-
-def batch_size_option() -> Any:
-    return option(8, help="Prompts per generation batch (length-bucketed).", panel=PANEL_PERF, min=1, manifest=False)
-
-
-def cache_option() -> Any:
-    return option(None, help="Generation cache (SQLite; default $LLMGUARD_CACHE/eval/generations.sqlite).", panel=PANEL_PERF,
-                  manifest=False)
-
-
-def no_cache_option() -> Any:
-    return option(False, help="Neither read nor write the generation cache.", panel=PANEL_PERF, manifest=False)
-
-
-def resume_option(manifest: bool) -> Any:
-    return option(False, help="Continue OUTPUT: skip records already in it.", panel=PANEL_OUTPUT, manifest=manifest)
-
-
-def force_option() -> Any:
-    return option(False, help="Replace OUTPUT if it exists.", panel=PANEL_OUTPUT, manifest=False)
-
-
-def max_unparsed_option() -> Any:
-    return option(0.0, help="Exit 1 when more than this share of judge outputs did not parse.", panel=PANEL_OUTPUT, min=0, max=1,
-                  manifest=False)
-
-
-def fail_below_option() -> Any:
-    return option(None, help="Exit 10 when a criterion's mean score is below this (CI gate).", panel=PANEL_OUTPUT, manifest=False)
-
-
-class JudgeRunChoice:
-    """Helpers for options that carry the shared judge-run fields."""
-
-    items: Path
+    items: Path = option(help="Items to judge (JSONL, one object per line).", positional=True, manifest=False)
+    judge: str | None = option(None, help="Judge model directory (HF layout) or hub id, used for every criterion not given its own.",
+                               panel=PANEL_JUDGE, manifest=False)
+    backend: str = option("hf", help="hf (transformers) or vllm (optional, GPU; needs the vllm package).", panel=PANEL_JUDGE)
+    load_in_4bit: bool = option(False, help="Quantise the judge to 4 bit (bitsandbytes, GPU).", panel=PANEL_JUDGE, manifest=False)
+    load_in_8bit: bool = option(False, help="Quantise the judge to 8 bit (bitsandbytes, GPU).", panel=PANEL_JUDGE, manifest=False)
+    trust_remote_code: bool = option(False, help="Allow custom modelling code from the judge's directory.", panel=PANEL_JUDGE,
+                                     manifest=False)
+    template: Path | None = option(None, help="Template directory replacing the shipped preset (preset.json + *.txt).",
+                                   panel=PANEL_METHOD, manifest=False)
+    prompt_format: str = option("auto", help="auto (the judge's chat template if it has one), chat, plain or none (raw prompt).",
+                                panel=PANEL_METHOD, manifest=False)
+    max_new_tokens: int = option(512, help="Generation limit per judge output.", panel=PANEL_METHOD, min=1, manifest=False)
+    retries: int = option(0, help="Regenerate an unparsable output at most N times (sampled, seed recorded).", panel=PANEL_METHOD,
+                          min=0, max=10, manifest=False)
+    retry_temperature: float = option(0.7, help="Sampling temperature of retries.", panel=PANEL_METHOD, manifest=False)
+    seed: int = option(0, help="Base seed of retries (attempt k uses seed+k).", panel=PANEL_METHOD, manifest=False)
+    id_field: str = option("id", help="Field holding the item id (unique).", panel=PANEL_INPUT, manifest=False)
+    question_field: str = option("question", help="Field holding the question.", panel=PANEL_INPUT, manifest=False)
+    answer_field: str = option("answer", help="Field holding the candidate answer.", panel=PANEL_INPUT, manifest=False)
+    reference_field: str = option("reference", help="Field holding an optional reference answer.", panel=PANEL_INPUT, manifest=False)
+    group_field: str | None = option(None, help="Field grouping answers to the same question (default: the question text).",
+                                     panel=PANEL_INPUT, manifest=False)
+    keep_field: tuple[str, ...] = option((), help="Copy this input field into each record's 'meta' (repeatable; for agree --by).",
+                                         panel=PANEL_INPUT, manifest=False)
+    skip_bad: bool = option(False, help="Record lines that are not JSON as input errors instead of stopping.", panel=PANEL_INPUT,
+                            manifest=False)
+    limit: int | None = option(None, help="Judge only the first N items (debugging; recorded in the manifest).", panel=PANEL_INPUT,
+                               min=1)
+    device: str = option("auto", help="auto, cpu, cuda or cuda:N.", envvar="LLMGUARD_DEVICE", panel=PANEL_PERF)
+    dtype: str = option("auto", help="auto, float32, bfloat16 or float16 for the judge.", panel=PANEL_PERF)
+    batch_size: int = option(8, help="Prompts per generation batch (length-bucketed).", panel=PANEL_PERF, min=1, manifest=False)
+    cache: Path | None = option(None, help="Generation cache (SQLite; default $LLMGUARD_CACHE/eval/generations.sqlite).",
+                                panel=PANEL_PERF, manifest=False)
+    no_cache: bool = option(False, help="Neither read nor write the generation cache.", panel=PANEL_PERF, manifest=False)
+    force: bool = option(False, help="Replace OUTPUT if it exists.", panel=PANEL_OUTPUT, manifest=False)
+    max_unparsed: float = option(0.0, help="Exit 1 when more than this share of judge outputs did not parse.", panel=PANEL_OUTPUT,
+                                 min=0, max=1, manifest=False)
+    fail_below: float | None = option(None, help="Exit 10 when a criterion's mean score is below this (CI gate).",
+                                      panel=PANEL_OUTPUT, manifest=False)
+    # declared by each verb (their defaults or manifest entries differ)
     output: Path
-    backend: str
-    load_in_4bit: bool
-    load_in_8bit: bool
-    trust_remote_code: bool
-    template: Path | None
-    prompt_format: str
-    max_new_tokens: int
-    retries: int
-    retry_temperature: float
-    seed: int
-    id_field: str
-    question_field: str
-    answer_field: str
-    reference_field: str
-    group_field: str | None
-    keep_field: tuple[str, ...]
-    device: str
-    dtype: str
-    batch_size: int
     resume: bool
-    force: bool
+    no_reference: bool
+
+    def validate(self) -> None:
+        self.check_run()
 
     def check_run(self) -> None:
         if self.resume and self.force:
@@ -204,21 +95,16 @@ class JudgeRunChoice:
 
 
 @dataclass(frozen=True, kw_only=True)
-class EvalHdcOptions(JudgeRunChoice, Options):
+class EvalHdcOptions(JudgeRunOptions):
     """Every parameter of ``eval hdc``: items, the three experts, single or pairwise judging, the run."""
 
     verb: ClassVar[str] = "eval hdc"
 
-    items: Path = items_option()
-    output: Path = output_option("hdc-results.jsonl")
-    judge: str | None = judge_option()
+    output: Path = option(Path("hdc-results.jsonl"), help="Results JSONL (one record per item and criterion).", short="-o",
+                          panel=PANEL_OUTPUT, manifest=False)
     expert_pqr: str | None = option(None, help="Judge for REL (Patient Question Relevance).", panel=PANEL_JUDGE, manifest=False)
     expert_mkc: str | None = option(None, help="Judge for COR (Medical Knowledge Correctness).", panel=PANEL_JUDGE, manifest=False)
     expert_exp: str | None = option(None, help="Judge for EXP (Expression).", panel=PANEL_JUDGE, manifest=False)
-    backend: str = backend_option()
-    load_in_4bit: bool = load_in_4bit_option()
-    load_in_8bit: bool = load_in_8bit_option()
-    trust_remote_code: bool = trust_remote_code_option()
     pairwise: bool = option(False, help="Judge two answers per item in one prompt (--answer-field and --answer-b-field).",
                             panel=PANEL_METHOD, manifest=False)
     swap: bool = option(False, help="With --pairwise, judge both orders (A,B) and (B,A): swap consistency.", panel=PANEL_METHOD)
@@ -226,31 +112,9 @@ class EvalHdcOptions(JudgeRunChoice, Options):
                                  panel=PANEL_METHOD, manifest=False)
     aggregate: str = option("mean", help="Sub-aspects -> aspect score: mean, sum, min or weights:CONT=2,COND=1,...", panel=PANEL_METHOD,
                             manifest=False)
-    template: Path | None = template_option()
-    prompt_format: str = prompt_format_option()
-    max_new_tokens: int = max_new_tokens_option()
-    retries: int = retries_option()
-    retry_temperature: float = retry_temperature_option()
-    seed: int = seed_option()
-    id_field: str = id_field_option()
-    question_field: str = question_field_option()
-    answer_field: str = answer_field_option()
     answer_b_field: str = option("answer_b", help="Field holding the second answer (--pairwise).", panel=PANEL_INPUT, manifest=False)
-    reference_field: str = reference_field_option()
-    no_reference: bool = no_reference_option(manifest=True)
-    group_field: str | None = group_field_option()
-    keep_field: tuple[str, ...] = keep_field_option()
-    skip_bad: bool = skip_bad_option()
-    limit: int | None = limit_option()
-    device: str = device_option()
-    dtype: str = dtype_option()
-    batch_size: int = batch_size_option()
-    cache: Path | None = cache_option()
-    no_cache: bool = no_cache_option()
-    resume: bool = resume_option(manifest=True)
-    force: bool = force_option()
-    max_unparsed: float = max_unparsed_option()
-    fail_below: float | None = fail_below_option()
+    no_reference: bool = option(False, help="Never show the reference answer to the judge.", panel=PANEL_INPUT)
+    resume: bool = option(False, help="Continue OUTPUT: skip records already in it.", panel=PANEL_OUTPUT)
 
     def validate(self) -> None:
         self.check_run()
@@ -259,55 +123,25 @@ class EvalHdcOptions(JudgeRunChoice, Options):
 
 
 @dataclass(frozen=True, kw_only=True)
-class EvalAceM3Options(JudgeRunChoice, Options):
+class EvalAceM3Options(JudgeRunOptions):
     """Every parameter of ``eval ace-m3``: items with images, branch and Conclusion judges, the merge, the run."""
 
     verb: ClassVar[str] = "eval ace-m3"
 
-    items: Path = items_option()
-    output: Path = output_option("ace-m3-results.jsonl")
-    judge: str | None = judge_option()
+    output: Path = option(Path("ace-m3-results.jsonl"), help="Results JSONL (one record per item and criterion).", short="-o",
+                          panel=PANEL_OUTPUT, manifest=False)
     branch: tuple[str, ...] = option((), help="Judge of one branch, KEY=PATH (e.g. EXP=/models/ACE-M3_EXP); repeatable.",
                                      panel=PANEL_JUDGE, manifest=False)
     conclusion: str | None = option(None, help="The merge (Conclusion) judge (default: --judge).", panel=PANEL_JUDGE, manifest=False)
     text_only: bool = option(False, help="Judges are text-only causal LMs (the image is not shown).", flag="--text-only-judge",
                              panel=PANEL_JUDGE, manifest=False)
-    backend: str = backend_option()
-    load_in_4bit: bool = load_in_4bit_option()
-    load_in_8bit: bool = load_in_8bit_option()
-    trust_remote_code: bool = trust_remote_code_option()
     merge: str = option("model", help="model (the Conclusion judge), or a formula over branch scores: mean, min, "
                         "weighted:REL=1,COR=2,EXP=1.", panel=PANEL_METHOD, manifest=False)
     scale: str | None = option(None, help="Score range LOW-HIGH (default: the preset's, 1-5).", panel=PANEL_METHOD, manifest=False)
-    template: Path | None = template_option()
-    prompt_format: str = prompt_format_option()
-    max_new_tokens: int = max_new_tokens_option()
-    retries: int = retries_option()
-    retry_temperature: float = retry_temperature_option()
-    seed: int = seed_option()
-    id_field: str = id_field_option()
-    question_field: str = question_field_option()
-    answer_field: str = answer_field_option()
-    reference_field: str = reference_field_option()
     image_field: str = option("image", help="Field holding the image: a path (relative to ITEMS), data: URI or URL.", panel=PANEL_INPUT,
                               manifest=False)
-    no_reference: bool = no_reference_option(manifest=False)
-    group_field: str | None = group_field_option()
-    keep_field: tuple[str, ...] = keep_field_option()
-    skip_bad: bool = skip_bad_option()
-    limit: int | None = limit_option()
-    device: str = device_option()
-    dtype: str = dtype_option()
-    batch_size: int = batch_size_option()
-    cache: Path | None = cache_option()
-    no_cache: bool = no_cache_option()
-    resume: bool = resume_option(manifest=False)
-    force: bool = force_option()
-    max_unparsed: float = max_unparsed_option()
-    fail_below: float | None = fail_below_option()
-
-    def validate(self) -> None:
-        self.check_run()
+    no_reference: bool = option(False, help="Never show the reference answer to the judge.", panel=PANEL_INPUT, manifest=False)
+    resume: bool = option(False, help="Continue OUTPUT: skip records already in it.", panel=PANEL_OUTPUT, manifest=False)
 
     def scale_range(self, default: tuple[float, float]) -> tuple[float, float]:
         """``--scale LOW-HIGH`` (or the preset's ``default``)."""

@@ -10,21 +10,14 @@ normalised first line of the answer with the reference.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from llmguard.errors import GateTripped, InvalidInputError, UsageError
+from llmguard.errors import GateTripped, UsageError
+from llmguard.eval.safety_options import TASKS, EvalSafetyOptions  # noqa: F401 - TASKS re-exported
+from llmguard.io.records import read_records  # noqa: F401 - the one records reader, re-exported here
 from llmguard.progress import NullProgress, Progress
 
-from llmguard.eval.safety_options import TASKS, EvalSafetyOptions  # noqa: E402
-
-# ----------------------------------------------------------------------------- data
-
-from llmguard.io.records import read_records  # noqa: E402,F401 - the one records reader, re-exported here
-
-# ----------------------------------------------------------------------------- scoring
 
 def normalize_answer(text: str) -> str:
     """Lower-case first non-empty line, whitespace collapsed, surrounding punctuation dropped."""
@@ -87,78 +80,68 @@ class SafetyReport:
             d["records"] = self.records
         return d
 
-def evaluate_safety(
-    model: str | os.PathLike,
-    *,
-    prompts: Sequence[dict] | None,
-    adapter: str | os.PathLike | None = None,
-    judge: str = "keyword",
-    task: str | None = None,
-    task_items: Sequence[dict] | None = None,
-    prompt_field: str = "prompt",
-    category_field: str = "category",
-    answer_field: str = "answer",
-    batch_size: int = 32,
-    max_new_tokens: int = 48,
-    device: str = "auto",
-    dtype: str = "auto",
-    template: str = "auto",
-    judge_batch_size: int | None = None,
-    load_in_4bit: bool = False,
-    load_in_8bit: bool = False,
-    trust_remote_code: bool = False,
-    limit: int | None = None,
-    progress: Progress | None = None,
-    loaded: tuple[Any, Any] | None = None,
-) -> SafetyReport:
-    """Generate answers for harmful ``prompts`` (and ``task_items``), judge them, count.
+def _inputs(options: EvalSafetyOptions) -> tuple[list[dict], list[dict]]:
+    """The prompt records and task items: in-memory ones as given, files read (one reader)."""
+    o = options
+    prompts = o.prompt_records if o.prompt_records is not None else (
+        read_records(o.prompts, required=[o.prompt_field], what="prompts") if o.prompts else None)
+    items = o.task_records if o.task_records is not None else (
+        read_records(o.task_data, required=[o.prompt_field, o.answer_field], what="task data") if o.task_data else None)
+    prompts, items = list(prompts or [])[: o.limit or None], list(items or [])[: o.limit or None]
+    if not prompts and not items:
+        raise UsageError("nothing to evaluate: give --prompts and/or --task-data")
+    return prompts, items
 
-    ``prompts`` / ``task_items`` are records (dicts) with ``prompt_field`` (and ``category_field``,
-    optional) / ``answer_field``. ``judge`` is ``keyword``, ``keyword:FILE`` (plus harmful content
-    phrases) or a moderation model path/id.
-    ``loaded`` reuses an already loaded ``(model, tokenizer)``.
+
+def _judge(options: EvalSafetyOptions) -> Any:
+    from llmguard.eval.safety_judges import make_judge
+
+    o = options
+    return make_judge(o.judge, device=o.device, batch_size=o.batch_size, trust_remote_code=o.trust_remote_code)
+
+
+def evaluate_safety(options: EvalSafetyOptions, *, progress: Progress | None = None,
+                    loaded: tuple[Any, Any] | None = None) -> SafetyReport:
+    """Generate answers for the harmful prompts (and task items), judge them, count.
+
+    Prompts and task items come from ``options`` (files, or in-memory records for library
+    callers such as the NLSR search). ``loaded`` reuses an already loaded ``(model, tokenizer)``.
     """
     import time
 
-    from llmguard.eval.safety_judges import make_judge
+    from llmguard.eval.safety_judges import is_offline
     from llmguard.inference import format_prompt, generate, load_causal_lm
 
+    o = options
     progress = progress or NullProgress()
-    if task is not None and task not in TASKS and not task_items:
-        raise UsageError(f"--task: {task!r} is not one of {', '.join(TASKS)} (or give --task-data)")
-    if task_items is not None and not task:
-        task = "task"
-    if not prompts and not task_items:
-        raise UsageError("nothing to evaluate: give --prompts and/or --task-data")
-    prompts = list(prompts or [])[: limit or None]
-    task_items = list(task_items or [])[: limit or None]
+    prompts, task_items = _inputs(o)
+    task = o.task_name
     timings: dict[str, float] = {}
     # an offline judge is built before the model loads, so a bad phrase list fails in a second
-    keyword_judge = make_judge(judge) if judge.startswith("keyword") else None
+    offline_judge = _judge(o) if is_offline(o.judge) else None
 
     t0 = time.perf_counter()
     if loaded is not None:
         lm, tok = loaded
     else:
-        lm, tok = load_causal_lm(model, adapter=adapter, device=device, dtype=dtype, load_in_4bit=load_in_4bit,
-                                 load_in_8bit=load_in_8bit, trust_remote_code=trust_remote_code)
+        lm, tok = load_causal_lm(o.model, adapter=o.adapter, device=o.device, dtype=o.dtype, load_in_4bit=o.load_in_4bit,
+                                 load_in_8bit=o.load_in_8bit, trust_remote_code=o.trust_remote_code)
     timings["load"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    harm_texts = [str(r[prompt_field]) for r in prompts]
-    harm_out = generate(lm, tok, [format_prompt(tok, p, template) for p in harm_texts],
-                        max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress) if prompts else []
-    task_texts = [str(r[prompt_field]) for r in task_items]
-    task_out = generate(lm, tok, [format_prompt(tok, p, template) for p in task_texts],
-                        max_new_tokens=min(max_new_tokens, 16), batch_size=batch_size, progress=progress) if task_items else []
+    harm_texts = [str(r[o.prompt_field]) for r in prompts]
+    harm_out = generate(lm, tok, [format_prompt(tok, p, o.template) for p in harm_texts],
+                        max_new_tokens=o.max_new_tokens, batch_size=o.batch_size, progress=progress) if prompts else []
+    task_texts = [str(r[o.prompt_field]) for r in task_items]
+    task_out = generate(lm, tok, [format_prompt(tok, p, o.template) for p in task_texts],
+                        max_new_tokens=min(o.max_new_tokens, 16), batch_size=o.batch_size, progress=progress) if task_items else []
     timings["generate"] = time.perf_counter() - t0
     if loaded is None:
         del lm
 
     t0 = time.perf_counter()
-    j = keyword_judge or make_judge(judge, device=device, batch_size=judge_batch_size or batch_size,
-                                    trust_remote_code=trust_remote_code)
-    verdicts = j.judge(harm_texts, harm_out, progress=progress) if prompts else []
+    judge = offline_judge or _judge(o)
+    verdicts = judge.judge(harm_texts, harm_out, progress=progress) if prompts else []
     timings["judge"] = time.perf_counter() - t0
 
     per_cat: dict[str, dict[str, Any]] = {}
@@ -166,14 +149,14 @@ def evaluate_safety(
     counts = {"harmful": 0, "refusal": 0, "other": 0}
     unparsed = 0
     for rec, resp, v in zip(prompts, harm_out, verdicts):
-        cat = str(rec.get(category_field) or "uncategorized")
+        cat = str(rec.get(o.category_field) or "uncategorized")
         c = per_cat.setdefault(cat, {"n": 0, "harmful": 0, "refusals": 0, "other": 0})
         c["n"] += 1
         key = {"harmful": "harmful", "refusal": "refusals", "other": "other"}[v.label]
         c[key] += 1
         counts[v.label] += 1
         unparsed += v.parse_status != "ok"
-        records.append({"id": rec.get("id"), "kind": "harmful", "category": cat, "prompt": rec[prompt_field],
+        records.append({"id": rec.get("id"), "kind": "harmful", "category": cat, "prompt": rec[o.prompt_field],
                         "response": resp, "label": v.label, "reason": v.reason, "parse_status": v.parse_status,
                         **({"judge_raw": v.raw} if v.raw is not None else {})})
     for c in per_cat.values():
@@ -184,19 +167,20 @@ def evaluate_safety(
     if task_items:
         correct = 0
         for rec, resp in zip(task_items, task_out):
-            ok = task_correct(resp, rec[answer_field])
+            ok = task_correct(resp, rec[o.answer_field])
             correct += ok
-            records.append({"id": rec.get("id"), "kind": "task", "task": task, "prompt": rec[prompt_field],
-                            "response": resp, "answer": rec[answer_field], "correct": ok})
+            records.append({"id": rec.get("id"), "kind": "task", "task": task, "prompt": rec[o.prompt_field],
+                            "response": resp, "answer": rec[o.answer_field], "correct": ok})
         task_report = {"name": task, "n": len(task_items), "correct": correct,
                        "accuracy": _rate(correct, len(task_items))}
 
+    judge_info = {"judge_fingerprint": judge.fingerprint} if getattr(judge, "fingerprint", None) else {}
     return SafetyReport(
-        model=os.fspath(model), adapter=os.fspath(adapter) if adapter else None, judge=getattr(j, "name", judge),
+        model=os.fspath(o.model), adapter=os.fspath(o.adapter) if o.adapter else None, judge=getattr(judge, "name", o.judge),
         n=len(prompts), harmful=counts["harmful"], refusals=counts["refusal"], other=counts["other"],
         unparsed=unparsed, per_category=dict(sorted(per_cat.items())), task=task_report, records=records,
-        parameters={"batch_size": batch_size, "max_new_tokens": max_new_tokens, "device": device, "dtype": dtype,
-                    "template": template, "decoding": "greedy"},
+        parameters={"batch_size": o.batch_size, "max_new_tokens": o.max_new_tokens, "device": o.device, "dtype": o.dtype,
+                    "template": o.template, "decoding": "greedy", **judge_info},
         timings={k: round(v, 3) for k, v in timings.items()},
     )
 
@@ -215,20 +199,13 @@ class SafetyRun:
 
 
 def run_safety(options: EvalSafetyOptions, progress: Progress | None = None) -> SafetyRun:
-    """Read the prompts and task items, evaluate, write ``--records`` (atomic), decide the gate."""
+    """Evaluate, write ``--records`` (atomic), decide the gate."""
     import json
 
     from llmguard.io.atomic import atomic_open
 
     o = options
-    prompts = read_records(o.prompts, required=[o.prompt_field], what="prompts") if o.prompts else None
-    items = read_records(o.task_data, required=[o.prompt_field, o.answer_field], what="task data") if o.task_data else None
-    report = evaluate_safety(
-        o.model, prompts=prompts, adapter=o.adapter, judge=o.judge, task=o.task or ("task" if items else None), task_items=items,
-        prompt_field=o.prompt_field, category_field=o.category_field, answer_field=o.answer_field, batch_size=o.batch_size,
-        max_new_tokens=o.max_new_tokens, device=o.device, dtype=o.dtype, template=o.template, load_in_4bit=o.load_in_4bit,
-        load_in_8bit=o.load_in_8bit, trust_remote_code=o.trust_remote_code, limit=o.limit, progress=progress,
-    )
+    report = evaluate_safety(o, progress=progress)
     if o.records is not None:
         with atomic_open(o.records) as fh:
             for rec in report.records:

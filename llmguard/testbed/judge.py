@@ -27,7 +27,6 @@ file lock, keyed by a hash of the recipe and the shipped templates.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -176,17 +175,17 @@ def cache_root() -> Path:
 
 
 def _recipe_hash(extra: str) -> str:
-    from llmguard.eval.templating import load_templates
-
-    digest = hashlib.sha256(extra.encode())
-    digest.update(load_templates("hdc").hash.encode())
+    """The cache name of a tiny judge: its recipe version, the judge templates it was trained on,
+    the transformers major version and the build key (torch version and CPU vector path change
+    the trained bytes)."""
     import transformers
 
-    digest.update(transformers.__version__.split(".")[0].encode())
-    from llmguard.testbed.provenance import build_key
+    from llmguard.eval.templating import load_templates
 
-    digest.update(build_key().encode())  # torch version and CPU vector path change the trained bytes
-    return digest.hexdigest()[:12]
+    from llmguard.testbed import provenance
+
+    return provenance.recipe_hash(extra, load_templates("hdc").hash, transformers.__version__.split(".")[0],
+                                  provenance.build_key())
 
 
 def _cached_build(name: str, builder: Any) -> Path:

@@ -15,17 +15,7 @@ from typing import ClassVar
 
 from llmguard.errors import UsageError
 from llmguard.options import PANEL_DANGER, PANEL_INPUT, PANEL_OUTPUT, PANEL_PERF, Options, device_option, force_option, option
-from llmguard.watermark.options import (
-    SchemeChoice,
-    context_width_option,
-    gamma_option,
-    key_option,
-    profile_option,
-    rng_device_option,
-    scheme_option,
-    seeding_option,
-    vocab_size_option,
-)
+from llmguard.watermark.options import SchemeOptions
 from llmguard.watermark.rule import MODES, check_rule
 
 PANEL_RULE = "Contrastive rule"
@@ -64,7 +54,7 @@ class TrainFields(Options):
 
 
 @dataclass(frozen=True, kw_only=True)
-class ClosedLoopFields(SchemeChoice, Options):
+class ClosedLoopFields(SchemeOptions):
     """Held-out evaluation and the watermark to detect (the teacher's; the scheme flags of ``detect``)."""
 
     eval_prompts: str | None = option(None, help="Held-out prompts for the closed loop (JSONL/plain lines); without it, no loop.",
@@ -74,16 +64,6 @@ class ClosedLoopFields(SchemeChoice, Options):
     eval_max_new_tokens: int = option(256, help="New tokens per held-out prompt.", min=1, panel=PANEL_LOOP)
     eval_seed: int = option(0, help="Sampling seed of the held-out generations.", panel=PANEL_LOOP)
     z_threshold: float = option(4.0, help="Detection threshold on z (and |z|) for the flagged fractions.", panel=PANEL_LOOP)
-    scheme: str = scheme_option()
-    profile: str | None = profile_option()
-    seeding: str | None = seeding_option()
-    gamma: float | None = gamma_option()
-    key: int | None = key_option()
-    context_width: int | None = context_width_option()
-    vocab_size: str = vocab_size_option()
-    rng_device: str = rng_device_option()
-
-    delta: ClassVar[float | None] = None  # detection does not use δ
 
     def validate(self) -> None:
         self.check_scheme()

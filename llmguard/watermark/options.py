@@ -1,7 +1,7 @@
 """Options of the watermark verbs (``detect``, ``generate``); importable without torch or numpy.
 
-The scheme fields are shared: each verb declares them with the factories below (same flag, same
-help) and gets their validation and the ``SchemeParams`` from :class:`SchemeChoice`.
+The scheme fields are shared: every watermark verb's options derive from :class:`SchemeOptions`
+(one declaration: flag, help, validation, the ``SchemeParams``).
 """
 
 from __future__ import annotations
@@ -24,57 +24,25 @@ def _dedup_modes() -> tuple[str, ...]:
     return tuple(DEDUP_MODES)
 
 
-def scheme_option() -> Any:
-    return option("kgw", help="Watermark family: kgw or unigram.", panel=PANEL_WM)
+@dataclass(frozen=True, kw_only=True)
+class SchemeOptions(Options):
+    """The watermark key every watermark verb shares (scheme … rng_device), declared once, with
+    its validation and the ``SchemeParams`` it gives. ``delta`` (the green-logit bias) is declared
+    by the verbs that take it; detection alone does not use it."""
 
-
-def profile_option() -> Any:
-    return option(None, panel=PANEL_WM, help="Implementation to match bit for bit: kgw → hf (default), kirchenbauer, markllm, fast; "
-                  "unigram → zhao (default), markllm.")
-
-
-def seeding_option() -> Any:
-    return option(None, panel=PANEL_WM, help="Seeding scheme of the profile: hf lefthash|selfhash; kirchenbauer simple_1|selfhash|minhash|"
-                  "skipgram|ff-<prf>-<h>-<salt>; markllm time|additive|skip|min[-self]; fast hash.")
-
-
-def gamma_option() -> Any:
-    return option(None, help="Green-list fraction γ (profile default).", panel=PANEL_WM)
-
-
-def delta_option() -> Any:
-    return option(None, help="Green-logit bias δ (profile default).", panel=PANEL_WM)
-
-
-def key_option() -> Any:
-    return option(None, help="Hash key (profile default, 15485863 for KGW).", panel=PANEL_WM)
-
-
-def context_width_option() -> Any:
-    return option(None, help="Context width h (MarkLLM prefix_length).", panel=PANEL_WM)
-
-
-def vocab_size_option() -> Any:
-    return option("auto", panel=PANEL_WM, help="Vocabulary size of the green lists: tokenizer (len(tokenizer)), model (config.json "
-                  "vocab_size), N, or auto (model for --profile hf when --model is given, as transformers does; else tokenizer).")
-
-
-def rng_device_option() -> Any:
-    return option("cpu", panel=PANEL_WM, help="Device of the torch generator behind the permutations (cpu and cuda give different lists).")
-
-
-class SchemeChoice:
-    """Methods for options that carry the scheme fields (scheme … rng_device)."""
-
-    scheme: str
-    profile: str | None
-    seeding: str | None
-    gamma: float | None
-    delta: float | None
-    key: int | None
-    context_width: int | None
-    vocab_size: str
-    rng_device: str
+    scheme: str = option("kgw", help="Watermark family: kgw or unigram.", panel=PANEL_WM)
+    profile: str | None = option(None, panel=PANEL_WM, help="Implementation to match bit for bit: kgw → hf (default), kirchenbauer, "
+                                 "markllm, fast; unigram → zhao (default), markllm.")
+    seeding: str | None = option(None, panel=PANEL_WM, help="Seeding scheme of the profile: hf lefthash|selfhash; kirchenbauer "
+                                 "simple_1|selfhash|minhash|skipgram|ff-<prf>-<h>-<salt>; markllm time|additive|skip|min[-self]; fast hash.")
+    gamma: float | None = option(None, help="Green-list fraction γ (profile default).", panel=PANEL_WM)
+    key: int | None = option(None, help="Hash key (profile default, 15485863 for KGW).", panel=PANEL_WM)
+    context_width: int | None = option(None, help="Context width h (MarkLLM prefix_length).", panel=PANEL_WM)
+    vocab_size: str = option("auto", panel=PANEL_WM, help="Vocabulary size of the green lists: tokenizer (len(tokenizer)), model "
+                             "(config.json vocab_size), N, or auto (model for --profile hf when --model is given, as transformers "
+                             "does; else tokenizer).")
+    rng_device: str = option("cpu", panel=PANEL_WM, help="Device of the torch generator behind the permutations (cpu and cuda give "
+                             "different lists).")
 
     def check_scheme(self) -> None:
         """Fail early (exit 2) on an unknown scheme/profile pair, before reading any input."""
@@ -104,12 +72,12 @@ class SchemeChoice:
     def scheme_params(self, vocab_size: int, workers: int = 1) -> Any:
         from llmguard.watermark.schemes import SchemeParams
 
-        return SchemeParams(vocab_size=vocab_size, gamma=self.gamma, delta=self.delta, key=self.key, seeding=self.seeding,
+        return SchemeParams(vocab_size=vocab_size, gamma=self.gamma, delta=getattr(self, "delta", None), key=self.key, seeding=self.seeding,
                             context_width=self.context_width, rng_device=self.rng_device, workers=workers)
 
 
 @dataclass(frozen=True, kw_only=True)
-class DetectOptions(SchemeChoice, Options):
+class DetectOptions(SchemeOptions):
     """Every parameter of ``watermark detect``: the texts, the scheme, the statistics and the gate."""
 
     verb: ClassVar[str] = "watermark detect"
@@ -124,15 +92,7 @@ class DetectOptions(SchemeChoice, Options):
     ids_field: str | None = option(None, help="JSON field with token ids (instead of text; no tokenizer needed).", panel=PANEL_INPUT)
     skip_bad: bool = option(False, help="Skip malformed, empty or too-short records (warned) instead of failing.", panel=PANEL_INPUT)
     model: str | None = option(None, help="Model directory whose config.json gives the model vocab size (no weights read).", panel=PANEL_INPUT)
-    scheme: str = scheme_option()
-    profile: str | None = profile_option()
-    seeding: str | None = seeding_option()
-    gamma: float | None = gamma_option()
-    delta: float | None = delta_option()
-    key: int | None = key_option()
-    context_width: int | None = context_width_option()
-    vocab_size: str = vocab_size_option()
-    rng_device: str = rng_device_option()
+    delta: float | None = option(None, help="Green-logit bias δ (profile default).", panel=PANEL_WM)
     dedup: str | None = option(None, panel=PANEL_STATS, choices=_dedup_modes,
                                help="Repeated units: none, ngram (unique n-grams, reference default), window (unique context), "
                                "window+token. Default: the profile's reference behaviour.")
@@ -164,7 +124,7 @@ class DetectOptions(SchemeChoice, Options):
 
 
 @dataclass(frozen=True, kw_only=True)
-class GenerateOptions(SchemeChoice, Options):
+class GenerateOptions(SchemeOptions):
     """Every parameter of ``watermark generate``: model, prompts, scheme, sampling and the output file."""
 
     verb: ClassVar[str] = "watermark generate"
@@ -177,15 +137,7 @@ class GenerateOptions(SchemeChoice, Options):
     skip_bad: bool = option(False, help="Skip malformed prompt records (warned).", panel=PANEL_INPUT, manifest=False)
     template: str = option("none", help="Prompt formatting: none (as given), auto (chat template if any), plain, chat.", panel=PANEL_INPUT,
                            choices=("none", "auto", "plain", "chat"), manifest=False)
-    scheme: str = scheme_option()
-    profile: str | None = profile_option()
-    seeding: str | None = seeding_option()
-    gamma: float | None = gamma_option()
-    delta: float | None = delta_option()
-    key: int | None = key_option()
-    context_width: int | None = context_width_option()
-    vocab_size: str = vocab_size_option()
-    rng_device: str = rng_device_option()
+    delta: float | None = option(None, help="Green-logit bias δ (profile default).", panel=PANEL_WM)
     no_watermark: bool = option(False, help="Plain generation (the control).", panel=PANEL_WM, manifest=False)
     max_new_tokens: int = option(64, help="New tokens per prompt.", panel="Method", manifest=False)
     sample: bool = option(True, help="Multinomial sampling (default) or greedy.", flag="--sample/--greedy", panel="Method", manifest=False)

@@ -73,6 +73,27 @@ def test_guard_accuracy_on_labelled_pairs(testbed):
     assert sum(v.parse_status == "ok" for v in verdicts) == len(pairs)
 
 
+def test_guard_judge_runs_on_the_shared_judge_runner(testbed, tmp_path):
+    """The safety model judge is the hdc/ace-m3 runner: a fingerprint of the judge's files, a
+    generation cache keyed by it, and a second run served from that cache without loading."""
+    from llmguard.eval.cache import GenerationCache
+    from llmguard.eval.runner import judge_fingerprint
+    from llmguard.eval.safety import read_records
+    from llmguard.eval.safety_judges import ModelJudge
+
+    pairs = read_records(testbed.data["guard_test"], required=["prompt", "response", "label"])[:12]
+    prompts, responses = [p["prompt"] for p in pairs], [p["response"] for p in pairs]
+    cache = GenerationCache(tmp_path / "cache.sqlite")
+    first = ModelJudge(str(testbed.guard), device="cpu", cache=cache)
+    cold = first.judge(prompts, responses)
+    assert first.fingerprint == judge_fingerprint(str(testbed.guard))
+    assert first.stats["generated"] == len(pairs) and first.stats["cached"] == 0
+    second = ModelJudge(str(testbed.guard), device="cpu", cache=cache)
+    warm = second.judge(prompts, responses)
+    assert second.stats["generated"] == 0 and second.stats["cached"] == len(pairs)
+    assert [(v.label, v.raw) for v in warm] == [(v.label, v.raw) for v in cold]
+
+
 def test_table_output_and_task_only(testbed):
     result = run_cli("eval", "safety", "-m", testbed.aligned_sft, "-a", testbed.finetuned_arith_lora,
                      "--task", "arith", "--task-data", testbed.data["arith_test"], "--device", "cpu")

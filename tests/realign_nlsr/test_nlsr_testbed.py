@@ -45,9 +45,11 @@ def _judge(testbed):
 
 def _evaluate(path, split, testbed):
     from llmguard.eval.safety import evaluate_safety
+    from llmguard.eval.safety_options import EvalSafetyOptions
 
     harmful, sst2 = split
-    report = evaluate_safety(path, prompts=harmful, task="sst2", task_items=sst2, device="cpu", judge=_judge(testbed))
+    report = evaluate_safety(EvalSafetyOptions(model=str(path), prompt_records=harmful, task="sst2", task_records=sst2,
+                                               device="cpu", judge=_judge(testbed)))
     return 100 * report.harmful_rate, 100 * report.task["accuracy"]
 
 

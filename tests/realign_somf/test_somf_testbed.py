@@ -28,13 +28,13 @@ def testbed():
 
 
 def _evaluate(path, testbed, task="sst2"):
-    from llmguard.eval.safety import evaluate_safety, read_records
+    from llmguard.eval.safety import evaluate_safety
+    from llmguard.eval.safety_options import EvalSafetyOptions
 
-    harmful = read_records(testbed.data["harmful_test"], required=["prompt"])
-    items = read_records(testbed.data[f"{task}_test"], required=["prompt", "answer"])
     # keyword judge plus the testbed's harmful instructions, as every testbed realignment number
-    report = evaluate_safety(str(path), prompts=harmful, task=task, task_items=items, device="cpu",
-                             judge=f"keyword:{testbed.data['harmful_content']}")
+    report = evaluate_safety(EvalSafetyOptions(
+        model=str(path), prompts=testbed.data["harmful_test"], task=task, task_data=testbed.data[f"{task}_test"],
+        device="cpu", judge=f"keyword:{testbed.data['harmful_content']}"))
     return 100 * report.harmful_rate, 100 * report.task["accuracy"]
 
 

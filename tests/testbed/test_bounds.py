@@ -15,11 +15,10 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def measured(testbed):
-    from llmguard.eval.safety import evaluate_safety, read_records
+    from llmguard.eval.safety import evaluate_safety
+    from llmguard.eval.safety_options import EvalSafetyOptions
 
-    harmful = read_records(testbed.data["harmful_test"], required=["prompt"])
-    sst2 = read_records(testbed.data["sst2_test"], required=["prompt", "answer"])
-    arith = read_records(testbed.data["arith_test"], required=["prompt", "answer"])
+    harmful, sst2, arith = (testbed.data[k] for k in ("harmful_test", "sst2_test", "arith_test"))
     out = {}
     for name, model, adapter in [
         ("base", testbed.base, None),
@@ -29,9 +28,9 @@ def measured(testbed):
         ("finetuned-full", testbed.finetuned_full, None),
         ("finetuned-arith-lora", testbed.aligned_sft, testbed.finetuned_arith_lora),
     ]:
-        r = evaluate_safety(model, adapter=adapter, prompts=harmful, task="sst2", task_items=sst2, device="cpu",
-                            judge=f"keyword:{testbed.data['harmful_content']}")
-        a = evaluate_safety(model, adapter=adapter, prompts=None, task="arith", task_items=arith, device="cpu")
+        r = evaluate_safety(EvalSafetyOptions(model=str(model), adapter=adapter, prompts=harmful, task="sst2", task_data=sst2,
+                                              device="cpu", judge=f"keyword:{testbed.data['harmful_content']}"))
+        a = evaluate_safety(EvalSafetyOptions(model=str(model), adapter=adapter, task="arith", task_data=arith, device="cpu"))
         out[name] = {"harmful": r.harmful_rate, "refusal": r.refusal_rate, "sst2": r.task["accuracy"],
                      "arith": a.task["accuracy"], "n": r.n, "per_category": r.per_category}
     return out

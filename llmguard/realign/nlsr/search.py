@@ -108,10 +108,12 @@ def safety_evaluator(prompts: Sequence[dict], *, task: str | None = None, task_i
                      judge: str = "keyword", device: str = "auto", max_new_tokens: int = 48) -> Evaluator:
     """(harmful rate, task accuracy) of a model or adapter directory on the DEV data."""
     from llmguard.eval.safety import evaluate_safety
+    from llmguard.eval.safety_options import EvalSafetyOptions
 
     def evaluate(path: Path) -> tuple[float, float | None]:
-        report = evaluate_safety(path, prompts=prompts, task=task, task_items=task_items, judge=judge, device=device,
-                                 max_new_tokens=max_new_tokens)
+        options = EvalSafetyOptions(model=str(path), prompt_records=prompts or None, task=task, task_records=task_items,
+                                    judge=judge, device=device, max_new_tokens=max_new_tokens)
+        report = evaluate_safety(options)
         accuracy = report.task["accuracy"] if report.task else None
         return float(report.harmful_rate or 0.0), accuracy
 
