@@ -191,3 +191,52 @@ def test_demo_steps_accept_short_aliases() -> None:
     assert list(resolve_steps(["resta", "safety"], steps)) == ["eval-safety", "realign-resta"]
     with pytest.raises(UsageError, match="realign-resta \\(resta\\)"):
         resolve_steps(["nope"], steps)
+
+
+class RecordingProgress:
+    """A Progress that keeps what it was told (the demo's screen, as data)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+
+    def stage(self, name: str, total: int | None = None) -> None:
+        self.events.append(("stage", name))
+
+    def advance(self, n: int = 1) -> None:
+        pass
+
+    def note(self, text: str) -> None:
+        self.events.append(("note", text))
+
+    def log(self, message: str) -> None:
+        self.events.append(("log", message))
+
+    def close(self) -> None:
+        self.events.append(("close", ""))
+
+
+def test_demo_screen_says_what_runs_and_each_step_start_and_end(testbed, tmp_path: Path) -> None:
+    from llmguard.cli import demo_runner as demo
+
+    @demo.register_step("zz-screen-a", order=998)
+    def _a(ctx):
+        ctx.cli("inspect", testbed.finetuned_lora, "--json")
+        return [demo.DemoRow(step="probe a", model="finetuned-lora")]
+
+    @demo.register_step("zz-screen-b", order=999)
+    def _b(ctx):
+        raise demo.StepFailed("broken on purpose")
+
+    progress = RecordingProgress()
+    try:
+        res = demo.run_demo(work=tmp_path, only=["zz-screen-a", "zz-screen-b"], progress=progress)
+    finally:
+        for name in ("zz-screen-a", "zz-screen-b"):
+            demo.STEPS.pop(name, None)
+    logs = [text for kind, text in progress.events if kind == "log"]
+    assert logs[0].startswith("testbed:") and logs[1].startswith("testbed ready")
+    assert logs[2].startswith("> [1/2] zz-screen-a") and logs[3].startswith("ok [1/2] zz-screen-a in ")
+    assert logs[4].startswith("> [2/2] zz-screen-b") and logs[5].startswith("FAILED [2/2] zz-screen-b in ")
+    assert ("stage", "step 1/2 zz-screen-a") in progress.events and ("note", "llmguard inspect finetuned-lora") in progress.events
+    assert [kind for kind, _ in progress.events].count("close") == 1 and progress.events[-1] == ("close", "")  # the build did not close it
+    assert [(s.name, s.ok, s.rows) for s in res.steps] == [("zz-screen-a", True, 1), ("zz-screen-b", False, 1)]
