@@ -4,7 +4,7 @@ One live display owns stderr for the whole command: the current stage's bar (spi
 what it is doing now, bar, done/total, elapsed, rate and time left), and above it the lines
 that must stay (``log``: a demo step started or ended, with its time). A stage without a known
 total shows a pulsing bar and its elapsed time, so the screen never looks frozen on a finished
-bar while work goes on. Library progress bars (transformers' ``Loading weights``) are switched
+bar while work goes on; when it ends its bar is removed (the caller logs the end). Library progress bars (transformers' ``Loading weights``) are switched
 off by the root command unless ``-v``, so this display is the only one.
 """
 
@@ -61,12 +61,15 @@ class RichStageProgress:
         self._names: dict[int, str] = {}
 
     def _finish_current(self) -> None:
-        if self._task is not None:
-            task = self._bar.tasks[self._task]
-            self._bar.update(self._task, total=task.total if task.total is not None else task.completed,
-                             completed=task.total if task.total is not None else task.completed,
-                             description=self._names[self._task])
+        if self._task is None:
+            return
+        task = next(t for t in self._bar.tasks if t.id == self._task)  # ids are not list positions once one is removed
+        if task.total is None:  # a stage of unknown length (a demo step): its end is a log line, not a 0/0 bar
+            self._bar.remove_task(self._task)
+        else:
+            self._bar.update(self._task, completed=task.total, description=self._names[self._task])
             self._bar.stop_task(self._task)
+        self._task = None
 
     def stage(self, name: str, total: int | None = None) -> None:
         self._finish_current()
@@ -91,7 +94,6 @@ class RichStageProgress:
 
     def close(self) -> None:
         self._finish_current()
-        self._task = None
         if self._running:
             self._bar.stop()
             self._running = False

@@ -240,3 +240,28 @@ def test_demo_screen_says_what_runs_and_each_step_start_and_end(testbed, tmp_pat
     assert ("stage", "step 1/2 zz-screen-a") in progress.events and ("note", "llmguard inspect finetuned-lora") in progress.events
     assert [kind for kind, _ in progress.events].count("close") == 1 and progress.events[-1] == ("close", "")  # the build did not close it
     assert [(s.name, s.ok, s.rows) for s in res.steps] == [("zz-screen-a", True, 1), ("zz-screen-b", False, 1)]
+
+
+def test_rich_progress_logs_lines_notes_the_running_command_and_survives_reopening(monkeypatch) -> None:
+    import io
+
+    from rich.console import Console
+
+    import llmguard.cli.progress as cli_progress
+
+    buf = io.StringIO()
+    monkeypatch.setattr(cli_progress, "stderr", Console(file=buf, force_terminal=True, width=80, color_system=None))
+    p = cli_progress.RichStageProgress()
+    p.stage("load", total=3)
+    p.advance(3)
+    p.close()  # a callee closes it (the testbed build does) ...
+    p.log("> [1/2] step-a: something")
+    p.stage("step 1/2 step-a")  # ... and the next stage reopens it
+    p.note("llmguard eval safety")
+    p.log("ok [1/2] step-a in 0 s")
+    p.stage("step 2/2 step-b")  # the finished unknown-length stage is removed, not left as 0/0
+    p.close()
+    p.close()
+    text = buf.getvalue()
+    assert "> [1/2] step-a: something" in text and "ok [1/2] step-a in 0 s" in text
+    assert "step 1/2 step-a · llmguard eval safety" in text and "3/3" in text and "0/0" not in text
