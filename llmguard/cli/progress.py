@@ -87,6 +87,7 @@ class RichStageProgress:
         """Show ``text`` (the current loss, the command running) after the current stage's name."""
         if self._task is not None:
             self._bar.update(self._task, description=f"{self._names[self._task]} · {text}" if text else self._names[self._task])
+            self._bar.refresh()  # a note changes rarely (once per command): show it at once
 
     def log(self, message: str) -> None:
         """A line above the bars that stays (Rich keeps the live display below it)."""
