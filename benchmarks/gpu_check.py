@@ -198,7 +198,7 @@ def verb_checks(p: dict[str, Path], work: Path, devices: tuple[str, str]) -> lis
         "watermark", "generate", "-m", str(p["base"]), "-p", str(p["prompts"]), "-o", str(d / "gen.jsonl"), "--greedy",
         "--max-new-tokens", "16", "--dtype", "float32", "--device", dev])  # fmt: skip
     # detect has no --device flag: it scores each side's generations (equal texts, equal scores).
-    both("watermark detect", by_json, lambda dev, d: ["watermark", "detect", str(d / "gen.jsonl"), "-t", str(p["base"]), "--model", str(p["base"]), "--json", "--workers", "1"])
+    both("watermark detect", by_json, lambda dev, d: ["watermark", "detect", str(d / "gen.jsonl"), "-t", str(p["base"]), "--model", str(p["base"]), "--jsonl", "--workers", "1"])
     both("eval safety", by_records("safety.jsonl"), lambda dev, d: [
         "eval", "safety", "-m", str(p["base"]), "-p", str(p["prompts"]), "--template", "plain", "--records", str(d / "safety.jsonl"),
         "--max-new-tokens", "16", "--dtype", "float32", "--device", dev, "--json"])  # fmt: skip

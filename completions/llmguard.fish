@@ -259,7 +259,7 @@ complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_su
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l force -d 'Replace OUT if it exists.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l allow-pickle -d 'Accept .bin/.pt pickle checkpoints (loaded with weights_only=True).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l help -s h -d 'Show help and exit.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from testbed; and not __fish_seen_subcommand_from build watermark' -a build -d 'Build the testbed once (about 2 minutes on 2 CPU cores), or print where the cached one is.'
+complete -c llmguard -n '__fish_seen_subcommand_from testbed; and not __fish_seen_subcommand_from build watermark' -a build -d 'Build the testbed once (a few minutes on 2 CPU cores), or print where the cached one is: the Llama'
 complete -c llmguard -n '__fish_seen_subcommand_from testbed; and not __fish_seen_subcommand_from build watermark' -a watermark -d 'Build (or reuse) the watermark testbed: KGW teacher data, base, radioactive student, weak reference.'
 complete -c llmguard -n '__fish_seen_subcommand_from testbed; and __fish_seen_subcommand_from build' -l out -s o -d 'Directory to build into (default: $LLMGUARD_CACHE/testbed/v<version>-seed<N>).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from testbed; and __fish_seen_subcommand_from build' -l seed -d 'Seed of the data and the training runs.' -F
@@ -300,8 +300,9 @@ complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l html -d 'Write a self-contained HTML page with the token view and stats.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l fail-on-detect -d 'Exit 10 when any text (with --aggregate: the corpus) is predicted watermarked.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l workers -d 'Processes for permutation green lists (0 = all cores).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l json -d 'JSONL on stdout: one record per text, then the corpus record.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l show -d 'Colour tokens green/red (stdout, or stderr with --json).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l json -d 'One JSON document on stdout: {records: [one per text], aggregate}.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l jsonl -d 'JSONL on stdout, streamable: one record per text, then the corpus record.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l show -d 'Colour tokens green/red (stdout, or stderr with --json/--jsonl).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l help -s h -d 'Show help and exit.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l student-init -d 'Model the new student starts from (HF directory; CDG-KD: the base model).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l lora -d 'Train a LoRA adapter instead of all weights (writes a PEFT adapter directory).' -F
@@ -353,6 +354,7 @@ complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l device -d 'auto, cpu, cuda or cuda:N.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l dtype -d 'auto, float32, bfloat16 or float16.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l resume -d 'Continue an interrupted run of the same OUT (same prompts and settings): the records equal an uninterrupted runs.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l json -d 'Print one JSON document on stdout instead of a table.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l force -d 'Replace OUT if it exists.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from generate' -l help -s h -d 'Show help and exit.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l scheme -d 'Watermark family: kgw or unigram.' -F

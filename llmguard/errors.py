@@ -44,7 +44,7 @@ class ResourceError(LLMGuardError):
 
 
 class GateTripped(LLMGuardError):
-    """A ``--fail-above``/``--fail-on`` threshold was crossed (exit 10), for CI gating."""
+    """A ``--fail-above``/``--fail-below``/``--fail-on-detect`` gate was tripped (exit 10), for CI gating."""
 
     exit_code = 10
 
@@ -55,6 +55,6 @@ EXIT_CODES: dict[int, str] = {
     2: "usage error (bad options, output exists without --force, output is, holds or is inside an input)",
     3: "invalid input (bad checkpoint, adapter or data file; output's parent not a directory)",
     4: "resource failure (out of memory, requested device missing, disk full, output locked by another run)",
-    10: "a --fail-above / --fail-on gate tripped",
+    10: "a --fail-above / --fail-below / --fail-on-detect gate tripped",
     130: "interrupted (Ctrl-C / SIGTERM); no partial output is left",
 }

@@ -19,6 +19,12 @@ class Progress(Protocol):
     def advance(self, n: int = 1) -> None:
         """``n`` work items of the current stage are done."""
 
+    def log(self, message: str) -> None:
+        """A line that stays on the screen above the bars (a step started or ended)."""
+
+    def note(self, text: str) -> None:
+        """What the current stage is doing right now (shown after its name, replaced by the next note)."""
+
     def close(self) -> None:
         """No more stages."""
 
@@ -30,6 +36,12 @@ class NullProgress:
         pass
 
     def advance(self, n: int = 1) -> None:  # noqa: D102
+        pass
+
+    def log(self, message: str) -> None:  # noqa: D102
+        pass
+
+    def note(self, text: str) -> None:  # noqa: D102
         pass
 
     def close(self) -> None:  # noqa: D102

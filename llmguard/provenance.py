@@ -1,4 +1,4 @@
-"""What ran: library versions, CPU, thread count and the project's git revision.
+"""What ran: library versions, CPU, thread count, devices and the project's git revision.
 
 Recorded in every manifest (``llmguard.json``) and in every testbed marker, so a number can be
 traced to the software and machine that produced it. Cheap (no torch import unless torch is
@@ -68,8 +68,30 @@ def torch_threads() -> int | None:
         return None
 
 
+_DEVICES: set[str] = set()
+
+
+def note_device(device: object) -> None:
+    """Remember a device this run computes on (``llmguard.io.device.resolve_device`` calls it)."""
+    _DEVICES.add(str(device))
+
+
+def accelerator() -> dict[str, Any] | None:
+    """CUDA build and GPU names, when torch is loaded (never imports it) and sees a GPU."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    try:
+        if not torch.cuda.is_available():
+            return {"cuda_available": False, "cuda_build": torch.version.cuda}
+        return {"cuda_available": True, "cuda_build": torch.version.cuda,
+                "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}
+    except Exception:  # noqa: BLE001 - a broken driver must not break a manifest
+        return None
+
+
 def environment() -> dict[str, Any]:
-    """Versions, CPU, threads and revision of this run."""
+    """Versions, CPU, threads, revision, and the devices of this run."""
     from llmguard import __version__
 
     return {
@@ -82,4 +104,6 @@ def environment() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "devices": sorted(_DEVICES),
+        "accelerator": accelerator(),
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import warnings
 from typing import Annotated
@@ -42,7 +43,8 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or log lines on stderr (before or after the verb).")] = False,
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="Show tracebacks on errors (before or after the verb).")] = 0,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, show_default=False,
+                                              help="A counter, not a value: -v shows tracebacks on errors, library warnings and progress bars (before or after the verb).")] = 0,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
@@ -56,7 +58,9 @@ def _root(
         warnings.simplefilter("ignore")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    if verbose == 0 and (quiet or not sys.stderr.isatty()):
+    if verbose == 0:
+        # one progress display owns stderr (llmguard.cli.progress): transformers' and the hub's own
+        # bars ("Loading weights", "Writing model shards") stay off unless -v
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 

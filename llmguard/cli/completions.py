@@ -108,7 +108,15 @@ def render(shell: str) -> str:
     return RENDERERS[shell]()
 
 
+USAGE = """usage: python -m llmguard.cli.completions [DIRECTORY]
+
+Write llmguard.bash, llmguard.zsh and llmguard.fish into DIRECTORY (default: completions/)."""
+
+
 def main(directory: str = "completions") -> None:
+    if directory.startswith("-"):  # --help, -h, or a mistyped flag: never a directory name
+        print(USAGE)
+        raise SystemExit(0 if directory in ("-h", "--help") else 2)
     out = Path(directory)
     out.mkdir(exist_ok=True)
     for shell, renderer in RENDERERS.items():

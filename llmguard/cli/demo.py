@@ -11,14 +11,6 @@ from llmguard.cli.derive import JSON_FLAG, Extra, verb_command
 from llmguard.cli.output import emit_json, info, stdout, warn
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
-
-
-def _num(x: float | None) -> str:
-    return "-" if x is None else f"{x:.2f}"
-
-
 _LIST: Extra = (Annotated[bool, typer.Option("--list", help="List the registered steps and exit.")], False)
 
 
@@ -30,9 +22,14 @@ def demo_command(options: DemoOptions, *, list_steps: bool = False, json_output:
     from llmguard.cli.demo_runner import load_steps, run_demo
 
     if list_steps:
-        for name, step in load_steps().items():
-            available = step.available is None or step.available()
-            stdout.print(f"{name:24s} {step.description}{'' if available else '  (verb not available)'}")
+        listed = [{"name": name, "aliases": list(step.aliases), "description": step.description,
+                   "available": step.available is None or step.available()} for name, step in load_steps().items()]
+        if json_output:
+            emit_json({"steps": listed})
+            return
+        for s in listed:
+            alias = f" ({', '.join(s['aliases'])})" if s["aliases"] else ""
+            stdout.print(f"{s['name'] + alias:32s} {s['description']}{'' if s['available'] else '  (verb not available)'}")
         return
     from llmguard.cli.progress import make_progress
 
@@ -45,30 +42,21 @@ def demo_command(options: DemoOptions, *, list_steps: bool = False, json_output:
     if json_output:
         emit_json(result.to_dict())
     else:
-        from rich.table import Table
+        from llmguard.cli.demo_table import render
 
-        table = Table(title="llmguard demo: before/after on the testbed (held-out test split)", title_justify="left")
-        for col in ("step", "model", "harmful", "refusal", "task", "task acc", "watermark z", "judge agree", "s"):
-            table.add_column(col, justify="left" if col in ("step", "model", "task") else "right",
-                             no_wrap=col not in ("step", "model"))
-        for r in result.rows:
-            table.add_row(r.step, r.model if r.ok else f"[red]{r.model}", _pct(r.harmful_rate), _pct(r.refusal_rate),
-                          r.task or "-", _pct(r.task_accuracy), _num(r.watermark_z), _pct(r.judge_agreement),
-                          f"{r.seconds:.0f}" if r.seconds is not None else "-")
-        # piped output (CI logs, files) gets a wide table instead of Rich's 80-column default
-        if stdout.is_terminal:
-            stdout.print(table)
-        else:
-            from rich.console import Console
-
-            Console(highlight=False, width=max(stdout.width, 160)).print(table)
+        # the table is plain text laid out for the terminal's width (80 columns fit); piped
+        # output, which has no width, gets the width its longest label needs (nothing wraps)
+        stdout.print(f"llmguard demo: before → after on the testbed (held-out TEST split), {result.seconds:.0f} s",
+                     markup=False, highlight=False)
+        stdout.print(render(result, width=stdout.width if stdout.is_terminal else None), markup=False, highlight=False,
+                     soft_wrap=True)
         for r in result.rows:
             if not r.ok:
-                stdout.print(f"[red]failed[/red] {r.step}: {r.note}")
+                stdout.print(f"failed {r.step}: {r.note}", markup=False, soft_wrap=True)
         for name, why in result.skipped.items():
-            stdout.print(f"skipped {name}: {why}")
-        stdout.print(f"testbed: {result.testbed_root}")
-        stdout.print(f"demo artefacts: {result.work}")
+            stdout.print(f"skipped {name}: {why}", markup=False, soft_wrap=True)
+        stdout.print(f"testbed: {result.testbed_root}", markup=False, soft_wrap=True)
+        stdout.print(f"demo artefacts: {result.work}", markup=False, soft_wrap=True)
         info(f"demo finished in {result.seconds:.0f} s")
     if not result.ok:
         warn("some demo steps failed (see the table)")

@@ -6,10 +6,14 @@ returns rows for the before/after table::
 
     from llmguard.cli.demo_runner import DemoRow, register_step
 
-    @register_step("watermark-detect", order=40, description="KGW detection on the student")
+    @register_step("watermark-detect", order=40, aliases=("detect",), description="KGW detection on the student")
     def _detect(ctx):
         doc = ctx.cli("watermark", "detect", ...)          # parsed --json output
-        return [DemoRow(step="watermark detect", model="student", watermark_z=doc["median_z"])]
+        return [DemoRow(step="watermark detect", model="student", watermark_z=doc["aggregate"]["median_z"])]
+
+A step that produces a model names it in ``output`` and passes the input's numbers as ``before``
+(``ctx.input_eval(name)``: the eval-safety step's result, or a fresh evaluation when that step
+did not run), so the table shows ``before → after`` on one row.
 
 Steps live in modules under ``llmguard/cli/demo_steps/``; every module there is imported when
 the demo runs, so adding a verb's row means adding one file. A step may declare ``available``
@@ -53,22 +57,48 @@ class DemoOptions(Options):
         return [s.strip() for s in self.steps.split(",") if s.strip()] if self.steps else None
 
 
+#: the numbers a row may carry, in ``before`` as well (the input model's values)
+METRICS = ("harmful_rate", "refusal_rate", "task_accuracy", "watermark_z")
+
+
 @dataclass
 class DemoRow:
-    """One line of the before/after table."""
+    """One line of the before/after table.
+
+    ``model`` is the model the row starts from (a testbed model); ``output`` the model the step
+    produced and measured (realigned, distilled), when it produced one; ``before`` the input's
+    numbers (same keys as the metrics), so a reviewer reads ``before → after`` on one row.
+    The two agreement numbers are different things: ``guard_vs_keyword`` is the share of
+    harmful-prompt verdicts on which the guard model and the keyword judge agree;
+    ``judge_vs_labels_r`` the mean Pearson r of a judge's scores against known labels."""
 
     step: str
     model: str
+    output: str | None = None
     harmful_rate: float | None = None
     refusal_rate: float | None = None
     task: str | None = None
     task_accuracy: float | None = None
     watermark_z: float | None = None
-    judge_agreement: float | None = None
-    seconds: float | None = None
+    guard_vs_keyword: float | None = None
+    judge_vs_labels_r: float | None = None
+    before: dict[str, float | None] | None = None
     artefact: str | None = None
     note: str = ""
     ok: bool = True
+    step_name: str = ""  # the registered step that made the row (filled by the runner)
+
+
+def safety_numbers(doc: dict) -> dict[str, Any]:
+    """The metrics of an ``eval safety --json`` document, as DemoRow fields."""
+    task = doc.get("task") or {}
+    return {"harmful_rate": doc.get("harmful_rate"), "refusal_rate": doc.get("refusal_rate"), "task": task.get("name"),
+            "task_accuracy": task.get("accuracy")}
+
+
+def before_of(doc: dict) -> dict[str, float | None]:
+    numbers = safety_numbers(doc)
+    return {k: numbers[k] for k in ("harmful_rate", "refusal_rate", "task_accuracy")}
 
 
 class StepFailed(Exception):
@@ -84,13 +114,16 @@ class DemoContext:
     device: str = "cpu"
     shared: dict[str, Any] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
+    progress: Progress = field(default_factory=NullProgress)
 
     def cli(self, *args: object, json_output: bool = True, timeout: float = 900) -> Any:
         """Run ``llmguard ARGS`` in a subprocess; return the parsed JSON (or stdout text).
 
         Exit code 10 (a gate) still returns the output; any other non-zero exit raises
-        :class:`StepFailed` with the error line.
+        :class:`StepFailed` with the error line. The progress display shows the command while
+        it runs.
         """
+        self.progress.note(f"llmguard {' '.join(_short(a) for a in args[:2])}")
         cmd = [sys.executable, "-m", "llmguard", "-q", *map(str, args)]
         env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", **self.env}
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
@@ -125,6 +158,30 @@ class DemoContext:
             args += ["--records", records]
         return self.cli(*args)
 
+    def input_eval(self, name: str) -> dict:
+        """``eval safety`` of the testbed model ``name`` (see :data:`EVAL_INPUTS`), run once per demo:
+        the eval-safety step fills this cache, a realign step run alone fills it here."""
+        key = f"eval:{name}"
+        if key not in self.shared:
+            model, adapter, task = EVAL_INPUTS[name](self.testbed)
+            self.shared[key] = self.eval_safety(model, adapter=adapter, task=task)
+        return self.shared[key]
+
+
+def _short(arg: object) -> str:
+    text = str(arg)
+    return Path(text).name if os.sep in text else text
+
+
+#: testbed models the demo evaluates, by table label: (model, adapter or None, task)
+EVAL_INPUTS: dict[str, Callable[[Any], tuple[Any, Any, str]]] = {
+    "base": lambda tb: (tb.base, None, "sst2"),
+    "aligned": lambda tb: (tb.aligned, None, "sst2"),
+    "finetuned-lora": lambda tb: (tb.aligned_sft, tb.finetuned_lora, "sst2"),
+    "finetuned-full": lambda tb: (tb.finetuned_full, None, "sst2"),
+    "finetuned-arith-lora": lambda tb: (tb.aligned_sft, tb.finetuned_arith_lora, "arith"),
+}
+
 
 StepFn = Callable[[DemoContext], list[DemoRow]]
 
@@ -136,21 +193,36 @@ class DemoStep:
     order: int = 100
     description: str = ""
     available: Callable[[], bool] | None = None
+    aliases: tuple[str, ...] = ()
 
 
 STEPS: dict[str, DemoStep] = {}
 
 
-def register_step(name: str, *, order: int = 100, description: str = "",
+def register_step(name: str, *, order: int = 100, description: str = "", aliases: tuple[str, ...] = (),
                   available: Callable[[], bool] | None = None) -> Callable[[StepFn], StepFn]:
-    """Decorator: add a step to the demo (``order`` sorts the table; lower runs first)."""
+    """Decorator: add a step to the demo (``order`` sorts the table; lower runs first).
+    ``aliases`` are short names ``--steps`` also accepts (``resta`` for ``realign-resta``)."""
 
     def deco(fn: StepFn) -> StepFn:
         STEPS[name] = DemoStep(name=name, fn=fn, order=order, description=description or (fn.__doc__ or "").strip(),
-                               available=available)
+                               available=available, aliases=tuple(aliases))
         return fn
 
     return deco
+
+
+def resolve_steps(only: list[str], steps: dict[str, DemoStep]) -> dict[str, DemoStep]:
+    """The steps ``--steps`` names (full names or aliases), in run order; unknown names are a usage error."""
+    from llmguard.errors import UsageError
+
+    by_name = {alias: name for name, step in steps.items() for alias in (name, *step.aliases)}
+    unknown = [s for s in only if s not in by_name]
+    if unknown:
+        known = ", ".join(f"{n} ({', '.join(st.aliases)})" if st.aliases else n for n, st in steps.items())
+        raise UsageError(f"--steps: unknown step(s) {', '.join(unknown)}; known: {known}")
+    wanted = {by_name[s] for s in only}
+    return {k: v for k, v in steps.items() if k in wanted}
 
 
 def load_steps() -> dict[str, DemoStep]:
@@ -179,20 +251,56 @@ def verb_exists(*path: str) -> bool:
 
 
 @dataclass
+class StepTiming:
+    name: str
+    seconds: float
+    ok: bool
+    rows: int
+
+
+@dataclass
 class DemoResult:
     testbed_root: Path
     work: Path
     rows: list[DemoRow]
     skipped: dict[str, str]
     seconds: float
+    steps: list[StepTiming] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return all(r.ok for r in self.rows)
 
     def to_dict(self) -> dict[str, Any]:
+        """The table's data as one JSON document: the rows, each step's time once, and the legend."""
+        from llmguard.cli.demo_table import LEGEND
+
         return {"testbed": str(self.testbed_root), "work": str(self.work), "ok": self.ok,
-                "seconds": round(self.seconds, 1), "rows": [asdict(r) for r in self.rows], "skipped": self.skipped}
+                "seconds": round(self.seconds, 1), "steps": [asdict(s) for s in self.steps],
+                "rows": [asdict(r) for r in self.rows], "skipped": self.skipped, "legend": LEGEND}
+
+
+class _KeepOpen:
+    """The demo's progress handed to the testbed build, which closes its progress when done:
+    the demo's display must stay up for the steps that follow."""
+
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+
+    def stage(self, name: str, total: int | None = None) -> None:
+        self._progress.stage(name, total)
+
+    def advance(self, n: int = 1) -> None:
+        self._progress.advance(n)
+
+    def log(self, message: str) -> None:
+        self._progress.log(message)
+
+    def note(self, text: str) -> None:
+        self._progress.note(text)
+
+    def close(self) -> None:
+        pass
 
 
 def default_work_dir(seed: int) -> Path:
@@ -203,30 +311,33 @@ def default_work_dir(seed: int) -> Path:
 
 def run_demo(*, seed: int = 0, testbed_dir: Path | None = None, work: Path | None = None, device: str = "cpu",
              only: list[str] | None = None, progress: Progress | None = None) -> DemoResult:
-    """Build or reuse the testbed, then run the registered steps in order."""
-    from llmguard.errors import UsageError
+    """Build or reuse the testbed, then run the registered steps in order.
+
+    ``progress`` gets the testbed build's stages, then one stage per step (named ``step i/n``,
+    with the running command as its note) and a ``log`` line as each step starts and ends."""
     from llmguard.testbed import build
 
     progress = progress or NullProgress()
     t0 = time.perf_counter()
     steps = load_steps()
     if only:
-        unknown = [s for s in only if s not in steps]
-        if unknown:
-            raise UsageError(f"--steps: unknown step(s) {', '.join(unknown)}; known: {', '.join(steps)}")
-        steps = {k: v for k, v in steps.items() if k in only}
-    tb = build(testbed_dir, seed=seed, progress=progress)
+        steps = resolve_steps(only, steps)
+    progress.log("testbed: building or reusing the cached one")
+    tb = build(testbed_dir, seed=seed, progress=_KeepOpen(progress))
+    progress.log(f"testbed ready ({time.perf_counter() - t0:.0f} s): {tb.root}")
     work = Path(work) if work is not None else default_work_dir(seed)
     work.mkdir(parents=True, exist_ok=True)
-    ctx = DemoContext(testbed=tb, work=work, device=device)
+    ctx = DemoContext(testbed=tb, work=work, device=device, progress=progress)
     rows: list[DemoRow] = []
+    timings: list[StepTiming] = []
     skipped: dict[str, str] = {}
-    progress.stage("demo steps", total=len(steps))
-    for name, step in steps.items():
+    for i, (name, step) in enumerate(steps.items(), 1):
         if step.available is not None and not step.available():
             skipped[name] = "verb not available in this build"
-            progress.advance(1)
+            progress.log(f"- [{i}/{len(steps)}] {name}: skipped (verb not available)")
             continue
+        progress.log(f"> [{i}/{len(steps)}] {name}: {step.description}")
+        progress.stage(f"step {i}/{len(steps)} {name}")
         ts = time.perf_counter()
         try:
             new = step.fn(ctx)
@@ -236,9 +347,11 @@ def run_demo(*, seed: int = 0, testbed_dir: Path | None = None, work: Path | Non
             new = [DemoRow(step=name, model="-", note=f"{type(err).__name__}: {err}", ok=False)]
         dt = time.perf_counter() - ts
         for r in new:
-            if r.seconds is None:
-                r.seconds = round(dt / max(1, len(new)), 1)
+            r.step_name = name
+        ok = all(r.ok for r in new)
+        timings.append(StepTiming(name=name, seconds=round(dt, 1), ok=ok, rows=len(new)))
         rows.extend(new)
-        progress.advance(1)
+        progress.log(f"{'ok' if ok else 'FAILED'} [{i}/{len(steps)}] {name} in {dt:.0f} s ({len(new)} row(s))")
     progress.close()
-    return DemoResult(testbed_root=tb.root, work=work, rows=rows, skipped=skipped, seconds=time.perf_counter() - t0)
+    return DemoResult(testbed_root=tb.root, work=work, rows=rows, skipped=skipped, seconds=time.perf_counter() - t0,
+                      steps=timings)

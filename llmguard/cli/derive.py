@@ -26,7 +26,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from llmguard.cli.output import reports_errors
+from llmguard.cli.output import reports_errors, state
 from llmguard.options import PANEL_DANGER, FieldInfo, Options, optional_inner, sequence_item
 
 #: a presentation flag: (Annotated[type, typer.Option(...)], default)
@@ -111,6 +111,8 @@ def derive_command(options_cls: type[Options], handler: Callable[..., None], ext
 
     def command(**values: Any) -> None:
         shown = {name: values.pop(name) for name in extra}
+        state.json_output = bool(shown.get("json_output") or shown.get("json_out"))
+        state.json_emitted = False
         handler(build_options(options_cls, values), **shown)
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]

@@ -1,9 +1,11 @@
 """Output conventions shared by every verb (README "Conventions").
 
 - results on stdout (a Rich table, or JSON with ``--json``);
-- progress, logs and warnings on stderr, silenced by ``-q`` or when stderr is not a TTY;
+- on stderr: progress bars (a terminal only, off with ``-q``), info lines (off with ``-q``) and
+  warnings (always shown: they change how a result reads);
 - ``NO_COLOR`` honoured (Rich reads it);
-- a user-caused error is one line on stderr plus the documented exit code.
+- a user-caused error is one line on stderr plus the documented exit code (and, under ``--json``,
+  ``{"error": {"message": ..., "exit_code": ...}}`` on stdout).
 """
 
 from __future__ import annotations
@@ -31,11 +33,30 @@ class CliState:
 
     quiet: bool = False
     verbose: int = 0
+    #: ``--json`` was given: an error is then also a JSON document on stdout, so a script that
+    #: parses stdout reads ``{"error": {...}}`` instead of an empty string
+    json_output: bool = False
+    #: a result document is already on stdout (a verb that reports, then fails: ``inspect --scan``
+    #: finding NaN): the error then stays on stderr, so stdout remains one document
+    json_emitted: bool = False
 
 
 state = CliState()
 
-stdout = Console(highlight=False, soft_wrap=True)
+#: the width of results written to a pipe or file: Rich would otherwise lay tables out for 80
+#: columns, wrapping module names mid-word and cutting intervals; a table only takes the width
+#: its content needs, so a wide limit means nothing wraps. ``COLUMNS`` still wins when set.
+PIPED_WIDTH = 1000
+
+
+def _stdout_console() -> Console:
+    console = Console(highlight=False, soft_wrap=True)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(highlight=False, soft_wrap=True, width=PIPED_WIDTH)
+    return console
+
+
+stdout = _stdout_console()
 stderr = Console(stderr=True, highlight=False)
 
 
@@ -57,6 +78,7 @@ def warn(message: str) -> None:
 
 def emit_json(payload: Any) -> None:
     """One JSON document on stdout, nothing else (NaN/Inf as ``null``: strict JSON parsers reject them)."""
+    state.json_emitted = True
     sys.stdout.write(json.dumps(json_safe(payload), indent=2, default=_json_default, allow_nan=False) + "\n")
     sys.stdout.flush()
 
@@ -94,6 +116,11 @@ def _json_default(value: Any) -> Any:
 def fail(message: str, code: int) -> typer.Exit:
     """Print one error line and return the Exit to raise."""
     message = " ".join(message.split())  # one line, whatever a library put in the message
+    if state.json_output and not state.json_emitted:
+        from llmguard.cli.global_flags import error_document
+
+        sys.stdout.write(error_document(message, code) + "\n")
+        sys.stdout.flush()
     stderr.print(f"[bold red]error:[/bold red] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
     return typer.Exit(code)
 

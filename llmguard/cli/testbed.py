@@ -14,7 +14,8 @@ app = typer.Typer(help="Build the testbed: tiny real Llama checkpoints and synth
 
 @verb_command(app, "build", TestbedBuildOptions, extra={"json_output": JSON_FLAG})
 def build_command(options: TestbedBuildOptions, *, json_output: bool = False) -> None:
-    """Build the testbed once (about 2 minutes on 2 CPU cores), or print where the cached one is.
+    """Build the testbed once (a few minutes on 2 CPU cores), or print where the cached one is: the Llama
+    checkpoints and data, the watermark testbed, the tiny HDC judge and the tiny LLaVA.
 
     Example: llmguard testbed build --json
     """
@@ -27,10 +28,12 @@ def build_command(options: TestbedBuildOptions, *, json_output: bool = False) ->
     progress = make_progress()
     try:
         tb = build(options.out, seed=options.seed, force=options.force, progress=progress)
+        extras = _extras(options.seed, progress)
     finally:
         progress.close()
     elapsed = time.perf_counter() - t0
     doc = tb.to_dict()
+    doc["extras"] = extras
     doc["elapsed_s"] = round(elapsed, 2)
     if json_output:
         emit_json(doc)
@@ -44,9 +47,30 @@ def build_command(options: TestbedBuildOptions, *, json_output: bool = False) ->
         table.add_row(name, str(path))
     table.add_row("tokenizer", str(tb.tokenizer))
     table.add_row("data", f"{tb.root / 'data'} ({len(tb.data)} files)")
+    table.add_row("watermark testbed", extras["watermark"]["root"])
+    table.add_row("tiny HDC judge", extras["tiny_hdc_judge"])
+    table.add_row("tiny LLaVA", extras["tiny_llava"])
     stdout.print(table)
     built = doc["timings_s"].get("total")
     info(f"built in {built:.0f} s" if built is not None and elapsed > 1 else f"reused (ready in {elapsed:.1f} s)")
+
+
+def _extras(seed: int, progress) -> dict:
+    """The artefacts built beside the Llama testbed (cached separately, shared by every seed of
+    it): the watermark testbed of ``seed``, the tiny HDC judge, the tiny LLaVA-layout judge."""
+    from llmguard.testbed import judge as tj
+    from llmguard.testbed import watermark as tw
+
+    progress.stage("watermark testbed")
+    wm = tw.build(seed=seed)
+    progress.stage("tiny HDC judge")
+    hdc = tj.tiny_judge_path()
+    progress.stage("tiny LLaVA")
+    llava = tj.tiny_llava_path()
+    return {"watermark": {name: str(getattr(wm, name)) for name in (
+                "root", "tokenizer", "base", "student", "reference", "prompts", "teacher_data", "teacher_sft", "plain_sft",
+                "clean_text")},
+            "tiny_hdc_judge": str(hdc), "tiny_llava": str(llava)}
 
 
 @verb_command(app, "watermark", TestbedWatermarkOptions, extra={"json_output": JSON_FLAG})

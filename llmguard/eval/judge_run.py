@@ -79,7 +79,9 @@ def _run_judges_locked(protocol: JudgeProtocol, progress: Progress | None, info:
     if o.limit is not None:
         items = items[: o.limit]
     if templates.experimental:
-        warn(f"template preset '{templates.name}' is experimental: {templates.preset.get('status', '')}")
+        # one short line, silenced by -q (an info line, not a warning): the preset's full status
+        # is in the summary and every record; repeating a paragraph on every run is noise
+        info(f"note: preset '{templates.name}' is experimental (the paper's prompts are unpublished; see docs/eval.md)")
     decoding = o.decoding()
     cache = None if o.no_cache else GenerationCache(o.cache or default_cache_path())
     info(f"judging {len(items)} items{protocol.plan(len(items))} -> {o.output}")

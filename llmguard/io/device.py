@@ -28,6 +28,15 @@ DTYPE_NAMES: dict[str, torch.dtype] = {
 
 
 def resolve_device(spec: str | None = "auto") -> torch.device:
+    """The device ``spec`` names (recorded for the manifest's ``environment.devices``)."""
+    from llmguard.provenance import note_device
+
+    device = _resolve(spec)
+    note_device(device)
+    return device
+
+
+def _resolve(spec: str | None) -> torch.device:
     spec = (spec or "auto").strip().lower()
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -307,6 +307,20 @@ def _single_threaded_torch():
 _FACTOR_KEYS = {False: ("lora_A.weight", "lora_B.weight"), True: ("lora_embedding_A", "lora_embedding_B")}
 
 
+def _mixed_bases_message(terms: list[Term]) -> str:
+    """Which input sits on which base, and the base expected (the adapters' own, when they agree)."""
+    def where(t: Term) -> str:
+        if t.source.adapter is not None:
+            return f"{t.role} {t.source.path} is an adapter on {t.source.base.root}"
+        return f"{t.role} {t.source.path} is a full checkpoint"
+
+    adapter_bases = {_base_key(t.source.base) for t in terms if t.source.adapter is not None}
+    expected = (f"; expected every input on {next(iter(adapter_bases))} (the adapters' base: pass that directory, "
+                "not another checkpoint)") if len(adapter_bases) == 1 else "; the adapters themselves have different bases"
+    return ("--as-adapter needs every input to be an adapter on the same base (or that base itself): "
+            + ", ".join(where(t) for t in terms) + expected)
+
+
 class AdapterCombination:
     """base + Σ cᵢ·ΔWᵢ written as one PEFT LoRA adapter, exactly.
 
@@ -317,7 +331,7 @@ class AdapterCombination:
 
     def __init__(self, terms: list[Term], out_dtype: torch.dtype | None = None) -> None:
         if len({_base_key(t.source.base) for t in terms}) != 1:
-            raise UsageError("--as-adapter needs every input to be an adapter on the same base (or that base itself)")
+            raise UsageError(_mixed_bases_message(terms))
         if abs(sum(t.coef for t in terms) - 1.0) > 1e-9:
             raise UsageError("--as-adapter: the combination is not an adapter on the base (coefficients do not sum to 1)")
         self.adapter_terms = [t for t in terms if t.source.adapter is not None]

@@ -7,8 +7,9 @@ those swaps (and keeps the inverse permutation, so membership is one lookup), ab
 than the full ``randperm``.
 
 It is used only when (1) a C compiler is available to build it into ``$LLMGUARD_CACHE/native``
-(under a file lock), and (2) a self-test against ``torch.randperm`` on random seeds and sizes passes
-in this process; otherwise everything falls back to calling ``torch.randperm``. Set
+(under a file lock), and (2) a self-test against ``torch.randperm`` on random seeds and sizes has
+passed for this library and torch version (a marker file beside the library records the pass, so
+later runs need not import torch); otherwise everything falls back to calling ``torch.randperm``. Set
 ``LLMGUARD_NO_NATIVE=1`` to disable it.
 """
 
@@ -128,6 +129,31 @@ def _build() -> Path | None:
     return lib
 
 
+def _self_test_marker(lib_path: Path) -> Path:
+    """The file that says the self-test passed for this library and this torch version.
+
+    Why: the self-test imports torch (about 4 s), which a tokenizer-only ``watermark detect``
+    otherwise never needs; torch's ``randperm`` can only change with its version, so one pass
+    per (library, torch version, machine) is enough."""
+    import importlib.metadata as md
+    import platform
+
+    try:
+        torch_version = md.version("torch")
+    except md.PackageNotFoundError:
+        torch_version = "none"
+    tag = hashlib.sha256(f"{torch_version}|{platform.machine()}".encode()).hexdigest()[:12]
+    return lib_path.with_name(f"{lib_path.stem}.selftest-{tag}.ok")
+
+
+def _write_marker(path: Path) -> None:
+    if not path.is_file():
+        try:
+            path.write_text("self-test against torch.randperm passed\n")
+        except OSError:
+            pass  # a read-only cache only costs the self-test next time
+
+
 def _self_test(lib) -> bool:
     import torch
 
@@ -173,8 +199,10 @@ def native():
             return None
         lib = ctypes.CDLL(str(path))
         lib.green_queries.restype = ctypes.c_int
-        if _self_test(lib):
+        passed = _self_test_marker(path)
+        if passed.is_file() or _self_test(lib):
             _LIB = lib
+            _write_marker(passed)
     except Exception:  # noqa: BLE001 - any failure means "use torch"
         _LIB = None
     return _LIB

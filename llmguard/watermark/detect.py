@@ -23,8 +23,17 @@ from llmguard.watermark.stats import DEDUP_MODES, LN10, TestResult, dedup_keep, 
 # ----------------------------------------------------------------------------- tokenizer & vocab
 
 
-def load_tokenizer(path: str) -> Any:
-    """A tokenizer from a local directory, a ``tokenizer.json`` file, or a hub id when online."""
+def load_tokenizer(path: str, *, light: bool = False) -> Any:
+    """A tokenizer from a local directory, a ``tokenizer.json`` file, or a hub id when online.
+
+    ``light``: a generic fast tokenizer loads through ``tokenizers`` alone (no torch import,
+    same ids; :mod:`llmguard.watermark.light_tokenizer`); others through transformers."""
+    if light:
+        from llmguard.watermark.light_tokenizer import load_light_tokenizer
+
+        tok = load_light_tokenizer(path)
+        if tok is not None:
+            return tok
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     p = Path(path)
@@ -408,7 +417,7 @@ def detect(options: Any, progress: Progress | None = None, *, scheme: Scheme | N
     warn = Warnings(on_warning)
 
     threshold = Threshold(z=o.z_threshold, fpr=o.fpr)
-    tok = load_tokenizer(o.tokenizer) if o.tokenizer else None
+    tok = load_tokenizer(o.tokenizer, light=True) if o.tokenizer else None
     if scheme is None:
         vsize, vsource, vwarn = resolve_vocab_size(o.vocab_source(o.model is not None), tok, o.model)
         for w in vwarn:

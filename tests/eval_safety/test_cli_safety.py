@@ -111,7 +111,7 @@ def test_bad_prompts_file_is_exit_3_one_line(testbed, tmp_path, content, needle)
     bad.write_text(content)
     result = run_cli("eval", "safety", "-m", testbed.aligned, "-p", bad, "--json")
     assert_one_line_error(result, 3, "bad.jsonl", needle)
-    assert result.stdout == ""
+    assert json.loads(result.stdout)["error"]["exit_code"] == 3  # under --json, stdout is the error document
 
 
 def test_bad_model_and_usage_errors(testbed, tmp_path):

@@ -63,7 +63,7 @@ def parse_jsonl(out: str):
 
 
 def test_json_records_are_complete_and_detect(corpus, word_tokenizer_dir):
-    r = run_cli("watermark", "detect", corpus["jsonl"], "--tokenizer", word_tokenizer_dir, "--json")
+    r = run_cli("watermark", "detect", corpus["jsonl"], "--tokenizer", word_tokenizer_dir, "--jsonl")
     assert r.returncode == 0, r.stderr
     recs = parse_jsonl(r.stdout)
     assert len(recs) == 8
@@ -81,6 +81,16 @@ def test_json_records_are_complete_and_detect(corpus, word_tokenizer_dir):
     assert all(not r["prediction"] and abs(r["z"]) < 3.5 for r in plain)
 
 
+def test_json_is_one_document_with_the_same_records(corpus, word_tokenizer_dir):
+    args = ("watermark", "detect", corpus["jsonl"], "--tokenizer", word_tokenizer_dir, "--aggregate")
+    doc = json.loads(invoke(*args, "--json").stdout)  # one document: json.loads of the whole stdout
+    lines = parse_jsonl(invoke(*args, "--jsonl").stdout)
+    assert doc["records"] == lines[:-1] and doc["aggregate"] == lines[-1]["aggregate"]
+    assert doc["config"]["profile"] == "hf"
+    r = invoke(*args, "--json", "--jsonl")
+    assert_one_line_error(r, 2, "--jsonl")
+
+
 def test_human_table_and_stdin(corpus, word_tokenizer_dir):
     r = run_cli("watermark", "detect", "-", "--tokenizer", word_tokenizer_dir, input=corpus["wm"][0])
     assert r.returncode == 0, r.stderr
@@ -88,7 +98,7 @@ def test_human_table_and_stdin(corpus, word_tokenizer_dir):
 
 
 def test_prompt_stripping_and_aggregate(corpus, word_tokenizer_dir):
-    r = run_cli("watermark", "detect", corpus["jsonl"], "--tokenizer", word_tokenizer_dir, "--json",
+    r = run_cli("watermark", "detect", corpus["jsonl"], "--tokenizer", word_tokenizer_dir, "--jsonl",
                 "--prompt-field", "prompt", "--aggregate", "--group-tokens", "50")
     assert r.returncode == 0, r.stderr
     recs = parse_jsonl(r.stdout)
@@ -110,7 +120,7 @@ def test_matches_transformers_through_the_cli(tmp_path):
     case = golden["cases"][0]
     src = write_jsonl(tmp_path / "ids.jsonl", [{"ids": t["ids"]} for t in case["texts"]])
     r = run_cli("watermark", "detect", src, "--ids-field", "ids", "--vocab-size", case["params"]["vocab_size"],
-                "--json")
+                "--jsonl")
     assert r.returncode == 0, r.stderr
     for want, have in zip(case["texts"], parse_jsonl(r.stdout)):
         assert have["z"] == want["z_score"]
@@ -120,7 +130,7 @@ def test_matches_transformers_through_the_cli(tmp_path):
 def test_show_and_html(corpus, word_tokenizer_dir, tmp_path):
     page = tmp_path / "view.html"
     r = run_cli("watermark", "detect", corpus["jsonl"], "--tokenizer", word_tokenizer_dir, "--show", "--html", page,
-                "--json")
+                "--jsonl")
     assert r.returncode == 0, r.stderr
     assert "«" in r.stderr  # NO_COLOR view on stderr in --json mode
     html = page.read_text()
@@ -141,7 +151,7 @@ def test_fail_on_detect_exits_10(corpus, word_tokenizer_dir, tmp_path):
 
 
 def test_fpr_threshold(corpus, word_tokenizer_dir):
-    r = invoke("watermark", "detect", corpus["jsonl"], "--tokenizer", word_tokenizer_dir, "--json", "--fpr", "1e-3",
+    r = invoke("watermark", "detect", corpus["jsonl"], "--tokenizer", word_tokenizer_dir, "--jsonl", "--fpr", "1e-3",
                 "--pvalue", "binomial")
     recs = parse_jsonl(r.stdout)
     assert recs[0]["config"]["threshold"]["fpr"] == 1e-3
@@ -155,7 +165,7 @@ def test_vocab_mismatch_warns(corpus, word_tokenizer_dir, tmp_path):
     model.mkdir()
     (model / "config.json").write_text(json.dumps({"vocab_size": 128}))
     r = invoke("watermark", "detect", corpus["jsonl"], "--tokenizer", word_tokenizer_dir, "--model", model,
-                "--vocab-size", "model", "--json")
+                "--vocab-size", "model", "--jsonl")
     assert r.returncode == 0, r.stderr
     assert "warning" in r.stderr and "124" in r.stderr and "128" in r.stderr
     assert parse_jsonl(r.stdout)[0]["config"]["vocab_size"] == 128
@@ -181,7 +191,7 @@ def test_bad_input_exit_3(tmp_path, word_tokenizer_dir, content, needles):
 def test_skip_bad_keeps_going(tmp_path, corpus, word_tokenizer_dir):
     bad = tmp_path / "mixed.jsonl"
     bad.write_text(json.dumps({"text": corpus["wm"][0]}) + "\n{oops\n" + json.dumps({"text": "babe"}) + "\n")
-    r = invoke("watermark", "detect", bad, "--tokenizer", word_tokenizer_dir, "--skip-bad", "--json")
+    r = invoke("watermark", "detect", bad, "--tokenizer", word_tokenizer_dir, "--skip-bad", "--jsonl")
     assert r.returncode == 0, r.stderr
     assert len(parse_jsonl(r.stdout)) == 1
     assert "mixed.jsonl:2" in r.stderr and "mixed.jsonl:3" in r.stderr
@@ -210,7 +220,7 @@ def test_profiles_via_cli_detect_their_own_text(tmp_path, word_tokenizer_dir, pr
     src = write_jsonl(tmp_path / "t.jsonl", [{"text": t} for t in texts])
     args = ["--seeding", seeding] if seeding else []
     run = run_cli if profile == "kirchenbauer" else invoke  # one real subprocess, the others in-process
-    r = run("watermark", "detect", src, "--tokenizer", word_tokenizer_dir, "--profile", profile, *args, "--json")
+    r = run("watermark", "detect", src, "--tokenizer", word_tokenizer_dir, "--profile", profile, *args, "--jsonl")
     assert r.returncode == 0, r.stderr
     assert all(rec["z"] > 4 for rec in parse_jsonl(r.stdout))
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from llmguard.cli.demo_runner import DemoContext, DemoRow, register_step, verb_exists
 
 
-@register_step("judge-hdc", order=60, description="eval hdc with the tiny judge, eval agree against the known labels",
+@register_step("judge-hdc", order=60, aliases=("hdc",), description="eval hdc with the tiny judge, eval agree against the known labels",
                available=lambda: verb_exists("eval", "hdc") and verb_exists("eval", "agree"))
 def judge_hdc(ctx: DemoContext) -> list[DemoRow]:
     from llmguard.testbed import judge as tj
@@ -29,5 +29,5 @@ def judge_hdc(ctx: DemoContext) -> list[DemoRow]:
     note = "Pearson vs known labels: " + ", ".join(
         f"{k} {v:.2f}" if v is not None else f"{k} -" for k, v in pearson.items()) + f"; parsed {parsed}/{total}"
     return [DemoRow(step="eval hdc + agree", model="tiny-hdc-judge",
-                    judge_agreement=round(sum(known) / len(known), 4) if known else None,
+                    judge_vs_labels_r=round(sum(known) / len(known), 4) if known else None,
                     artefact=str(out), note=note, ok=bool(known) and parsed == total)]

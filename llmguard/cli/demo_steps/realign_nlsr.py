@@ -4,7 +4,7 @@ DEV search over ΔW weight units, then eval safety on TEST."""
 
 from __future__ import annotations
 
-from llmguard.cli.demo_runner import DemoContext, DemoRow, register_step, verb_exists
+from llmguard.cli.demo_runner import DemoContext, DemoRow, before_of, register_step, safety_numbers, verb_exists
 
 #: ``--search auto``: the documented DEV grid for each kind of fine-tune (llmguard.realign.nlsr.grid);
 #: task DEV data is sst2_dev_wordings (the 52-item sst2_dev missed the LoRA realignment's task loss)
@@ -13,10 +13,8 @@ _SHORT = {"scorer": "", "alpha": "α=", "mask_ratio": "mask=", "budget": "budget
 
 
 def _row(ctx: DemoContext, label: str, out, patched: int, model: str = "finetuned-lora") -> DemoRow:
-    ev = ctx.eval_safety(out)
-    task = ev.get("task") or {}
-    return DemoRow(step=f"realign nlsr {label} ({patched} modules)", model=model, harmful_rate=ev["harmful_rate"],
-                   refusal_rate=ev["refusal_rate"], task=task.get("name"), task_accuracy=task.get("accuracy"), artefact=str(out))
+    return DemoRow(step=f"realign nlsr {label} ({patched} modules)", model=model, output=out.name,
+                   before=before_of(ctx.input_eval(model)), **safety_numbers(ctx.eval_safety(out)), artefact=str(out))
 
 
 def _searched(ctx: DemoContext, common: list, out, grid: str, model: str) -> list[DemoRow]:
@@ -31,7 +29,7 @@ def _searched(ctx: DemoContext, common: list, out, grid: str, model: str) -> lis
     return [_row(ctx, label, out, chosen["modules_patched"], model)]
 
 
-@register_step("realign-nlsr", order=31, description="realign nlsr on finetuned-lora (defaults, then chosen on DEV) and finetuned-full (chosen on DEV), then eval safety",
+@register_step("realign-nlsr", order=31, aliases=("nlsr",), description="realign nlsr on finetuned-lora (defaults, then chosen on DEV) and finetuned-full (chosen on DEV), then eval safety",
                available=lambda: verb_exists("realign", "nlsr"))
 def nlsr(ctx: DemoContext) -> list[DemoRow]:
     tb = ctx.testbed

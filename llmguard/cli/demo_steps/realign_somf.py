@@ -3,10 +3,10 @@ trained with DPO on the held-out-wording realignment preference pairs), then eva
 
 from __future__ import annotations
 
-from llmguard.cli.demo_runner import DemoContext, DemoRow, register_step, verb_exists
+from llmguard.cli.demo_runner import DemoContext, DemoRow, before_of, register_step, safety_numbers, verb_exists
 
 
-@register_step("realign-somf", order=32, description="realign somf (defaults) on finetuned-lora and finetuned-full, then eval safety",
+@register_step("realign-somf", order=32, aliases=("somf",), description="realign somf (defaults) on finetuned-lora and finetuned-full, then eval safety",
                available=lambda: verb_exists("realign", "somf"))
 def somf(ctx: DemoContext) -> list[DemoRow]:
     tb = ctx.testbed
@@ -15,9 +15,7 @@ def somf(ctx: DemoContext) -> list[DemoRow]:
         out = ctx.work / f"somf-{model}"
         doc = ctx.cli("realign", "somf", "--aligned", aligned, "--finetuned", finetuned, "--preference", tb.data["realign_preference"],
                       "-o", out, "--force", "--device", ctx.device, "--json")
-        ev = ctx.eval_safety(out)
-        task = ev.get("task") or {}
         rows.append(DemoRow(step=f"realign somf ({doc['space']} space, kept {doc['mask_density']:.0%})", model=model,
-                            harmful_rate=ev["harmful_rate"], refusal_rate=ev["refusal_rate"], task=task.get("name"),
-                            task_accuracy=task.get("accuracy"), artefact=str(out)))
+                            output=out.name, before=before_of(ctx.input_eval(model)), **safety_numbers(ctx.eval_safety(out)),
+                            artefact=str(out)))
     return rows

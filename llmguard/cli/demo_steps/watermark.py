@@ -7,22 +7,16 @@ shows the inherited watermark (student z high, reference weaker, teacher's own t
 
 from __future__ import annotations
 
-import json
-
 from llmguard.cli.demo_runner import DemoContext, DemoRow, StepFailed, register_step, verb_exists
 
 
-def _aggregate(stdout: str) -> dict:
-    lines = [ln for ln in stdout.splitlines() if ln.strip()]
-    if not lines:
-        raise StepFailed("`llmguard watermark detect` printed nothing")
-    last = json.loads(lines[-1])
-    if "aggregate" not in last:
+def _aggregate(doc: dict) -> dict:
+    if not doc.get("aggregate"):
         raise StepFailed("`llmguard watermark detect --aggregate` printed no corpus record")
-    return last["aggregate"]
+    return doc["aggregate"]
 
 
-@register_step("watermark-radioactivity", order=70,
+@register_step("watermark-radioactivity", order=70, aliases=("radioactivity", "watermark"),
                description="watermark generate from the distilled students, watermark detect with the teacher's key",
                available=lambda: verb_exists("watermark", "detect") and verb_exists("watermark", "generate"))
 def watermark_radioactivity(ctx: DemoContext) -> list[DemoRow]:
@@ -33,7 +27,7 @@ def watermark_radioactivity(ctx: DemoContext) -> list[DemoRow]:
     # no tokens to score, so it is skipped with a warning instead of failing the whole step
     detect = ["watermark", "detect", "--json", "--aggregate", "--skip-bad", "--prompt-field", "prompt", *tb.detect_args()]
     rows: list[DemoRow] = []
-    teacher = _aggregate(ctx.cli(*detect, tb.teacher_data, json_output=False))
+    teacher = _aggregate(ctx.cli(*detect, tb.teacher_data))
     rows.append(DemoRow(step="watermark detect", model="wm-teacher (bigram + KGW)", watermark_z=round(teacher["median_z"], 2),
                         artefact=str(tb.teacher_data),
                         note=f"pooled z {teacher['pooled']['z']:.1f} over {teacher['num_texts']} texts"))
@@ -42,7 +36,7 @@ def watermark_radioactivity(ctx: DemoContext) -> list[DemoRow]:
         ctx.cli("watermark", "generate", "--model", path, "--prompts", tb.prompts, "-o", out, "--force",
                 "--no-watermark", "--max-new-tokens", "48", "--batch-size", "16", "--seed", "0",
                 "--device", ctx.device, json_output=False)
-        agg = _aggregate(ctx.cli(*detect, out, json_output=False))
+        agg = _aggregate(ctx.cli(*detect, out))
         rows.append(DemoRow(step="watermark generate + detect", model=name, watermark_z=round(agg["median_z"], 2),
                             artefact=str(out),
                             note=f"pooled z {agg['pooled']['z']:.1f}, log10 p {agg['pooled']['log10_p']:.1f}; "
@@ -50,7 +44,7 @@ def watermark_radioactivity(ctx: DemoContext) -> list[DemoRow]:
     return rows
 
 
-@register_step("watermark-attacks", order=71,
+@register_step("watermark-attacks", order=71, aliases=("attacks",),
                description="watermark scrub and spoof (CDG-KD) on the watermark testbed: contrastive data, distil, detect",
                available=lambda: verb_exists("watermark", "scrub") and verb_exists("watermark", "spoof"))
 def watermark_attacks(ctx: DemoContext) -> list[DemoRow]:
@@ -64,8 +58,9 @@ def watermark_attacks(ctx: DemoContext) -> list[DemoRow]:
         new = doc["models"][mode]
         before = doc["models"]["student"]
         rows.append(DemoRow(
-            step=f"watermark {mode}", model=f"{label}: new student", watermark_z=round(new["median_z"], 2),
+            step=f"watermark {label}", model="wm-student (weak)" if weak else "wm-student", output=f"{out.name}/student",
+            watermark_z=round(new["median_z"], 2), before={"watermark_z": round(before["median_z"], 2)},
             artefact=str(out / "student"),
-            note=f"S z {before['median_z']:.2f} -> {new['median_z']:.2f}; two-sided median p "
-                 f"{new['median_p_two_sided']:.2g}; ppl x{new['perplexity_vs_student']:.2f} of S"))
+            note=f"two-sided median p {new['median_p_two_sided']:.2g}; clean-text perplexity "
+                 f"x{new['perplexity_vs_student']:.2f} of the input student's"))
     return rows

@@ -12,19 +12,25 @@ from llmguard.cli.derive import Extra, verb_command
 from llmguard.cli.options import PANEL_OUTPUT
 from llmguard.watermark.options import DetectOptions
 
-_JSON: Extra = (Annotated[bool, typer.Option("--json", help="JSONL on stdout: one record per text, then the corpus record.",
+_JSON: Extra = (Annotated[bool, typer.Option("--json", help="One JSON document on stdout: {records: [one per text], aggregate}.",
                                               rich_help_panel=PANEL_OUTPUT)], False)
-_SHOW: Extra = (Annotated[bool, typer.Option("--show", help="Colour tokens green/red (stdout, or stderr with --json).",
+_JSONL: Extra = (Annotated[bool, typer.Option("--jsonl", help="JSONL on stdout, streamable: one record per text, then the corpus record.",
+                                               rich_help_panel=PANEL_OUTPUT)], False)
+_SHOW: Extra = (Annotated[bool, typer.Option("--show", help="Colour tokens green/red (stdout, or stderr with --json/--jsonl).",
                                               rich_help_panel=PANEL_OUTPUT)], False)
 
 
 def register(app: typer.Typer) -> None:
-    verb_command(app, "detect", DetectOptions, panel="Verbs", extra={"json_out": _JSON, "show": _SHOW})(detect_command)
+    verb_command(app, "detect", DetectOptions, panel="Verbs", extra={"json_out": _JSON, "jsonl_out": _JSONL, "show": _SHOW})(detect_command)
 
 
-def detect_command(options: DetectOptions, *, json_out: bool = False, show: bool = False) -> None:
+def detect_command(options: DetectOptions, *, json_out: bool = False, jsonl_out: bool = False, show: bool = False) -> None:
     """Detect KGW-family and Unigram watermarks: z, exact p (log space), green counts, per text and per corpus."""
-    from llmguard.cli.output import emit_jsonl, info, stderr, stdout, warn
+    from llmguard.cli.output import emit_json, emit_jsonl, info, stderr, stdout, warn
+    from llmguard.errors import UsageError
+
+    if json_out and jsonl_out:
+        raise UsageError("--json and --jsonl: choose one (one document, or one record per line)")
     from llmguard.cli.progress import make_progress
     from llmguard.watermark.detect import detect
 
@@ -33,7 +39,10 @@ def detect_command(options: DetectOptions, *, json_out: bool = False, show: bool
         run = detect(options, progress, on_warning=warn)
     finally:
         progress.close()
+    machine = json_out or jsonl_out
     if json_out:
+        emit_json({"config": run.config, "records": run.records, "aggregate": run.aggregate})
+    elif jsonl_out:
         for r in run.records:
             emit_jsonl(r)
         if run.aggregate is not None:
@@ -41,7 +50,7 @@ def detect_command(options: DetectOptions, *, json_out: bool = False, show: bool
     else:
         _print_human(run.records, run.aggregate, run.config, stdout)
     if show:
-        _show_tokens(run, stderr if json_out else stdout)
+        _show_tokens(run, stderr if machine else stdout)
     if options.html is not None:
         run.write_html(options.html)
         info(f"wrote {options.html}")
