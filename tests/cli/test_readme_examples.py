@@ -33,6 +33,8 @@ NOT_RUN = {
     "python -m pytest": "the test suite itself",
     "llmguard watermark spoof --student ./student --reference ./reference --prompts instructions.jsonl --data-only --resume":
         "resumes an interrupted run; tests/watermark/test_cli_attack.py interrupts one and resumes it",
+    "llmguard watermark generate --model ./model --prompts prompts.jsonl --format sft -o sft.jsonl --resume":
+        "resumes an interrupted run; tests/reliability/test_interrupts.py kills one mid-way and resumes it",
 }
 #: appended to long examples so they run on small settings (the example's flags stay as written)
 SMALL = {
