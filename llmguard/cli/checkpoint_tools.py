@@ -84,6 +84,17 @@ def inspect_command(options: InspectOptions, *, json_output: bool = False) -> No
             ("largest tensor", f"{largest.get('name')} {largest.get('shape')} {largest.get('dtype')} {_bytes(largest.get('bytes'))}"),
             ("tied embeddings", f"{summary['tied_embeddings']} (lm_head stored: {summary['lm_head_stored']})"),
         ]
+        structure = summary.get("structure") or {}
+        if "unsupported" in structure:
+            rows.append(("structure", f"not understood: {structure['unsupported']}"))
+        elif structure:
+            extra = [f"{structure['transposed_linear_maps']} transposed (Conv1D)"] if structure["transposed_linear_maps"] else []
+            if structure["expert_linear_maps"]:
+                fused = ", ".join(structure["fused_in_memory"])
+                extra.append(f"{structure['expert_linear_maps']} expert projections (fused in memory: {fused})")
+            rows.append(("linear maps", f"{structure['linear_maps']} in {structure['decoder_layers']} decoder layers"
+                         + (f"; {'; '.join(extra)}" if extra else "")))
+            rows.append(("attention", str(structure["attention"])))
     if "scan" in summary:
         found = summary["scan"]
         rows.append(("NaN/Inf values", f"{found['nonfinite_values']} in {found['tensors_nonfinite']} of {found['tensors_scanned']} tensors"))

@@ -25,6 +25,8 @@ def test_nlsr_cli_on_gpt2_conv1d_and_inspect_structure(matrix, adapters, tmp_pat
     assert inspected["structure"]["fused_in_memory"] == ["down_proj", "gate_up_proj"]
     gpt2 = json.loads(run_cli("inspect", paths["base"], "--json").stdout)["structure"]
     assert gpt2["transposed_linear_maps"] == 8 and gpt2["tied"] == {"lm_head.weight": "transformer.wte.weight"}
+    human = run_cli("inspect", paths["base"])
+    assert human.returncode == 0 and "8 transposed (Conv1D)" in human.stdout
 
 
 def test_nothing_to_realign_exits_3_with_one_line(matrix, tmp_path):
