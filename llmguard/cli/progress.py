@@ -45,12 +45,14 @@ class RichStageProgress:
     """One bar for the current stage, on stderr; finished stages leave their final bar behind."""
 
     def __init__(self) -> None:
+        # elapsed time first: on a narrow terminal Rich shortens the last columns, and what must
+        # stay visible is that time moves on and what is running
         self._bar = RichProgress(
             SpinnerColumn(),
-            TextColumn("[bold]{task.description}"),
-            BarColumn(bar_width=24),
-            MofNCompleteColumn(),
             TimeElapsedColumn(),
+            TextColumn("[bold]{task.description}"),
+            BarColumn(bar_width=16),
+            MofNCompleteColumn(),
             RateEtaColumn(),
             console=stderr,
             transient=False,

@@ -61,7 +61,10 @@ def load_frozen_model(root: Path, device: torch.device, dtype: torch.dtype = tor
     for p in model.parameters():
         p.requires_grad_(False)
     if checkpointing:  # non-reentrant: the logits are reached through closures, not through inputs
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name; the old one warns
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.train()  # transformers checkpoints only in training mode; dropout is switched off below
         for module in model.modules():
             if isinstance(module, torch.nn.Dropout):
