@@ -2,8 +2,11 @@
 
 Deterministic (default): the ``budget`` least similar modules (a count, or a fraction of the
 modules), or every module with similarity below ``threshold``. Ties are broken by model order.
-The default budget is half of the modules: on the testbed, patching the least similar half
-restored safety while patching all modules destroyed the task (docs/realign.md).
+Without ``budget`` or ``threshold`` the unit's default applies (``units.Unit.default_budget``):
+half of the modules for rows and elements (on the testbed, patching every module with those
+units destroyed the task), every module for single weights (their mask already picks a small
+fraction of each module; docs/realign.md). :data:`DEFAULT_BUDGET` is the library default of
+:func:`select` when a caller passes neither.
 
 ``official`` reproduces ``Adaptive_Search_Operation`` of ``xinykou/NLSR:src/safe_lora/inner.py``:
 modules ranked by similarity in descending order get ranks N+1 … 2, min-max normalised to

@@ -8,7 +8,7 @@
 
 ``auto`` (the default) is ``weight`` for every fine-tune. Measured on the testbed (five seeds,
 docs/realign.md): element and row units, at any mask ratio tried, left a LoRA fine-tune 39–100 %
-harmful, while single ΔW weights in every module took it to 0–4 % with the task kept on most
+harmful, while single ΔW weights in every module took it to 0–10 % with the task kept on most
 seeds. ``element`` (the official code's unit) and ``row`` stay available by name. Each unit
 carries its defaults: the budget (``weight``: every module; the mask already picks the weights)
 and the mask ratio (``weight``: 0.15 of a LoRA fine-tune's weights, whose change is low-rank,
