@@ -194,12 +194,15 @@ def main() -> None:
         subprocess.run([sys.executable, __file__, "--build-only", shape, "--work", str(opts.work), "--samples", str(opts.samples),
                         "--seq", str(opts.seq)], check=True)
         print(f"[{shape}] inputs ready in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
-        common = ["-a", str(root / "aligned"), "-f", str(root / "finetuned")]
+        # element units (adapter in, adapter out) as when these numbers were first taken; the
+        # weight-unit run below is the one that writes a full checkpoint
+        common = ["-a", str(root / "aligned"), "-f", str(root / "finetuned"), "--unit", "element"]
         runs = set(opts.runs.split(","))
         if "magnitude" in runs:
             results.append(run_child(f"{shape} magnitude (weight space only)", common + ["--scorer", "magnitude"], root / "out"))
         if "weight" in runs:
-            results.append(run_child(f"{shape} magnitude, --unit weight (full checkpoint out)", common + ["--scorer", "magnitude", "--unit", "weight"], root / "out"))
+            results.append(run_child(f"{shape} magnitude, --unit weight (full checkpoint out)", [*common[:4], "--scorer", "magnitude", "--unit", "weight", "--budget", "0.5",
+                                                                                        "--mask-ratio", "0.2"], root / "out"))
         calib_args = common + ["--scorer", "actsvd", "-c", str(calib), "--calibration-samples", str(opts.samples)]
         if "layerwise" in runs:
             results.append(run_child(f"{shape} actsvd, layerwise", calib_args + ["--calibration-mode", "layerwise"], root / "out"))

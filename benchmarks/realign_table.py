@@ -118,6 +118,7 @@ METHODS: list[Method] = [
     Method("resta γ0.5", "full", lambda r, o: ["realign", "resta", "-f", r / "finetuned-full", "-a", r / "aligned",
                                                 "-u", r / "aligned-sft", "--gamma", "0.5", "-o", o], bound="none"),
     Method("nlsr defaults", "lora", lambda r, o: [*_nlsr_base(r, "lora"), "-o", o], bound="halve"),
+    Method("nlsr defaults", "full", lambda r, o: [*_nlsr_base(r, "full"), "-o", o], bound="halve"),
     Method("nlsr --search", "lora", _nlsr_search("lora")),
     Method("nlsr --search", "full", _nlsr_search("full")),
     Method("somf defaults", "lora", lambda r, o: ["realign", "somf", "-a", r / "aligned-lora", "-f", r / "finetuned-lora",

@@ -165,11 +165,11 @@ complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_su
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l alpha -d 'ExPO amplification: ΔW_ref = (1+α)·ΔW_aligned.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l amplify-mode -d 'expo (B × (1+α)) or official (both LoRA factors × 2α, as the NLSR code).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l scorer -d 'Safety-critical units: actsvd, wanda or magnitude (no data).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l mask-ratio -d 'Fraction of units kept per tensor, in (0, 1).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l mask-ratio -d 'Fraction of units kept per tensor, in (0, 1) (default: weight units 0.15 of a LoRA fine-tune, 0.4 of a full one; rows and elements 0.2).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l actsvd-keep -d 'ActSVD: fraction of output directions kept (official 0.8).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l unit -d 'auto, element (LoRA elements; the fine-tune continues the aligned adapter), row (ΔW output rows) or weight (single ΔW entries).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l unit -d 'auto (weight), element (LoRA elements, the official codes unit; the fine-tune continues the aligned adapter), row (ΔW output rows) or weight (single ΔW entries).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l select -d 'least-similar (deterministic) or official (seeded Bernoulli of the NLSR code).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l budget -d 'Patch the K least similar modules: a count (12) or a fraction (0.5, the default).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l budget -d 'Patch the K least similar modules: a count (12) or a fraction (default: 1.0 for weight units, 0.5 for rows and elements).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l threshold -d 'Patch every module with similarity below τ (instead of --budget).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l prune-rate -d '--select official: mean patch probability.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from nlsr' -l epsilon -d '--select official: probability spread ±ε.' -F

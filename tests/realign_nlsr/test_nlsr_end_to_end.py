@@ -27,7 +27,8 @@ def _weights(path):
 
 def test_element_mode_transplants_masked_reference_values(tiny, tmp_path):
     out = tmp_path / "out"
-    result = nlsr(tiny["ft_lora"], out, aligned=tiny["aligned"], calibration=tiny["calib"], scorer="actsvd", budget="4")
+    result = nlsr(tiny["ft_lora"], out, aligned=tiny["aligned"], calibration=tiny["calib"], scorer="actsvd", budget="4",
+                  unit="element")
     assert result.unit == "element" and result.patched == 4
     table = json.loads((out / "nlsr_modules.json").read_text())
     assert len(table) == 14 and sum(r["patched"] for r in table) == 4
@@ -75,8 +76,9 @@ def test_official_amplification_scales_both_factors(tiny):
 @pytest.mark.parametrize("scorer", ["wanda", "magnitude"])
 def test_full_finetune_rows_and_exact_revert(tiny, tmp_path, scorer):
     out = tmp_path / "out"
-    result = nlsr(tiny["ft_full"], out, aligned=tiny["aligned_full"], base=tiny["base"], calibration=tiny["calib"], scorer=scorer)
-    assert result.unit == "row" and result.patched == 7  # half of 14 modules
+    result = nlsr(tiny["ft_full"], out, aligned=tiny["aligned_full"], base=tiny["base"], calibration=tiny["calib"], scorer=scorer,
+                  unit="row")
+    assert result.unit == "row" and result.patched == 7  # half of 14 modules: the row unit's default budget
     ft, new = _weights(tiny["ft_full"]), _weights(out)
     patch = load_file(out / "realign_patch.safetensors")
     aligned_src = open_source(tiny["aligned_full"])
@@ -104,7 +106,8 @@ def test_full_finetune_rows_and_exact_revert(tiny, tmp_path, scorer):
 
 def test_full_finetune_weight_units_and_exact_revert(tiny, tmp_path):
     out = tmp_path / "out"
-    result = nlsr(tiny["ft_full"], out, aligned=tiny["aligned_full"], base=tiny["base"], calibration=tiny["calib"], scorer="wanda", unit="weight", mask_ratio=0.1)
+    result = nlsr(tiny["ft_full"], out, aligned=tiny["aligned_full"], base=tiny["base"], calibration=tiny["calib"], scorer="wanda", unit="weight", mask_ratio=0.1,
+                  budget="0.5")
     assert result.unit == "weight" and result.patched == 7
     ft, new = _weights(tiny["ft_full"]), _weights(out)
     patch = load_file(out / "realign_patch.safetensors")
@@ -134,13 +137,13 @@ def test_full_finetune_weight_units_and_exact_revert(tiny, tmp_path):
 
 def test_fresh_adapter_is_compared_in_delta_space(tiny, tmp_path):
     result = nlsr(tiny["ft_fresh"], tmp_path / "out", aligned=tiny["aligned"], scorer="magnitude", budget="0.25")
-    assert result.unit == "row" and result.patched == 4
+    assert result.unit == "weight" and result.patched == 4  # --unit auto: single ΔW weights
     out = tmp_path / "out"
     assert (out / "model.safetensors").is_file() and not (out / "adapter_config.json").exists()
     merged = _weights(out)
     src = open_source(tiny["ft_fresh"])
     patch = load_file(out / "realign_patch.safetensors")
-    name = next(n for n in merged if f"{n}::index" not in patch and ".layers." in n and n.endswith("q_proj.weight"))
+    name = next(n for n in merged if f"{n}::index" not in patch and ".layers." in n and n.endswith("_proj.weight"))
     torch.testing.assert_close(merged[name], source_weight(src, name))
 
 
@@ -177,7 +180,8 @@ def test_continued_adapter_with_row_units_writes_a_checkpoint_and_reverts(tiny, 
 
 def test_cli_end_to_end_element_mode_with_revert(tiny, tmp_path):
     out = tmp_path / "realigned"
-    r = run_cli("realign", "nlsr", "-a", tiny["aligned"], "-f", tiny["ft_lora"], "-c", tiny["calib"], "-o", out, "--budget", "0.5")
+    r = run_cli("realign", "nlsr", "-a", tiny["aligned"], "-f", tiny["ft_lora"], "-c", tiny["calib"], "-o", out, "--budget", "0.5",
+                "--unit", "element")
     assert r.returncode == 0, r.stderr
     assert "patched 7 of 14 modules" in r.stdout and "◆" in r.stdout and "model.layers.1.mlp.down_proj" in r.stdout
     back = tmp_path / "back"
@@ -209,7 +213,8 @@ def test_cli_bad_input_exit_codes(tiny, tmp_path):
     common = ("-a", tiny["aligned"], "-f", tiny["ft_lora"], "-o", out)
     assert_error(run_cli("realign", "nlsr", *common, "--scorer", "magnitude", "--mask-ratio", "1.5"), 2, "--mask-ratio")
     assert_error(run_cli("realign", "nlsr", *common, "-c", tiny["calib_unusable"]), 3, "no usable calibration rows")
-    assert_error(run_cli("realign", "nlsr", "-a", tiny["aligned"], "-f", tiny["ft_rank2"], "-o", out, "--scorer", "magnitude"), 3, "different ranks")
+    assert_error(run_cli("realign", "nlsr", "-a", tiny["aligned"], "-f", tiny["ft_rank2"], "-o", out, "--scorer", "magnitude", "--unit", "element"), 3,
+                 "different ranks")
     assert_error(run_cli("realign", "nlsr", "-a", tiny["aligned"], "-f", tiny["ft_on_merged"], "-o", out, "--scorer", "magnitude", "--unit", "element"), 3, "different bases")
     assert_error(run_cli("realign", "nlsr", "-a", tiny["aligned_full"], "--base", tiny["base"], "-f", tiny["other_arch"], "-o", out, "--scorer", "magnitude"), 3, "shape mismatch")
     assert not out.exists()
@@ -241,6 +246,9 @@ def test_library_usage_errors(tiny, tmp_path, kwargs, code, needle):
     assert not (tmp_path / "o").exists()
 
 
-def test_adapter_on_the_merged_aligned_model_uses_rows(tiny, tmp_path):
+def test_defaults_are_weight_units_in_every_module(tiny, tmp_path):
+    """``--unit auto`` is single ΔW weights, and their default budget is every module (the mask
+    picks the weights); a LoRA fine-tune's default mask keeps 0.15 of each module's weights."""
     result = nlsr(tiny["ft_on_merged"], None, aligned=tiny["aligned"], scorer="magnitude", dry_run=True)
-    assert result.unit == "row" and result.output is None and result.patched == 7
+    assert result.unit == "weight" and result.output is None and result.patched == 14
+    assert result.manifest["mask_ratio"] == 0.15

@@ -53,7 +53,8 @@ def test_search_moves_the_chosen_output_and_records_the_table(tiny, tmp_path):
         return next(measured)
 
     grid = parse_grid("alpha=0.5,0.9,2")
-    result = nlsr_search(tiny["ft_lora"], out, grid, evaluate, aligned=tiny["aligned"], calibration=tiny["calib"], budget="0.5")
+    result = nlsr_search(tiny["ft_lora"], out, grid, evaluate, aligned=tiny["aligned"], calibration=tiny["calib"], budget="0.5",
+                         unit="element")
     assert seen[0] == tiny["ft_lora"] and len(seen) == 4
     assert result.chosen == 1 and result.output == out  # 0.97 is within 5 points of 1.0; α 2 loses 50 points
     manifest = json.loads((out / "llmguard.json").read_text())
@@ -92,7 +93,7 @@ def _dev_files(tmp_path: Path) -> tuple[Path, Path]:
 def test_cli_search_end_to_end_with_the_real_evaluator(tiny, tmp_path):
     prompts, task = _dev_files(tmp_path)
     out = tmp_path / "realigned"
-    r = run_cli("realign", "nlsr", "-a", tiny["aligned"], "-f", tiny["ft_lora"], "-c", tiny["calib"], "-o", out,
+    r = run_cli("realign", "nlsr", "-a", tiny["aligned"], "-f", tiny["ft_lora"], "-c", tiny["calib"], "-o", out, "--unit", "element",
                 "--search", "alpha=0.5,0.9;budget=0.5", "--dev-prompts", prompts, "--dev-task", "movie", "--dev-task-data", task,
                 "--max-task-drop", "100", "--json")
     assert r.returncode == 0, r.stderr
@@ -135,7 +136,7 @@ def test_search_with_force_replaces_an_existing_output(tiny, tmp_path):
     out.mkdir()
     (out / "stale.txt").write_text("old run")
     measured = iter([(0.9, 1.0), (0.1, 1.0)])
-    result = nlsr_search(tiny["ft_lora"], out, parse_grid("alpha=0.5"), lambda p: next(measured), aligned=tiny["aligned"],
+    result = nlsr_search(tiny["ft_lora"], out, parse_grid("alpha=0.5"), lambda p: next(measured), aligned=tiny["aligned"], unit="element",
                          calibration=tiny["calib"], force=True)
     assert result.chosen == 0 and (out / "adapter_model.safetensors").is_file() and not (out / "stale.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exists"]
@@ -147,15 +148,16 @@ def test_budget_points_share_one_analysis_and_write_what_a_fresh_run_writes(tiny
     out = tmp_path / "chosen"
     measured = iter([(0.9, 1.0), (0.5, 1.0), (0.1, 1.0), (0.3, 1.0)])  # the budget 0.5 point wins
     grid = parse_grid("budget=0.25,0.5,1.0")
-    result = nlsr_search(tiny["ft_lora"], out, grid, lambda p: next(measured), aligned=tiny["aligned"], calibration=tiny["calib"])
+    result = nlsr_search(tiny["ft_lora"], out, grid, lambda p: next(measured), aligned=tiny["aligned"], unit="element", calibration=tiny["calib"])
     assert result.analyses == 1 and result.chosen == 1
     stages = json.loads((out / "llmguard.json").read_text())["stages"]
     assert [s["name"] for s in stages if s.get("reused")] == ["open inputs", "reference", "calibration data", "calibration pass + scoring"]
-    fresh = nlsr(tiny["ft_lora"], tmp_path / "fresh", aligned=tiny["aligned"], calibration=tiny["calib"], budget="0.5")
+    fresh = nlsr(tiny["ft_lora"], tmp_path / "fresh", aligned=tiny["aligned"], calibration=tiny["calib"], budget="0.5",
+                 unit="element")
     for name in ("adapter_model.safetensors", "realign_patch.safetensors", "nlsr_modules.json"):
         assert (out / name).read_bytes() == (fresh.output / name).read_bytes(), name
     two = nlsr_search(tiny["ft_lora"], tmp_path / "two", parse_grid("alpha=0.5,0.9;budget=0.5,1.0"), lambda p: (0.1, 1.0),
-                      aligned=tiny["aligned"], calibration=tiny["calib"])
+                      aligned=tiny["aligned"], unit="element", calibration=tiny["calib"])
     assert two.analyses == 2 and len(two.points) == 4
 
 
@@ -164,13 +166,13 @@ def test_scorer_and_mask_points_share_one_calibration_pass_with_identical_output
 
     grid = parse_grid("scorer=actsvd,wanda;mask-ratio=0.2,0.3")
     measured = iter([(0.9, 1.0), (0.5, 1.0), (0.4, 1.0), (0.1, 1.0), (0.3, 1.0)])  # wanda, mask 0.2 wins
-    result = nlsr_search(tiny["ft_lora"], tmp_path / "chosen", grid, lambda p: next(measured), aligned=tiny["aligned"],
+    result = nlsr_search(tiny["ft_lora"], tmp_path / "chosen", grid, lambda p: next(measured), aligned=tiny["aligned"], unit="element",
                          calibration=tiny["calib"], budget="0.5")
     assert result.chosen == 2 and result.analyses == 4 and result.calibration_passes == 1
     stages = {s["name"]: s for s in json.loads((tmp_path / "chosen" / "llmguard.json").read_text())["stages"]}
     assert stages["calibration pass + scoring"].get("statistics_reused") is True
     fresh = nlsr(tiny["ft_lora"], tmp_path / "fresh", aligned=tiny["aligned"], calibration=tiny["calib"], budget="0.5",
-                 scorer="wanda", mask_ratio=0.2)
+                 scorer="wanda", mask_ratio=0.2, unit="element")
     for name in ("adapter_model.safetensors", "realign_patch.safetensors", "nlsr_modules.json"):
         assert (tmp_path / "chosen" / name).read_bytes() == (fresh.output / name).read_bytes(), name
 

@@ -15,15 +15,15 @@ from llmguard.options import optional_inner
 
 MAX_POINTS = 64
 
-#: ``--search auto``: the documented DEV grid for the kind of fine-tune, the same for every model.
-#: A LoRA fine-tune that continues the aligned adapter is searched over element and row units,
-#: both activation-aware scorers and two mask ratios at a moderate amplification; a full
-#: fine-tune over single ΔW weights in every module (rows and half the modules did not reach
-#: the aligned model's safety on the testbed) at the paper's amplification and a stronger one,
-#: with larger masks (on testbed v3 seed 0 α 1.5 / mask 0.45 was needed, on seed 4 α 1.5 cost
-#: 14 task points). Measured on the testbed, seeds 0-4: docs/realign.md ("Results on the testbed").
+#: ``--search auto``: the documented DEV grid for the kind of fine-tune, the same for every model:
+#: single ΔW weights in every module (element and row units left a LoRA fine-tune 39–100 %
+#: harmful on the testbed), over the mask ratio, at the paper's amplification for a LoRA
+#: fine-tune (its low-rank change needs a small mask: 0.1–0.2 across testbed seeds) and at the
+#: paper's and a stronger amplification with larger masks for a full fine-tune (its change is
+#: spread over every weight). Measured on the testbed, seeds 0-4: docs/realign.md ("Results on
+#: the testbed").
 AUTO_GRIDS = {
-    "lora": "unit=element,row;scorer=actsvd,wanda;alpha=0.5,0.9;mask-ratio=0.3",
+    "lora": "unit=weight;budget=1.0;alpha=0.9;mask-ratio=0.1,0.15,0.2",
     "full": "unit=weight;budget=1.0;alpha=0.9,1.5;mask-ratio=0.35,0.45",
 }
 

@@ -24,9 +24,8 @@ from llmguard.io.lora import LoraAdapter, is_adapter_dir
 from llmguard.io.sources import WeightSource, open_source
 from llmguard.realign.arithmetic import LinearCombination, Term
 from llmguard.realign.nlsr.reference import same_checkpoint
-from llmguard.realign.nlsr.units import DELTA_UNITS, UNIT_CHOICES, UNITS, Unit
+from llmguard.realign.nlsr.units import AUTO_UNIT, DELTA_UNITS, UNIT_CHOICES, UNITS, Unit
 
-CONTINUATION_COSINE = 0.5
 _LAYER = re.compile(r"\.(?:layers|h|blocks|layer)\.(\d+)\.")
 
 
@@ -43,6 +42,18 @@ class NlsrInputs:
     @property
     def strategy(self) -> Unit:
         return UNITS[self.unit]
+
+    @property
+    def finetune_is_adapter(self) -> bool:
+        return self.finetuned.adapter is not None
+
+    def mask_ratio(self, given: float | None) -> float:
+        """``--mask-ratio``, or the unit's default for this kind of fine-tune."""
+        return given if given is not None else self.strategy.default_mask_ratio(self.finetune_is_adapter)
+
+    def budget(self, given: str | float | int | None, threshold: float | None) -> str | float | int | None:
+        """``--budget``, or the unit's default (none when ``--threshold`` selects instead)."""
+        return given if given is not None or threshold is not None else self.strategy.default_budget
 
     @property
     def output_is_adapter(self) -> bool:
@@ -135,21 +146,19 @@ def order_inputs(inputs: NlsrInputs, model_order: list[str]) -> None:
 def _decide_unit(unit: str, finetuned: WeightSource, reference: WeightSource, base: Checkpoint) -> tuple[str, float | None]:
     ft, ref = finetuned.adapter, reference.adapter
     both = ft is not None and ref is not None
+    if unit == "auto":
+        unit = AUTO_UNIT
     if unit in DELTA_UNITS:
         return unit, None
+    # --unit element: the fine-tune must continue the aligned adapter (same base, same factor basis)
     if not both:
-        if unit == "element":
-            raise InvalidInputError("--unit element needs LoRA adapters for both the fine-tuned model and the aligned/reference model")
-        return "row", None
+        raise InvalidInputError("--unit element needs LoRA adapters for both the fine-tuned model and the aligned/reference model")
     assert ft is not None and ref is not None
-    shared_base = same_checkpoint(finetuned.base, reference.base)
-    if not shared_base:
-        if unit == "element":
-            raise InvalidInputError(
-                f"adapters for different bases: finetuned {finetuned.path} is on {finetuned.base.root}, "
-                f"the reference on {reference.base.root}; element-level NLSR needs the fine-tune to continue the aligned adapter"
-            )
-        return "row", None
+    if not same_checkpoint(finetuned.base, reference.base):
+        raise InvalidInputError(
+            f"adapters for different bases: finetuned {finetuned.path} is on {finetuned.base.root}, "
+            f"the reference on {reference.base.root}; element-level NLSR needs the fine-tune to continue the aligned adapter"
+        )
     missing = [m for m in ft.modules if m not in ref.modules]
     if missing:
         raise InvalidInputError(f"finetuned adapter module {missing[0]!r} is not in the aligned/reference adapter {reference.path}")
@@ -168,6 +177,4 @@ def _decide_unit(unit: str, finetuned: WeightSource, reference: WeightSource, ba
         a2 = ref.file.read(ref.modules[name].a_key).float().reshape(-1)
         cosines.append(torch.nn.functional.cosine_similarity(a1, a2, dim=0).item())
     cosine = statistics.median(cosines)
-    if unit == "element" or cosine >= CONTINUATION_COSINE:
-        return "element", cosine
-    return "row", cosine
+    return "element", cosine

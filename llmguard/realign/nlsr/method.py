@@ -170,7 +170,8 @@ def analyze(options: NlsrOptions, progress: Progress, masks_beside: Path | None 
 
             config = load_config(config_dir)
             order_inputs(inputs, linear_names(config))
-        record.update(unit=inputs.unit, modules=len(inputs.modules), continuation_cosine=inputs.continuation_cosine)
+        record.update(unit=inputs.unit, modules=len(inputs.modules), continuation_cosine=inputs.continuation_cosine,
+                      mask_ratio=inputs.mask_ratio(o.mask_ratio))
         for role, src in (("finetuned", inputs.finetuned), ("aligned", inputs.aligned), ("reference", inputs.prepared)):
             if src is not None:
                 manifest.add_input(role, src.path)
@@ -180,7 +181,7 @@ def analyze(options: NlsrOptions, progress: Progress, masks_beside: Path | None 
         record.update(ref.describe())
     masks = _mask_store(inputs, masks_beside or o.output, o.dry_run)
     try:
-        analyzer = Analyzer(inputs, ref, o.scorer, o.mask_ratio, o.actsvd_keep, torch_device, masks=masks)
+        analyzer = Analyzer(inputs, ref, o.scorer, inputs.mask_ratio(o.mask_ratio), o.actsvd_keep, torch_device, masks=masks)
         if o.needs_calibration:
             _calibrate(o, inputs, ref, config, analyzer, manifest, torch_device, progress, stats_cache)
         else:
@@ -282,13 +283,14 @@ def realign(options: NlsrOptions, analysis: Analysis, progress: Progress) -> Nls
     if not reused:
         manifest.started = analysis.manifest.started
     with manifest.stage("select") as record:
-        selection = select([r.similarity for r in results], mode=o.select_mode, budget=o.budget, threshold=o.threshold,
+        budget = inputs.budget(o.budget, o.threshold) if o.select_mode == "least-similar" else o.budget
+        selection = select([r.similarity for r in results], mode=o.select_mode, budget=budget, threshold=o.threshold,
                            prune_rate=o.prune_rate, epsilon=o.epsilon, seed=o.seed)
         record.update(rule=selection.rule, patched=selection.count, modules=len(results))
     table = _module_table(inputs, results, selection)
     selected = [r for r, p in zip(results, selection.patched) if p]
     masked_params = sum(r.parameters_masked for r in selected)
-    manifest.extra.update(unit=inputs.unit, selection_rule=selection.rule, modules_patched=selection.count, modules_total=len(results))
+    manifest.extra.update(unit=inputs.unit, mask_ratio=inputs.mask_ratio(o.mask_ratio), selection_rule=selection.rule, modules_patched=selection.count, modules_total=len(results))
     if o.dry_run:
         progress.close()
         return NlsrResult(None, inputs.unit, table, selection.rule, selection.count, masked_params, manifest.to_dict(), dry_run=True)

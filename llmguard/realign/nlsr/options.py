@@ -83,16 +83,19 @@ class NlsrOptions(Options):
                                panel=PANEL_METHOD, choices=("expo", "official"))
     scorer: str = option("actsvd", help="Safety-critical units: actsvd, wanda or magnitude (no data).", panel=PANEL_METHOD,
                          choices=_scorer_names)
-    mask_ratio: float = option(0.2, help="Fraction of units kept per tensor, in (0, 1).", panel=PANEL_METHOD,
+    mask_ratio: float | None = option(None, help="Fraction of units kept per tensor, in (0, 1) (default: weight units 0.15 of a LoRA "
+                                      "fine-tune, 0.4 of a full one; rows and elements 0.2).", panel=PANEL_METHOD,
                                min=0, max=1, min_exclusive=True, max_exclusive=True)
     actsvd_keep: float = option(0.8, help="ActSVD: fraction of output directions kept (official 0.8).", panel=PANEL_METHOD,
                                 min=0, max=1, min_exclusive=True, max_exclusive=True)
     unit: str = option("auto", panel=PANEL_METHOD, choices=_unit_names,
-                       help="auto, element (LoRA elements; the fine-tune continues the aligned adapter), row (ΔW output rows) or weight (single ΔW entries).")
+                       help="auto (weight), element (LoRA elements, the official code's unit; the fine-tune continues the aligned adapter), "
+                       "row (ΔW output rows) or weight (single ΔW entries).")
     select_mode: str = option("least-similar", help="least-similar (deterministic) or official (seeded Bernoulli of the NLSR code).",
                               flag="--select", manifest_key="select", panel=PANEL_SELECT, choices=("least-similar", "official"))
     budget: str | float | int | None = option(
-        None, help="Patch the K least similar modules: a count (12) or a fraction (0.5, the default).", panel=PANEL_SELECT, cli_type=str)
+        None, help="Patch the K least similar modules: a count (12) or a fraction (default: 1.0 for weight units, 0.5 for rows "
+             "and elements).", panel=PANEL_SELECT, cli_type=str)
     threshold: float | None = option(None, help="Patch every module with similarity below τ (instead of --budget).", panel=PANEL_SELECT)
     prune_rate: float = option(0.5, help="--select official: mean patch probability.", panel=PANEL_SELECT)
     epsilon: float = option(0.2, help="--select official: probability spread ±ε.", panel=PANEL_SELECT)
