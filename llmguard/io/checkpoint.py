@@ -146,7 +146,10 @@ class Checkpoint:
 
 # -- opening --------------------------------------------------------------------------------
 def _confined(root: Path, relative: str, tensor: str) -> Path:
-    candidate = (root / relative).resolve()
+    try:
+        candidate = (root / relative).resolve()
+    except (ValueError, OSError) as err:  # a NUL byte, a symlink loop: not a usable path
+        raise InvalidInputError(f"{root / INDEX_NAME}: weight_map entry for {tensor!r} is not a usable path {relative!r} ({err})") from None
     base = root.resolve()
     if os.path.isabs(relative) or (candidate != base and base not in candidate.parents):
         raise InvalidInputError(

@@ -48,10 +48,14 @@ class StagedDirectory:
     def __enter__(self) -> "StagedDirectory":
         self.check()
         self._lock.acquire()
-        if self.path.exists() and not self.resume:
-            shutil.rmtree(self.path)
-        self.resumed = self.path.is_dir()
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:  # __exit__ does not run when __enter__ raises: release the lock here
+            if self.path.exists() and not self.resume:
+                shutil.rmtree(self.path)
+            self.resumed = self.path.is_dir()
+            self.path.mkdir(parents=True, exist_ok=True)
+        except BaseException:
+            self._lock.release()
+            raise
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:

@@ -129,7 +129,7 @@ class StreamingWriter:
         release_large_buffers_to_os()
         self.out = Path(out)
         check_output_path(self.out, list(inputs), force)
-        self._lock = OutputLock(self.out).acquire()  # held until the output is in place or discarded
+        self._lock = OutputLock(self.out)  # taken in __enter__, held until the output is in place or discarded
         self.plan = {p.name: p for p in plan}
         if len(self.plan) != len(plan):
             raise ValueError("duplicate tensor names in the write plan")
@@ -177,6 +177,7 @@ class StreamingWriter:
         # everything up to a running writer thread inside one try: a Ctrl-C landing in
         # Thread.start() (it waits for the thread to come up) must not skip the cleanup, since
         # __exit__ is never called when __enter__ raises
+        self._lock.acquire()  # before touching any temporary: another run may be writing OUT
         try:
             if self.tmp.exists():
                 shutil.rmtree(self.tmp)

@@ -95,12 +95,23 @@ class PartialWriter:
                  "rng": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             state["cuda_rng"] = [base64.b64encode(s.numpy().tobytes()).decode() for s in torch.cuda.get_rng_state_all()]
-        tmp = self.state_path.with_name(self.state_path.name + f".tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(state), encoding="utf-8")
-        tmp.replace(self.state_path)
+        tmp = self._state_tmp()
+        try:
+            tmp.write_text(json.dumps(state), encoding="utf-8")
+            tmp.replace(self.state_path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def _state_tmp(self) -> Path:
+        return self.state_path.with_name(self.state_path.name + f".tmp-{os.getpid()}")
 
     def close(self) -> None:
-        self._fh.close()
+        try:
+            self._fh.close()
+        except OSError:
+            pass  # a full disk fails the flush again; the caller reports the first error
+        self._state_tmp().unlink(missing_ok=True)
 
     def remove(self) -> None:
         self.close()

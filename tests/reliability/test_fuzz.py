@@ -80,6 +80,7 @@ def test_safetensors_header(header, data_len, header_len_delta, garbage) -> None
        wrap=st.booleans())
 @example(weight_map={"w": "../outside.safetensors"}, wrap=True)
 @example(weight_map={"w": "link.safetensors"}, wrap=True)  # a symlink out of the directory
+@example(weight_map={"": "\x00"}, wrap=True)  # a NUL byte in a shard name: once exit 1 (ValueError)
 def test_index_weight_map_is_confined(weight_map, wrap) -> None:
     import torch
     from safetensors.torch import save_file
