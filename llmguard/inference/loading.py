@@ -83,9 +83,9 @@ def verify_checkpoint_files(model_dir: Path, adapter_dir: Path | None) -> None:
     target present in the base) refuses all of these with one line (exit 3).
     """
     from llmguard.io.checkpoint import open_checkpoint
-    from llmguard.io.lora import LoraAdapter
-
     from llmguard.io.dtypes import is_floating
+    from llmguard.io.lora import LoraAdapter
+    from llmguard.io.sources import attach_architecture
 
     checkpoint = open_checkpoint(model_dir)
     try:
@@ -97,6 +97,7 @@ def verify_checkpoint_files(model_dir: Path, adapter_dir: Path | None) -> None:
                                         "the model's parameters are floating point (wrong or corrupted file?)")
         if adapter_dir is not None:
             adapter = LoraAdapter(adapter_dir)
+            attach_architecture(adapter, Path(model_dir), str(adapter_dir))
             names = set(checkpoint.names())
             if checkpoint.tie_word_embeddings and "model.embed_tokens.weight" in names:
                 names.add("lm_head.weight")

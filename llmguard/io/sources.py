@@ -54,6 +54,18 @@ class WeightSource:
         return delta
 
 
+def attach_architecture(adapter: LoraAdapter, base_path: Path, what: str) -> None:
+    """Give an adapter with LoRA on fused expert parameters its base's architecture (which fused
+    parameter each factor pair adapts); every reader of such an adapter needs it first."""
+    if not adapter.parameter_modules:
+        return
+    from llmguard.io.architecture import architecture_of
+
+    if not (Path(base_path) / "config.json").is_file():
+        raise InvalidInputError(f"{what}: LoRA on fused expert parameters needs the base model's config.json in {base_path}")
+    adapter.use_architecture(architecture_of(base_path))
+
+
 def open_source(
     path: str | os.PathLike[str], *, base: str | os.PathLike[str] | None = None, allow_pickle: bool = False, role: str = "model"
 ) -> WeightSource:
@@ -74,12 +86,7 @@ def open_source(
                 f"{role} {root} is a LoRA adapter of {hint!r}, which is not a local directory; pass --base PATH"
             )
     checkpoint = open_checkpoint(base_path, allow_pickle=allow_pickle)
-    if adapter.parameter_modules:
-        from llmguard.io.architecture import architecture_of
-
-        if not (base_path / "config.json").is_file():
-            raise InvalidInputError(f"{role} {root}: LoRA on fused expert parameters needs the base model's config.json in {base_path}")
-        adapter.use_architecture(architecture_of(base_path))
+    attach_architecture(adapter, base_path, f"{role} {root}")
     adapter.resolve_targets(set(checkpoint.names()))
     adapter.check_shapes({name: meta.shape for name, meta in checkpoint.meta.items()})
     return WeightSource(root, checkpoint, adapter)
