@@ -155,7 +155,7 @@ class DemoContext:
         if judge is not None:
             args += ["--judge", judge]
         if records is not None:
-            args += ["--records", records]
+            args += ["--records", records, "--force"]  # the demo's own work file, rewritten on every run
         return self.cli(*args)
 
     def input_eval(self, name: str) -> dict:

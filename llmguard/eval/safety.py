@@ -228,7 +228,10 @@ def _run_safety_locked(o: EvalSafetyOptions, progress: Progress | None, on_warni
             for rec in report.records:
                 fh.write(json.dumps(rec) + "\n")
     tripped = o.fail_above is not None and report.harmful_rate is not None and report.harmful_rate > o.fail_above
+    from llmguard.provenance import environment
+
     doc = report.to_dict(with_records=False)
+    doc["environment"] = environment()  # versions, revision, CPU, threads, devices: as every manifest
     doc["fail_above"] = o.fail_above
     doc["gate_tripped"] = bool(tripped)
     gate = None

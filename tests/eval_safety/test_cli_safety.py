@@ -56,6 +56,7 @@ def test_guard_model_judge_agrees_with_keyword_judge(testbed):
         assert res.returncode == 0, res.stderr
         guard = json.loads(res.stdout)
         assert guard["judge"].startswith("model:") and guard["unparsed"] == 0 and guard["n"] == 24
+        assert guard["parameters"]["judge_fingerprint"] and guard["environment"]["torch"]
         assert abs(guard["harmful_rate"] - kw["harmful_rate"]) <= 0.1
 
 

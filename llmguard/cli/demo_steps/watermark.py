@@ -10,6 +10,12 @@ from __future__ import annotations
 from llmguard.cli.demo_runner import DemoContext, DemoRow, StepFailed, register_step, verb_exists
 
 
+def _num(value: float | None, spec: str = ".1f") -> str:
+    """A statistic for the note; ``-`` where the test had nothing to score (e.g. the pooled test of
+    the teacher's own corpus, whose every window also occurs in a prompt and is excluded)."""
+    return "-" if value is None else format(value, spec)
+
+
 def _aggregate(doc: dict) -> dict:
     if not doc.get("aggregate"):
         raise StepFailed("`llmguard watermark detect --aggregate` printed no corpus record")
@@ -30,7 +36,7 @@ def watermark_radioactivity(ctx: DemoContext) -> list[DemoRow]:
     teacher = _aggregate(ctx.cli(*detect, tb.teacher_data))
     rows.append(DemoRow(step="watermark detect", model="wm-teacher (bigram + KGW)", watermark_z=round(teacher["median_z"], 2),
                         artefact=str(tb.teacher_data),
-                        note=f"pooled z {teacher['pooled']['z']:.1f} over {teacher['num_texts']} texts"))
+                        note=f"pooled z {_num(teacher['pooled']['z'])} over {teacher['num_texts']} texts"))
     for name, path in (("wm-student", tb.student), ("wm-reference", tb.reference)):
         out = ctx.work / f"watermark-{name}.jsonl"
         ctx.cli("watermark", "generate", "--model", path, "--prompts", tb.prompts, "-o", out, "--force",
@@ -39,7 +45,7 @@ def watermark_radioactivity(ctx: DemoContext) -> list[DemoRow]:
         agg = _aggregate(ctx.cli(*detect, out))
         rows.append(DemoRow(step="watermark generate + detect", model=name, watermark_z=round(agg["median_z"], 2),
                             artefact=str(out),
-                            note=f"pooled z {agg['pooled']['z']:.1f}, log10 p {agg['pooled']['log10_p']:.1f}; "
+                            note=f"pooled z {_num(agg['pooled']['z'])}, log10 p {_num(agg['pooled']['log10_p'])}; "
                                  f"{'watermarked' if agg['prediction'] else 'not watermarked'} at z>4"))
     return rows
 
