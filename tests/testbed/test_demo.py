@@ -57,6 +57,15 @@ def test_demo_cli_eval_safety_step(testbed, tmp_path):
     assert rows["finetuned-arith-lora"]["task"] == "arith"
 
 
+def test_demo_reruns_into_its_own_work_directory(testbed, tmp_path):
+    """A second demo over the same --out rewrites its own work files (the output-safety path
+    refuses an existing --records file without --force; the demo passes it)."""
+    for _ in range(2):
+        result = run_cli("demo", "--steps", "judge-guard", "--out", tmp_path, "--json")
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["ok"]
+
+
 def test_demo_list_and_unknown_step():
     listed = run_cli("demo", "--list")
     assert listed.returncode == 0 and "eval-safety" in listed.stdout and "realign-resta" in listed.stdout
