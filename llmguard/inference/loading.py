@@ -8,7 +8,6 @@ names a local base model, or a hub id when the hub is reachable. Pickle weights
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -21,19 +20,6 @@ def resolve_device(device: str = "auto") -> str:
     from llmguard.io.device import resolve_device as resolve
 
     return str(resolve(device))
-
-
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except json.JSONDecodeError as err:
-        raise InvalidInputError(f"{path}: {what} is not valid JSON (line {err.lineno}: {err.msg})") from None
-    except OSError as err:
-        raise InvalidInputError(f"{path}: cannot read {what}: {err.strerror}") from None
-    if not isinstance(data, dict):
-        raise InvalidInputError(f"{path}: {what} must be a JSON object")
-    return data
 
 
 def _looks_like_hub_id(text: str) -> bool:

@@ -17,7 +17,6 @@ the base, like ``modules_to_save``.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -28,6 +27,7 @@ from typing import Any
 import torch
 
 from llmguard.errors import InvalidInputError
+from llmguard.io.records import read_json_object
 from llmguard.io.safetensors_file import SafetensorsFile
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -59,16 +59,7 @@ def _is_rank(value: Any) -> bool:
 def read_adapter_config(path: Path) -> dict[str, Any]:
     """``adapter_config.json``, with every field the delta math reads type-checked (exit 3 naming
     the file and the field), so a hand-edited config never reaches the math as a string or 0."""
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as err:
-        raise InvalidInputError(f"{path}: not UTF-8 text (byte {err.start})") from None
-    except json.JSONDecodeError as err:
-        raise InvalidInputError(f"{path}: invalid JSON (line {err.lineno}: {err.msg})") from None
-    except OSError as err:
-        raise InvalidInputError(f"{path}: cannot read: {err.strerror or err}") from None
-    if not isinstance(config, dict):
-        raise InvalidInputError(f"{path}: must be a JSON object, not a {type(config).__name__}")
+    config = read_json_object(path, "the adapter config")
     if "r" in config and not _is_rank(config["r"]):
         raise InvalidInputError(f"{path}: field 'r' must be a positive integer, got {config['r']!r}")
     if "lora_alpha" in config and not _is_number(config["lora_alpha"]):

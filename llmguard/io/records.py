@@ -21,6 +21,22 @@ from typing import Any
 from llmguard.errors import InvalidInputError
 
 
+
+def read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """A JSON file that must hold one object (a config, a preset): one error line naming the file
+    and ``what`` it is for undecodable bytes, invalid JSON, an unreadable file or another type."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise InvalidInputError(f"{path}: {what} is not UTF-8 text (byte {err.start})") from None
+    except json.JSONDecodeError as err:
+        raise InvalidInputError(f"{path}: {what} is not valid JSON (line {err.lineno}: {err.msg})") from None
+    except OSError as err:
+        raise InvalidInputError(f"{path}: cannot read {what}: {err.strerror or err}") from None
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"{path}: {what} must be a JSON object, not a {type(data).__name__}")
+    return data
+
 @dataclass(frozen=True)
 class Row:
     """One record of a data file: its place, its value, or why it could not be read."""
