@@ -142,6 +142,7 @@ class Testbed:
             "timings_s": self.info.get("timings_s", {}),
             "hparams": self.info.get("hparams", {}),
             "environment": self.info.get("environment", {}),
+            "fingerprints": self.info.get("fingerprints", {}),
         }
 
 
@@ -155,7 +156,7 @@ def recipe_key(hp: HParams | None = None) -> str:
 
 
 def default_dir(seed: int, hparams: HParams | None = None) -> Path:
-    """``$LLMGUARD_CACHE/testbed/v3-seed0-<recipe>-torch2.13.0-avx512``: everything that changes
+    """``$LLMGUARD_CACHE/testbed/v3-seed0-<recipe>-torch2.13.0-avx512-amd-epyc``: everything that changes
     the bytes is in the name (version, seed, hyper-parameters, torch version, CPU vector path)."""
     return cache_root() / "testbed" / f"v{TESTBED_VERSION}-seed{seed}-{recipe_key(hparams)}-{provenance.build_key()}"
 
@@ -452,4 +453,22 @@ def _build_into(root: Path, seed: int, hp: HParams, progress: Progress) -> dict:
         "poison_examples": len(poison),
         "finetune_examples": len(finetune_mix),
         "params": sum(p.numel() for p in LlamaForCausalLM.from_pretrained(base_path).parameters()),
+        "fingerprints": fingerprints(root),
     }
+
+
+def fingerprints(root: Path) -> dict[str, str]:
+    """SHA-256 (first 16 hex digits) of every model's weights and of the tokenizer, recorded in
+    ``testbed.json``: two machines can tell whether they built the same testbed by comparing these
+    lines instead of re-running every evaluation (docs/testbed.md, "Determinism")."""
+    import hashlib
+
+    out = {}
+    for path in sorted([*root.glob("*/model.safetensors"), *root.glob("*/adapter_model.safetensors"),
+                        root / "tokenizer" / "tokenizer.json"]):
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        out[path.parent.name] = digest.hexdigest()[:16]
+    return out

@@ -9,8 +9,9 @@ therefore
 
 - run with ONE torch thread (:func:`one_thread`), whatever the caller's ``OMP_NUM_THREADS``, so
   ``llmguard demo``, the pytest suite under xdist and a user's Python call build the same bytes;
-- key their cache directory by :func:`build_key` (torch version and CPU capability), so a cache
-  built by another torch or another vector path is never reused as if it were this one;
+- key their cache directory by :func:`build_key` (torch version, CPU capability and CPU model),
+  so a cache built by another torch, another vector path or another CPU is never reused as if it
+  were this one (two CPUs with one torch and one vector path were measured to differ);
 - record :func:`environment` (library versions, CPU, threads, the project's git revision) in
   their marker file, as every manifest does.
 """
@@ -57,16 +58,35 @@ def cpu_capability() -> str:
         return platform.machine()
 
 
+def cpu_name() -> str:
+    """The CPU model as a short directory-name slug (``amd-epyc``, ``intel-xeon-processor``).
+
+    Why it is in the key: two CPUs with the same torch build and the same vector path do not give
+    the same testbed. Measured (docs/testbed.md): testbed v3 seed 0 built with torch 2.13.0 on
+    AVX512 on an Intel Xeon and on an AMD EPYC gave different NLSR results (LoRA defaults
+    9.7 % / 98.4 % against 8.3 % / 96.9 % on TEST), so a cache copied between them must not be
+    reused.
+    """
+    import re
+
+    from llmguard.provenance import cpu_model
+
+    name = re.sub(r"\((r|tm)\)|\bcpu\b|@.*$", " ", cpu_model().lower())
+    slug = re.sub(r"[^a-z0-9]+", "-", name).strip("-") or "cpu"
+    return slug if len(slug) <= 24 else f"{slug[:17].rstrip('-')}-{recipe_hash(slug)[:6]}"
+
+
 def build_key() -> str:
-    """A short name for what changes a build's bytes besides the recipe: ``torch2.13.0-avx512``.
+    """A short name for what changes a build's bytes besides the recipe:
+    ``torch2.13.0-avx512-amd-epyc`` (torch version, CPU vector path, CPU model).
 
     The recipe (version, seed, hyper-parameters) is keyed separately by each builder; this part
-    keeps builds of different torch versions or CPU vector paths apart in one cache.
+    keeps builds of different torch versions, CPU vector paths or CPU models apart in one cache.
     """
     import torch
 
     version = torch.__version__.split("+")[0]
-    return f"torch{version}-{cpu_capability().lower()}"
+    return f"torch{version}-{cpu_capability().lower()}-{cpu_name()}"
 
 
 def environment() -> dict[str, Any]:

@@ -225,7 +225,7 @@ from llmguard.testbed.provenance import build_key, cache_root, environment, reci
 
 
 def default_dir(seed: int, params: WatermarkTestbedParams | None = None) -> Path:
-    """``$LLMGUARD_CACHE/testbed/watermark-v2-seed0-<recipe>-torch2.13.0-avx512``: version, seed, the
+    """``$LLMGUARD_CACHE/testbed/watermark-v2-seed0-<recipe>-torch2.13.0-avx512-amd-epyc``: version, seed, the
     parameters' hash, torch version and CPU vector path, so checkouts with different recipes keep
     separate builds in one cache."""
     recipe = recipe_hash(json.dumps(asdict(params or WatermarkTestbedParams()), sort_keys=True))[:8]

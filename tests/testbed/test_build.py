@@ -103,7 +103,11 @@ def test_build_is_deterministic_whatever_the_callers_threads(tmp_path):
         b = build(tmp_path / "b", seed=0, hparams=hp)
     finally:
         torch.set_num_threads(before)
-    env = json.loads((a.root / "testbed.json").read_text())["environment"]
+    info_a, info_b = (json.loads((t.root / "testbed.json").read_text()) for t in (a, b))
+    env = info_a["environment"]
+    # the recorded fingerprints name every model and the tokenizer, and agree for identical builds
+    assert set(info_a["fingerprints"]) == {*a.models(), "tokenizer"}
+    assert info_a["fingerprints"] == info_b["fingerprints"]
     assert env["build_threads"] == 1 and env["torch_threads"] == 1
     assert env["torch"] == torch.__version__ and env["build_key"].startswith("torch")
     assert {"transformers", "peft", "safetensors", "cpu", "git_revision"} <= set(env)
@@ -128,6 +132,21 @@ def test_cache_key_names_recipe_torch_and_cpu_path(tmp_path, monkeypatch):
     assert path.parent == tmp_path / "testbed" and path.name.startswith("v3-seed3-") and path.name.endswith(build_key())
     assert default_dir(3, HParams(ft_steps=7)) != path  # another recipe, another directory
     assert default_dir(3, HParams()) == path
+
+
+def test_build_key_names_the_cpu_model(monkeypatch):
+    """Two CPUs with one torch and one vector path built different testbeds (docs/testbed.md), so
+    the CPU model is part of the key, as a short slug."""
+    from llmguard.testbed import provenance
+
+    names = {}
+    for model in ("Intel(R) Xeon(R) Processor", "AMD EPYC", "AMD EPYC 9654 96-Core Processor", ""):
+        monkeypatch.setattr("llmguard.provenance.cpu_model", lambda model=model: model)
+        names[model] = provenance.cpu_name()
+        assert provenance.build_key().endswith("-" + names[model])
+    assert names["Intel(R) Xeon(R) Processor"] == "intel-xeon-processor" and names["AMD EPYC"] == "amd-epyc"
+    assert len(names["AMD EPYC 9654 96-Core Processor"]) <= 24 and names[""] == "cpu"
+    assert len(set(names.values())) == 4
 
 
 def test_interrupted_build_is_rebuilt_and_foreign_dir_refused(tmp_path):
