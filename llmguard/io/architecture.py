@@ -143,6 +143,7 @@ class Architecture:
         self.layers_prefix, self.layers = self._decoder_layers()
         self.parameters = {n: p for n, p in self.model.named_parameters(remove_duplicate=False)}
         self._to_checkpoint: dict[str, dict[str, tuple[int, ...]]] = {}
+        self._index: dict[str, tuple[list[str], torch.Tensor]] = {}
 
     @classmethod
     def from_dir(cls, path: str | os.PathLike[str]) -> "Architecture":
@@ -232,6 +233,37 @@ class Architecture:
         if parameter not in out:
             raise InvalidInputError(f"{self.class_name}: cannot assemble {parameter!r} from {names[0]!r} …")
         return out[parameter]
+
+    def memory_index(self, parameter: str) -> tuple[list[str], torch.Tensor]:
+        """The checkpoint tensors of ``parameter`` (in layout order) and, for every element of the
+        in-memory parameter, its position in the concatenation of those tensors flattened.
+
+        Found by running the conversion mapping once on position labels (int64), so it holds for
+        any stacking, concatenation or transpose transformers applies.
+        """
+        cached = self._index.get(parameter)
+        if cached is None:
+            layout = self.checkpoint_layout(parameter)
+            labels, offset = {}, 0
+            for name, shape in layout.items():
+                count = int(torch.Size(shape).numel())
+                labels[name] = torch.arange(offset, offset + count, dtype=torch.int64).reshape(shape)
+                offset += count
+            index = self._run(labels, reverse=False).get(parameter) if self.is_converted(parameter) else labels[next(iter(layout))]
+            if index is None or tuple(index.shape) != tuple(self.parameters[parameter].shape):
+                raise InvalidInputError(f"{self.class_name}: cannot assemble {parameter!r} from its checkpoint tensors")
+            cached = self._index[parameter] = (list(layout), index)
+        return cached
+
+    def assemble(self, parameter: str, values: dict[str, torch.Tensor]) -> torch.Tensor:
+        """In-memory ``parameter`` from checkpoint tensor values, differentiably (autograd flows
+        back to each value); a checkpoint tensor missing from ``values`` counts as zeros."""
+        names, index = self.memory_index(parameter)
+        layout = self.checkpoint_layout(parameter)
+        some = next(iter(values.values()))
+        flat = torch.cat([values[n].reshape(-1) if n in values else some.new_zeros(int(torch.Size(layout[n]).numel()))
+                          for n in names])
+        return flat[index.to(flat.device)]
 
     def is_converted(self, parameter: str) -> bool:
         """Whether the checkpoint stores ``parameter`` as something other than one same-shaped tensor."""
