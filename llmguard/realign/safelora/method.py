@@ -114,7 +114,7 @@ def _units(adapter: Any, aligned: Any, base: Any, device: torch.device) -> Itera
         a_e = a_all.reshape(pmod.experts, pmod.rank, a_all.shape[-1])  # PEFT's ParamWrapper layout: e r i
         b_e = b_all.reshape(b_all.shape[0], pmod.rank, pmod.experts)  # o r e
         by_expert: dict[int, list[str]] = {}
-        for tensor, expert in arch.expert_of(parameter).items():
+        for tensor, expert in (arch.expert_of(parameter).items() if arch.is_converted(parameter) else ()):
             by_expert.setdefault(expert, []).append(tensor)
         cache: dict[str, torch.Tensor] = {}
 
@@ -127,7 +127,8 @@ def _units(adapter: Any, aligned: Any, base: Any, device: torch.device) -> Itera
             def v(e: int = e, out_in: bool = pmod.stored_out_in, v_all=v_all) -> torch.Tensor:
                 return v_all()[e] if out_in else v_all()[e].T
 
-            unit = _Unit(f"{parameter}[{e}]", pmod.b_key, a_e[e], b_e[:, :, e], v, expert=e, tensors=sorted(by_expert.get(e, [])))
+            tensors = sorted(by_expert.get(e, [])) if arch.is_converted(parameter) else [parameter]  # fused on disk: one tensor
+            unit = _Unit(f"{parameter}[{e}]", pmod.b_key, a_e[e], b_e[:, :, e], v, expert=e, tensors=tensors)
 
             def write(current: torch.Tensor, unit: _Unit = unit, e: int = e, pmod: Any = pmod) -> torch.Tensor:
                 out = current.reshape(current.shape[0], pmod.rank, pmod.experts).clone()
