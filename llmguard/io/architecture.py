@@ -384,6 +384,7 @@ class Architecture:
             "fused_in_memory": sorted({m.parameter.split(".")[-1] for m in maps if m.parameter}),
             "attention": getattr(text_config(self.model.config), "_attn_implementation", None),
             "tied": self.tied,
+            "experts_fused_on_disk": sorted(self.unsupported_fused()),
         }
 
 

@@ -82,7 +82,36 @@ class _Unit:
     projected: torch.Tensor | None = None
 
 
-def _units(adapter: Any, aligned: Any, base: Any, device: torch.device) -> Iterator[_Unit]:
+class _Layouts:
+    """How each input checkpoint stores what the adapter's base calls ``name``: the adapter is
+    resolved against its own base; the aligned and base checkpoints may store the same
+    in-memory parameter under other names (no base-model prefix, experts fused on disk). The
+    translation goes through the in-memory name, each checkpoint's architecture bound to it."""
+
+    def __init__(self, adapter: Any, finetuned_base: Any) -> None:
+        self.adapter_arch = adapter._architecture or self._arch(finetuned_base)
+
+    @staticmethod
+    def _arch(ckpt: Any) -> Any:
+        from llmguard.io.architecture import architecture_of
+
+        return architecture_of(ckpt.root) if (Path(ckpt.root) / "config.json").is_file() else None
+
+    def arch(self, ckpt: Any) -> Any:
+        return self._arch(ckpt) or self.adapter_arch
+
+    def tensor(self, ckpt: Any, name: str) -> str:
+        """The name ``ckpt`` stores adapter-base tensor ``name`` under."""
+        if name in ckpt.meta or self.adapter_arch is None:
+            return name
+        arch = self._arch(ckpt)
+        memory = self.adapter_arch.checkpoint_to_memory.get(name)
+        if arch is None or memory is None or memory not in arch.parameters or arch.is_converted(memory):
+            return name
+        return next(iter(arch.checkpoint_layout(memory)))
+
+
+def _units(adapter: Any, aligned: Any, base: Any, device: torch.device, layouts: _Layouts) -> Iterator[_Unit]:
     """Every linear map the adapter updates, as a :class:`_Unit` (module order, experts in order)."""
 
     def aligned_weight(name: str) -> torch.Tensor:
@@ -100,13 +129,13 @@ def _units(adapter: Any, aligned: Any, base: Any, device: torch.device) -> Itera
         b = adapter.file.read(module.b_key).to(device=device, dtype=torch.float32)
 
         def v(target: str = module.target, transposed: bool = transposed) -> torch.Tensor:
-            diff = aligned_weight(target) - base_weight(target)
+            diff = aligned_weight(layouts.tensor(aligned.base, target)) - base_weight(layouts.tensor(base, target))
             return diff.T if transposed else diff
 
         unit = _Unit(name, module.b_key, a, b, v)
         unit.write = (lambda current, unit=unit: unit.projected)  # type: ignore[assignment,return-value]
         yield unit
-    arch = adapter._architecture
+    arch = layouts.arch(base)
     for pmod in adapter.parameter_modules.values():
         parameter = pmod.parameter
         a_all = adapter.file.read(pmod.a_key).to(device=device, dtype=torch.float32)
@@ -120,7 +149,8 @@ def _units(adapter: Any, aligned: Any, base: Any, device: torch.device) -> Itera
 
         def v_all(parameter: str = parameter, cache: dict = cache) -> torch.Tensor:
             if "v" not in cache:
-                cache["v"] = arch.memory_tensor(parameter, aligned_weight) - arch.memory_tensor(parameter, base_weight)
+                cache["v"] = (layouts.arch(aligned.base).memory_tensor(parameter, aligned_weight)
+                              - layouts.arch(base).memory_tensor(parameter, base_weight))
             return cache["v"]
 
         for e in range(pmod.experts):
@@ -159,16 +189,18 @@ def run_safelora(options: SafeLoraOptions, progress: Progress | None = None) -> 
                                         "(modules_to_save); Safe LoRA projects low-rank updates only")
         if not adapter.modules and not adapter.parameter_modules:
             raise InvalidInputError(f"finetuned {o.finetuned}: no LoRA module to project")
+        layouts = _Layouts(adapter, finetuned.base)
         for name, module in adapter.modules.items():
             for ckpt, role in ((aligned.base, "aligned"), (base, "base")):
-                meta = ckpt.meta.get(module.target)
+                stored = layouts.tensor(ckpt, module.target)
+                meta = ckpt.meta.get(stored)
                 if meta is None or tuple(meta.shape) != adapter.delta_shape(module):
-                    raise InvalidInputError(f"{role} {ckpt.root}: weight {module.target!r} is "
+                    raise InvalidInputError(f"{role} {ckpt.root}: weight {stored!r} is "
                                             f"{list(meta.shape) if meta else 'missing'}, the adapter's delta is {list(adapter.delta_shape(module))}")
         for pmod in adapter.parameter_modules.values():
             assert pmod.parameter is not None
-            for tensor, shape in adapter._architecture.checkpoint_layout(pmod.parameter).items():
-                for ckpt, role in ((aligned.base, "aligned"), (base, "base")):
+            for ckpt, role in ((aligned.base, "aligned"), (base, "base")):
+                for tensor, shape in layouts.arch(ckpt).checkpoint_layout(pmod.parameter).items():
                     meta = ckpt.meta.get(tensor)
                     if meta is None or tuple(meta.shape) != tuple(shape):
                         raise InvalidInputError(f"{role} {ckpt.root}: expert weight {tensor!r} is "
@@ -178,7 +210,7 @@ def run_safelora(options: SafeLoraOptions, progress: Progress | None = None) -> 
     rows: list[dict[str, Any]] = []
     units: list[_Unit] = []
     with manifest.stage("cosines") as record:
-        units = list(_units(adapter, aligned, base, device))
+        units = list(_units(adapter, aligned, base, device, layouts))
         progress.stage("Safe LoRA cosines", len(units))
         for unit in units:
             v, a, b = unit.v(), unit.a, unit.b
