@@ -8,7 +8,8 @@ For every adapted module (Hsu et al., NeurIPS 2024, and the authors' code):
     B ← C·B   if cos ≤ threshold  (or the module is among the K lowest cosines)
 
 C is never formed: C·B = V (Vᵀ B) / ‖V‖_F costs O(d·r) memory, and the cosine uses factor-space
-inner products (r × r), so memory is one weight pair and one module's factors at a time. Note that
+inner products (r × r), so memory is one weight pair at a time (for fused MoE experts, one fused
+parameter's V) plus the factors. Note that
 C is not an orthogonal projector (its eigenvalues are σᵢ²/‖V‖_F); this is the formula of the paper
 and of its code, kept exactly.
 
@@ -154,8 +155,12 @@ def _units(adapter: Any, aligned: Any, base: Any, device: torch.device, layouts:
             return cache["v"]
 
         for e in range(pmod.experts):
-            def v(e: int = e, out_in: bool = pmod.stored_out_in, v_all=v_all) -> torch.Tensor:
-                return v_all()[e] if out_in else v_all()[e].T
+            def v(e: int = e, out_in: bool = pmod.stored_out_in, v_all=v_all, cache: dict = cache,
+                  last: bool = e == pmod.experts - 1) -> torch.Tensor:
+                value = v_all()[e] if out_in else v_all()[e].T
+                if last:  # units are visited in order: the fused V is not needed past its last expert
+                    cache.clear()
+                return value
 
             tensors = sorted(by_expert.get(e, [])) if arch.is_converted(parameter) else [parameter]  # fused on disk: one tensor
             unit = _Unit(f"{parameter}[{e}]", pmod.b_key, a_e[e], b_e[:, :, e], v, expert=e, tensors=tensors)

@@ -150,7 +150,11 @@ class MaskedModel:
                     if memory in params:
                         value = arch.memory_tensor(memory, lambda n: weight(self.tv.aligned, n, self.device))
                         params[memory].copy_(value.to(params[memory].dtype))
+        done: set[int] = set()
         for memory, names in groups.items():
+            if id(params[memory]) in done:  # a tied weight stored twice: its first copy drives the forward pass
+                continue
+            done.add(id(params[memory]))
             if arch.is_converted(memory):
                 delta = (lambda memory=memory, names=names: self._fused(memory, names))
             else:
