@@ -92,6 +92,8 @@ def inspect_command(options: InspectOptions, *, json_output: bool = False) -> No
             if structure["expert_linear_maps"]:
                 fused = ", ".join(structure["fused_in_memory"])
                 extra.append(f"{structure['expert_linear_maps']} expert projections (fused in memory: {fused})")
+            if structure.get("experts_fused_on_disk"):
+                extra.append(f"{len(structure['experts_fused_on_disk'])} expert parameters stored fused (3-D) on disk")
             rows.append(("linear maps", f"{structure['linear_maps']} in {structure['decoder_layers']} decoder layers"
                          + (f"; {'; '.join(extra)}" if extra else "")))
             rows.append(("attention", str(structure["attention"])))

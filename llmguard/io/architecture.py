@@ -32,7 +32,7 @@ from copy import deepcopy
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 
@@ -135,18 +135,23 @@ def _natural(key: str) -> list:
 class Architecture:
     """The tensor-level description of one model architecture (see the module docstring)."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, stored: Mapping[str, tuple[int, ...]] | None = None) -> None:
         self.config = config
+        #: the tensor names (and shapes) one real checkpoint stores: layouts are bound to them
+        self.stored = {k: tuple(v) for k, v in stored.items()} if stored is not None else None
+        self._canonical: dict[str, str] = {}  # stored name → transformers' save_pretrained name
         self.model = meta_model(config)
         text = text_config(config)
         self.num_layers = int(text.num_hidden_layers)
         self.layers_prefix, self.layers = self._decoder_layers()
         self.parameters = {n: p for n, p in self.model.named_parameters(remove_duplicate=False)}
         self._to_checkpoint: dict[str, dict[str, tuple[int, ...]]] = {}
+        self._index: dict[str, tuple[list[str], torch.Tensor]] = {}
 
     @classmethod
     def from_dir(cls, path: str | os.PathLike[str]) -> "Architecture":
-        return cls(load_config(path))
+        """The architecture of a model directory, bound to the tensors its checkpoint stores (if any)."""
+        return cls(load_config(path), stored=stored_shapes(path))
 
     @property
     def class_name(self) -> str:
@@ -208,30 +213,99 @@ class Architecture:
                 out[target] = value[0] if isinstance(value, list) else value
         return out
 
+    def _canonical_layout(self, parameter: str) -> dict[str, tuple[int, ...]]:
+        """The names (and shapes) ``save_pretrained`` of this transformers version writes for ``parameter``."""
+        meta = self.parameters[parameter]
+        return {k: tuple(v.shape) for k, v in self._run({parameter: meta}, reverse=True).items()}
+
+    def _bind(self, parameter: str, layout: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+        """``layout`` as the bound checkpoint stores it: older layouts transformers still loads.
+
+        - names without the base model's prefix (GPT-2 checkpoints on the Hub store ``h.0.…``,
+          not ``transformer.h.0.…``; a bare backbone's ``layers.0.…`` for ``model.layers.0.…``);
+        - fused experts stored in the in-memory layout (``mlp.experts.gate_up_proj`` [E, 2·I, H])
+          instead of one tensor per expert.
+        """
+        stored = self.stored
+        if stored is None or all(n in stored for n in layout):
+            return layout
+        prefix = f"{getattr(self.model, 'base_model_prefix', '') or ''}."
+        if prefix != ".":
+            stripped = {n.removeprefix(prefix): s for n, s in layout.items()}
+            if all(n in stored for n in stripped):
+                self._canonical.update({n.removeprefix(prefix): n for n in layout})
+                return stripped
+        shape = tuple(self.parameters[parameter].shape)
+        for name in (parameter, parameter.removeprefix(prefix)):
+            if stored.get(name) == shape:
+                return {name: shape}
+        return layout
+
     def checkpoint_layout(self, parameter: str) -> dict[str, tuple[int, ...]]:
         """Checkpoint tensor names (and shapes) that store in-memory ``parameter``."""
         layout = self._to_checkpoint.get(parameter)
         if layout is None:
-            meta = self.parameters[parameter]
-            layout = {k: tuple(v.shape) for k, v in self._run({parameter: meta}, reverse=True).items()}
-            self._to_checkpoint[parameter] = layout
+            layout = self._to_checkpoint[parameter] = self._bind(parameter, self._canonical_layout(parameter))
         return layout
+
+    def _stored_names(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if not self._canonical:
+            return state
+        back = {v: k for k, v in self._canonical.items()}
+        return {back.get(k, k): v for k, v in state.items()}
+
+    def _canonical_names(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {self._canonical.get(k, k): v for k, v in state.items()}
 
     def checkpoint_tensors(self, parameter: str, value: torch.Tensor) -> dict[str, torch.Tensor]:
         """Split an in-memory parameter's value (or a delta of it) into checkpoint tensors."""
         if not self.is_converted(parameter):
             return {next(iter(self.checkpoint_layout(parameter))): value}
-        return self._run({parameter: value}, reverse=True)
+        return self._stored_names(self._run({parameter: value}, reverse=True))
 
     def memory_tensor(self, parameter: str, read: Reader) -> torch.Tensor:
         """Assemble in-memory ``parameter`` from the checkpoint tensors ``read`` returns."""
         names = list(self.checkpoint_layout(parameter))
         if not self.is_converted(parameter):
             return read(names[0])
-        out = self._run({n: read(n) for n in names}, reverse=False)
+        out = self._run(self._canonical_names({n: read(n) for n in names}), reverse=False)
         if parameter not in out:
             raise InvalidInputError(f"{self.class_name}: cannot assemble {parameter!r} from {names[0]!r} …")
         return out[parameter]
+
+    def memory_index(self, parameter: str) -> tuple[list[str], torch.Tensor]:
+        """The checkpoint tensors of ``parameter`` (in layout order) and, for every element of the
+        in-memory parameter, its position in the concatenation of those tensors flattened.
+
+        Found by running the conversion mapping once on position labels (int64), so it holds for
+        any stacking, concatenation or transpose transformers applies.
+        """
+        cached = self._index.get(parameter)
+        if cached is None:
+            layout = self.checkpoint_layout(parameter)
+            labels, offset = {}, 0
+            for name, shape in layout.items():
+                count = int(torch.Size(shape).numel())
+                labels[name] = torch.arange(offset, offset + count, dtype=torch.int64).reshape(shape)
+                offset += count
+            if self.is_converted(parameter):
+                index = self._run(self._canonical_names(labels), reverse=False).get(parameter)
+            else:
+                index = labels[next(iter(layout))]
+            if index is None or tuple(index.shape) != tuple(self.parameters[parameter].shape):
+                raise InvalidInputError(f"{self.class_name}: cannot assemble {parameter!r} from its checkpoint tensors")
+            cached = self._index[parameter] = (list(layout), index)
+        return cached
+
+    def assemble(self, parameter: str, values: dict[str, torch.Tensor]) -> torch.Tensor:
+        """In-memory ``parameter`` from checkpoint tensor values, differentiably (autograd flows
+        back to each value); a checkpoint tensor missing from ``values`` counts as zeros."""
+        names, index = self.memory_index(parameter)
+        layout = self.checkpoint_layout(parameter)
+        some = next(iter(values.values()))
+        flat = torch.cat([values[n].reshape(-1) if n in values else some.new_zeros(int(torch.Size(layout[n]).numel()))
+                          for n in names])
+        return flat[index.to(flat.device)]
 
     def is_converted(self, parameter: str) -> bool:
         """Whether the checkpoint stores ``parameter`` as something other than one same-shaped tensor."""
@@ -251,7 +325,8 @@ class Architecture:
         """For a fused experts parameter [E, …]: checkpoint tensor name → expert index."""
         meta = self.parameters[parameter]
         label = torch.arange(meta.shape[0], dtype=torch.float32).view(-1, *([1] * (meta.dim() - 1))).expand(meta.shape)
-        return {name: int(t.reshape(-1)[0]) for name, t in self._run({parameter: label}, reverse=True).items()}
+        split = self._stored_names(self._run({parameter: label}, reverse=True))
+        return {name: int(t.reshape(-1)[0]) for name, t in split.items()}
 
     # -- tensor roles ---------------------------------------------------------------------------
     @cached_property
@@ -309,7 +384,19 @@ class Architecture:
             "fused_in_memory": sorted({m.parameter.split(".")[-1] for m in maps if m.parameter}),
             "attention": getattr(text_config(self.model.config), "_attn_implementation", None),
             "tied": self.tied,
+            "experts_fused_on_disk": sorted(self.unsupported_fused()),
         }
+
+
+def stored_shapes(path: str | os.PathLike[str]) -> dict[str, tuple[int, ...]] | None:
+    """Tensor names and shapes a model directory's checkpoint stores (None: no checkpoint there)."""
+    from llmguard.io.checkpoint import open_checkpoint
+
+    try:
+        checkpoint = open_checkpoint(path)
+    except InvalidInputError:
+        return None
+    return {name: tuple(meta.shape) for name, meta in checkpoint.meta.items()}
 
 
 _CACHE: dict[Path, Architecture] = {}
@@ -324,4 +411,4 @@ def architecture_of(model_dir: str | os.PathLike[str]) -> Architecture:
     return arch
 
 
-__all__ = ["Architecture", "LinearMap", "architecture_of", "load_config", "meta_model", "parameters_on_meta", "text_config"]
+__all__ = ["Architecture", "LinearMap", "architecture_of", "load_config", "meta_model", "parameters_on_meta", "stored_shapes", "text_config"]

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -318,6 +318,7 @@ def second_moments(
     storage: torch.device | str | None = None,
     mode: str = "auto",
     progress: Progress | None = None,
+    stored: Mapping[str, tuple[int, ...]] | None = None,
 ) -> dict[str, SecondMoment]:
     """Second moments of the inputs of the ``targets`` linear maps (all of them when None).
 
@@ -330,7 +331,8 @@ def second_moments(
     The forward pass is float32 whatever the checkpoint stores (``dtype`` is kept for callers;
     only float32 is accepted). ``mode``: ``layerwise`` (one decoder layer on the device at a
     time), ``whole`` (load the model once), ``auto`` (whole when it takes under a quarter of the
-    device's free memory).
+    device's free memory). ``stored``: the checkpoint's tensor names and shapes, so that older
+    layouts transformers still loads (names without the base model's prefix) are read as stored.
     """
     progress = progress or NullProgress()
     device = torch.device(device)
@@ -340,7 +342,7 @@ def second_moments(
         raise UsageError(f"calibration dtype {dtype}: the statistics are computed in float32")
     if not batches:
         raise InvalidInputError("calibration data: no batches")
-    arch = Architecture(config)
+    arch = Architecture(config, stored=stored)
     model = arch.model
     all_linear = {m.name for m in arch.linear_maps}
     if not all_linear:

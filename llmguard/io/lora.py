@@ -228,11 +228,13 @@ class LoraAdapter:
         """Map module names onto the base checkpoint's tensor names (``model.`` prefix drift).
 
         Adapters trained on a bare backbone name modules without the ``model.`` prefix that a
-        ``*ForCausalLM`` checkpoint has (and vice versa). Raise if a module has no target.
+        ``*ForCausalLM`` checkpoint has (and vice versa); a checkpoint saved from the bare backbone
+        (GPT-2 on the Hub: ``h.0.attn.c_attn``) stores names without the base model's prefix
+        (``transformer.``) that PEFT's keys carry. Raise if a module has no target.
         """
         remapped: dict[str, LoraModule] = {}
         for name, module in self.modules.items():
-            candidates = [name, f"model.{name}", name.removeprefix("model.")]
+            candidates = [name, f"model.{name}", name.removeprefix("model."), name.partition(".")[2]]
             found = next((c for c in candidates if f"{c}.weight" in base_names), None)
             if found is None:
                 raise InvalidInputError(f"{self.root}: adapter module {name!r} has no weight {name}.weight in the base checkpoint")
@@ -242,7 +244,7 @@ class LoraAdapter:
             self._resolve_parameters(base_names)
         full: dict[str, str] = {}
         for target, key in self.full_tensors.items():
-            candidates = [target, f"model.{target}", target.removeprefix("model.")]
+            candidates = [target, f"model.{target}", target.removeprefix("model."), target.partition(".")[2]]
             found = next((c for c in candidates if c in base_names), None)
             if found is None:
                 tied = " (the base ties it to the input embeddings and stores no separate copy)" if target.endswith("lm_head.weight") else ""

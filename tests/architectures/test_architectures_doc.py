@@ -27,4 +27,8 @@ def test_matrix_table_is_the_tested_matrix():
     assert list(rows) == list(zoo.VARIANTS)
     for name, cells in rows.items():
         assert cells[1] == Architecture(zoo.VARIANTS[name].config()).class_name, name
-        assert cells[3:] == ["✓"] * 5, name
+        assert cells[3:] == ["✓"] * 7, name
+
+
+def test_every_variant_has_an_adapter_behind_its_lora_and_safelora_cells():
+    assert {variant for variant, _ in zoo.ADAPTERS.values()} == set(zoo.VARIANTS)

@@ -149,6 +149,10 @@ ADAPTERS = {
     "qwen3-moe-experts": ("qwen3-moe", dict(r=2, lora_alpha=4, target_modules=["o_proj"], target_parameters=["mlp.experts.down_proj"])),
     "qwen2-moe-all-linear": ("qwen2-moe", dict(r=4, lora_alpha=8, target_modules="all-linear")),
     "gpt2-default": ("gpt2", dict(r=4, lora_alpha=8, fan_in_fan_out=True)),
+    "qwen3-default": ("qwen3", dict(r=4, lora_alpha=8)),
+    "mistral-default": ("mistral", dict(r=4, lora_alpha=8)),
+    "llama-fp16-default": ("llama-fp16", dict(r=4, lora_alpha=8)),
+    "llama-bf16-default": ("llama-bf16-sharded", dict(r=4, lora_alpha=8)),
 }
 
 

@@ -169,7 +169,7 @@ def analyze(options: NlsrOptions, progress: Progress, masks_beside: Path | None 
             from llmguard.io.architecture import Architecture, load_config
 
             config = load_config(config_dir)
-            architecture = Architecture(config)
+            architecture = Architecture(config, stored={n: tuple(m.shape) for n, m in inputs.base.meta.items()})
             fused = architecture.unsupported_fused()
             if fused:
                 raise InvalidInputError(f"{architecture.class_name} stores its experts fused on disk ({fused[0]!r}, 3-D); "
@@ -238,7 +238,8 @@ def _calibrate(o: NlsrOptions, inputs: NlsrInputs, ref: Reference, config: Any, 
                 analyzer.on_layer(index, stats)
 
             second_moments(config, lambda name: ref.weight(name, torch_device), batches.batches, set(inputs.modules),
-                           on_layer=on_layer, device=torch_device, mode=o.calibration_mode, progress=progress)
+                           on_layer=on_layer, device=torch_device, mode=o.calibration_mode, progress=progress,
+                           stored={n: tuple(m.shape) for n, m in inputs.base.meta.items()})
             if recorder is not None:
                 recorder.commit()
             record.update(mode=o.calibration_mode, scoring_seconds=round(analyzer.seconds, 4))

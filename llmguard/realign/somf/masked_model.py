@@ -1,8 +1,11 @@
 """The frozen model with the fused, masked task vectors applied inside its forward pass.
 
 Only one model is ever loaded: A (aligned) with every weight frozen. In factor space each adapted
-``nn.Linear`` gets a LoRA branch whose factors are A's plus Merge({τ̃_i}); in weight space each
-masked weight gets a parametrization W_A + Merge({τ̃_i}). The fused tensors are recomputed from
+``nn.Linear`` (or GPT-2 ``Conv1D``) gets a LoRA branch whose factors are A's plus Merge({τ̃_i}); in
+weight space each masked weight gets a parametrization W_A + Merge({τ̃_i}). Task vectors and masks
+live in the checkpoint's layout (one tensor per MoE expert and projection); the architecture layer
+maps them onto the in-memory parameters (fused experts assembled differentiably, renamed and tied
+weights). The fused tensors are recomputed from
 the mask once per step (``begin_step``) and never written back, so there is no copy of the model
 per step and no second (reference) model: :meth:`MaskedModel.reference` turns the task vectors off
 (the aligned model itself), which is the DPO reference.
@@ -37,15 +40,14 @@ class _LoraBranch(torch.nn.Module):
 
 
 class _AddDelta(torch.nn.Module):
-    """Parametrization W ↦ W + Δ(step) of one frozen weight."""
+    """Parametrization W ↦ W + Δ(step) of one frozen in-memory parameter."""
 
-    def __init__(self, name: str, value: Callable[[str], torch.Tensor]) -> None:
+    def __init__(self, delta: Callable[[], torch.Tensor]) -> None:
         super().__init__()
-        self.name = name
-        self._value = value
+        self._delta = delta
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return w + self._value(self.name).to(w.dtype)
+        return w + self._delta().to(w.dtype)
 
 
 def load_frozen_model(root: Path, device: torch.device, dtype: torch.dtype = torch.float32, checkpointing: bool = False) -> Any:
@@ -82,6 +84,9 @@ class MaskedModel:
         self.tv, self.mask, self.device, self.rescale = tv, mask, device, rescale
         self.merge, self.settings = MERGES[merge], settings
         self.model = load_frozen_model(tv.aligned.base.root, device, dtype, checkpointing)
+        from llmguard.io.architecture import architecture_of
+
+        self.arch = architecture_of(tv.aligned.base.root)
         self.aligned: dict[str, torch.Tensor] = {}
         self.taus: dict[str, list[torch.Tensor]] = {}
         for name in tv.names:
@@ -99,34 +104,72 @@ class MaskedModel:
             self._install_parametrizations()
 
     # -- installation -------------------------------------------------------------------------
+    def _memory_name(self, tensor: str) -> str:
+        """The in-memory parameter a checkpoint tensor is (part of): transformers' renamings and
+        fused MoE experts come from the architecture layer."""
+        return self.arch.checkpoint_to_memory.get(tensor, tensor)
+
     def _install_branches(self) -> None:
+        from transformers.pytorch_utils import Conv1D
+
         adapter = self.tv.aligned.adapter
         assert adapter is not None
         for name, module in adapter.modules.items():
+            memory = self._memory_name(module.target).removesuffix(".weight")
             try:
-                target = self.model.get_submodule(name)
+                target = self.model.get_submodule(memory)
             except AttributeError:
                 raise InvalidInputError(f"adapter module {name!r} is not a module of {self.tv.aligned.base.root}") from None
-            if not isinstance(target, torch.nn.Linear) or adapter.fan_in_fan_out:
-                raise InvalidInputError(f"adapter module {name!r}: factor-space SOMF supports LoRA on nn.Linear modules only")
-            parent_name, _, child = name.rpartition(".")
+            # PEFT applies x·Aᵀ·Bᵀ to both; fan_in_fan_out only says Conv1D stores its weight (in × out)
+            plain = isinstance(target, torch.nn.Linear) and not adapter.fan_in_fan_out
+            if not (plain or (isinstance(target, Conv1D) and adapter.fan_in_fan_out)):
+                raise InvalidInputError(f"adapter module {name!r}: factor-space SOMF supports LoRA on nn.Linear and Conv1D "
+                                        f"(fan_in_fan_out) modules only, not {type(target).__name__}")
+            parent_name, _, child = memory.rpartition(".")
             parent = self.model.get_submodule(parent_name) if parent_name else self.model
             setattr(parent, child, _LoraBranch(target, module.a_key, module.b_key, module.scaling, self.value))
 
     def _install_parametrizations(self) -> None:
-        params = dict(self.model.named_parameters())
-        missing = [n for n in self.tv.names if n not in params]
+        """W ↦ W + Δ on every in-memory parameter some masked checkpoint tensor belongs to: a
+        renamed tensor directly, per-expert tensors assembled into their fused parameter, a tied
+        weight on every module that shares it."""
+        arch = self.arch
+        params = dict(self.model.named_parameters(remove_duplicate=False))
+        groups: dict[str, list[str]] = {}
+        for name in self.tv.names:
+            groups.setdefault(self._memory_name(name), []).append(name)
+        missing = [names[0] for memory, names in groups.items() if memory not in params or memory not in arch.parameters]
         if missing:
             raise InvalidInputError(f"tensor {missing[0]!r} is not a parameter of the model at {self.tv.aligned.base.root}")
         if self.tv.aligned.adapter is not None:  # the loaded weights are the base's: make them W(A)
+            adapter = self.tv.aligned.adapter
+            targets = {m.target for m in adapter.modules.values()} | set(adapter.full_tensors) | set(adapter.parameter_targets)
+            changed = {self._memory_name(n) for n in targets}
             with torch.no_grad():
-                for name, p in params.items():
-                    if self.tv.aligned.delta(name, self.device) is not None:
-                        p.copy_(weight(self.tv.aligned, name, self.device).to(p.dtype))
-        for name in self.tv.names:
-            module_name, _, attr = name.rpartition(".")
-            module = self.model.get_submodule(module_name)
-            parametrize.register_parametrization(module, attr, _AddDelta(name, self.value), unsafe=True)
+                for memory in changed:
+                    if memory in params:
+                        value = arch.memory_tensor(memory, lambda n: weight(self.tv.aligned, n, self.device))
+                        params[memory].copy_(value.to(params[memory].dtype))
+        done: set[int] = set()
+        for memory, names in groups.items():
+            if id(params[memory]) in done:  # a tied weight stored twice: its first copy drives the forward pass
+                continue
+            done.add(id(params[memory]))
+            if arch.is_converted(memory):
+                delta = (lambda memory=memory, names=names: self._fused(memory, names))
+            else:
+                delta = (lambda name=names[0]: self.value(name))
+            shared = params[memory]
+            for alias, p in params.items():  # a tied weight: every module that holds it sees the delta
+                if p is shared:
+                    module_name, _, attr = alias.rpartition(".")
+                    parametrize.register_parametrization(self.model.get_submodule(module_name), attr, _AddDelta(delta), unsafe=True)
+
+    def _fused(self, memory: str, names: list[str]) -> torch.Tensor:
+        """Δ of a fused in-memory parameter, assembled from its masked checkpoint tensors."""
+        if self._mode == "reference":
+            return torch.zeros((), device=self.device)
+        return self.arch.assemble(memory, {n: self.value(n) for n in names})
 
     # -- per-step values ----------------------------------------------------------------------
     def reference(self) -> None:
