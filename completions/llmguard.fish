@@ -304,7 +304,7 @@ complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l jsonl -d 'JSONL on stdout, streamable: one record per text, then the corpus record.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l show -d 'Colour tokens green/red (stdout, or stderr with --json/--jsonl).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from detect' -l help -s h -d 'Show help and exit.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l student-init -d 'Model the new student starts from (HF directory; CDG-KD: the base model).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l student-init -d 'Model the new student starts from (HF directory; CDG-KD: the base model; a spoof may fine-tune S itself).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l lora -d 'Train a LoRA adapter instead of all weights (writes a PEFT adapter directory).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l lora-r -d 'LoRA rank.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from distill' -l lora-alpha -d 'LoRA alpha.' -F
@@ -370,7 +370,7 @@ complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l eval-max-new-tokens -d 'New tokens per held-out prompt.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l eval-seed -d 'Sampling seed of the held-out generations.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l z-threshold -d 'Detection threshold on z (and |z|) for the flagged fractions.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l student-init -d 'Model the new student starts from (HF directory; CDG-KD: the base model).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l student-init -d 'Model the new student starts from (HF directory; CDG-KD: the base model; a spoof may fine-tune S itself).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l lora -d 'Train a LoRA adapter instead of all weights (writes a PEFT adapter directory).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l lora-r -d 'LoRA rank.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from scrub' -l lora-alpha -d 'LoRA alpha.' -F
@@ -421,7 +421,7 @@ complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l eval-max-new-tokens -d 'New tokens per held-out prompt.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l eval-seed -d 'Sampling seed of the held-out generations.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l z-threshold -d 'Detection threshold on z (and |z|) for the flagged fractions.' -F
-complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l student-init -d 'Model the new student starts from (HF directory; CDG-KD: the base model).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l student-init -d 'Model the new student starts from (HF directory; CDG-KD: the base model; a spoof may fine-tune S itself).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l lora -d 'Train a LoRA adapter instead of all weights (writes a PEFT adapter directory).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l lora-r -d 'LoRA rank.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from watermark; and __fish_seen_subcommand_from spoof' -l lora-alpha -d 'LoRA alpha.' -F

@@ -89,6 +89,10 @@ class WatermarkTestbedParams:
     scrub_beta: float = 0.5
     spoof_beta: float = 1.25
     alpha: float = 0.1
+    # the strong spoof (S already flagged) fine-tunes S itself, lightly: a from-base distillation relearns
+    # the language from α-truncated samples and pays 5-6x S's clean-text perplexity (docs/watermark.md)
+    spoof_epochs: float = 1.0
+    spoof_lr: float = 7e-5
     hidden: int = 64
     layers: int = 2
     base_steps: int = 400
@@ -192,11 +196,16 @@ class WatermarkTestbed:
         return ["--tokenizer", str(self.tokenizer), "--profile", p["profile"], "--seeding", p["seeding"],
                 "--gamma", str(p["gamma"]), "--key", str(p["key"])]
 
-    def train_args(self) -> list[str]:
-        """The ``--student-init`` and training flags the testbed's tiny students need (not the paper's 1e-5)."""
+    def train_args(self, init: Path | None = None, *, epochs: float | None = None, lr: float | None = None) -> list[str]:
+        """The ``--student-init`` and training flags the testbed's tiny students need (not the paper's 1e-5).
+
+        By default a distillation of the base (3 epochs, lr 2e-3: what the student, the reference, the
+        scrub and the weak spoof use); ``init``/``epochs``/``lr`` override (the strong spoof's fine-tune of S).
+        """
         p = self.info["params"]
-        return ["--student-init", str(self.base), "--epochs", str(p["distill_epochs"]), "--lr", str(p["distill_lr"]),
-                "--train-batch-size", str(p["distill_batch_size"]), "--max-length", str(p["seq_len"] + 8)]
+        return ["--student-init", str(init or self.base), "--epochs", str(p["distill_epochs"] if epochs is None else epochs),
+                "--lr", str(p["distill_lr"] if lr is None else lr), "--train-batch-size", str(p["distill_batch_size"]),
+                "--max-length", str(p["seq_len"] + 8)]
 
     def loop_args(self) -> list[str]:
         """Closed-loop flags: held-out prompts, clean text, the teacher's scheme."""
@@ -211,14 +220,24 @@ class WatermarkTestbed:
         ``weak``: the spoof from a weak student: S = the diluted reference, R = the base (no
         watermark), to show that the contrast lifts a watermark below the detection threshold
         above it.
+
+        The new student: the scrub and the weak spoof distil the base (CDG-KD's fresh student; the
+        scrub must not start from S's watermark, the weak spoof has far to go); the strong spoof
+        fine-tunes S itself for one epoch at ``spoof_lr``, so it only moves S along the contrast
+        instead of relearning the language from α-truncated samples (see docs/watermark.md, "Cost
+        of the strong spoof").
         """
         p = self.info["params"]
         student, reference = (self.reference, self.base) if weak else (self.student, self.reference)
         beta = p["scrub_beta"] if mode == "scrub" else p["spoof_beta"]
+        if mode == "spoof" and not weak:
+            train = self.train_args(self.student, epochs=p["spoof_epochs"], lr=p["spoof_lr"])
+        else:
+            train = self.train_args()
         return [mode, "--student", str(student), "--reference", str(reference), "--prompts", str(self.attack_prompts),
                 "--alpha", str(p["alpha"]), "--beta", str(beta),
                 "--max-new-tokens", str(p["seq_len"] - p["prompt_words"]), "--batch-size", "250", "--device", "cpu",
-                *self.train_args(), *self.loop_args()]
+                *train, *self.loop_args()]
 
 
 from llmguard.testbed.provenance import build_key, cache_root, environment, recipe_hash  # noqa: E402

@@ -29,8 +29,8 @@ TEMPLATES = ("none", "auto", "plain", "chat")
 class TrainFields(Options):
     """How the fresh student is trained (CDG-KD's LLaMA-Factory recipe by default)."""
 
-    student_init: str | None = option(None, help="Model the new student starts from (HF directory; CDG-KD: the base model).",
-                                      panel=PANEL_INPUT)
+    student_init: str | None = option(None, help="Model the new student starts from (HF directory; CDG-KD: the base "
+                                      "model; a spoof may fine-tune S itself).", panel=PANEL_INPUT)
     lora: bool = option(False, help="Train a LoRA adapter instead of all weights (writes a PEFT adapter directory).",
                         panel=PANEL_TRAIN)
     lora_r: int = option(16, help="LoRA rank.", min=1, panel=PANEL_TRAIN)

@@ -42,7 +42,7 @@ SMALL = {
     "llmguard realign somf": ["--steps", "2"],  # 150 mask-training steps by default
     "llmguard watermark generate": ["--max-new-tokens", "8"],
     "llmguard watermark scrub": ["--max-new-tokens", "8", "--eval-max-new-tokens", "8"],
-    "llmguard watermark spoof": ["--max-new-tokens", "8"],
+    "llmguard watermark spoof": ["--max-new-tokens", "8", "--eval-max-new-tokens", "8"],
 }
 #: lines of data per copied file (small inputs)
 DATA_LINES = 8

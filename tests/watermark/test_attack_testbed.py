@@ -3,8 +3,8 @@
 Bounds: the radioactive student's median z ≥ 4; after scrub the new student's median |z| ≤ 2 and the
 two-sided test does not flag it; after spoof the new student's median z exceeds the student's; a
 spoof from the weak (diluted) student, against the unwatermarked base, lifts it over the z > 4
-threshold it misses; the scrubbed and the weak-spoofed students' perplexity on clean held-out text
-stays within 20 % of (not above 1.2 ×) the radioactive student's.
+threshold it misses; the scrubbed, the spoofed and the weak-spoofed students' perplexity on clean
+held-out text stays within 20 % of (not above 1.2 ×) the radioactive student's.
 
 CI runs seed 0; ``LLMGUARD_WM_SEEDS=0,1,2`` runs more (each seed: one testbed build, three attacks).
 """
@@ -65,6 +65,6 @@ def test_perplexity_on_clean_text_stays_within_20_percent(attacked):
     _, out = attacked
     student_ppl = out["scrub"]["models"]["student"]["perplexity"]
     assert out["scrub"]["models"]["scrub"]["perplexity_vs_student"] <= 1.2
+    assert out["spoof"]["models"]["student"]["perplexity"] == pytest.approx(student_ppl)
+    assert out["spoof"]["models"]["spoof"]["perplexity_vs_student"] <= 1.2
     assert out["weak"]["models"]["spoof"]["perplexity"] <= 1.2 * student_ppl
-    # the strong spoof's cost is reported, not bounded (see docs/watermark.md)
-    assert out["spoof"]["models"]["spoof"]["perplexity_vs_student"] > 0
