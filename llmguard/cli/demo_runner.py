@@ -252,10 +252,22 @@ def verb_exists(*path: str) -> bool:
 
 @dataclass
 class StepTiming:
+    """One step's wall time and CPU time (user + system of the demo process and of every CLI
+    subprocess it waited for: robust to other load on the machine, unlike the wall time)."""
+
     name: str
     seconds: float
     ok: bool
     rows: int
+    cpu_seconds: float | None = None
+
+
+def cpu_now() -> float:
+    """CPU seconds (user + system) used so far by this process and its finished children."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 @dataclass
@@ -266,6 +278,10 @@ class DemoResult:
     skipped: dict[str, str]
     seconds: float
     steps: list[StepTiming] = field(default_factory=list)
+    #: the testbed build (or reuse) before the steps: wall and CPU seconds
+    testbed_seconds: float | None = None
+    testbed_cpu_seconds: float | None = None
+    cpu_seconds: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -276,8 +292,14 @@ class DemoResult:
         from llmguard.cli.demo_table import LEGEND
 
         return {"testbed": str(self.testbed_root), "work": str(self.work), "ok": self.ok,
-                "seconds": round(self.seconds, 1), "steps": [asdict(s) for s in self.steps],
+                "seconds": round(self.seconds, 1), "cpu_seconds": _round(self.cpu_seconds),
+                "testbed_seconds": _round(self.testbed_seconds), "testbed_cpu_seconds": _round(self.testbed_cpu_seconds),
+                "steps": [asdict(s) for s in self.steps],
                 "rows": [asdict(r) for r in self.rows], "skipped": self.skipped, "legend": LEGEND}
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
 
 
 class _KeepOpen:
@@ -318,13 +340,14 @@ def run_demo(*, seed: int = 0, testbed_dir: Path | None = None, work: Path | Non
     from llmguard.testbed import build
 
     progress = progress or NullProgress()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_now()
     steps = load_steps()
     if only:
         steps = resolve_steps(only, steps)
     progress.log("testbed: building or reusing the cached one")
     tb = build(testbed_dir, seed=seed, progress=_KeepOpen(progress))
-    progress.log(f"testbed ready ({time.perf_counter() - t0:.0f} s): {tb.root}")
+    tb_seconds, tb_cpu = time.perf_counter() - t0, cpu_now() - c0
+    progress.log(f"testbed ready ({tb_seconds:.0f} s): {tb.root}")
     work = Path(work) if work is not None else default_work_dir(seed)
     work.mkdir(parents=True, exist_ok=True)
     ctx = DemoContext(testbed=tb, work=work, device=device, progress=progress)
@@ -338,20 +361,20 @@ def run_demo(*, seed: int = 0, testbed_dir: Path | None = None, work: Path | Non
             continue
         progress.log(f"> [{i}/{len(steps)}] {name}: {step.description}")
         progress.stage(f"step {i}/{len(steps)} {name}")
-        ts = time.perf_counter()
+        ts, cs = time.perf_counter(), cpu_now()
         try:
             new = step.fn(ctx)
         except StepFailed as err:
             new = [DemoRow(step=name, model="-", note=str(err), ok=False)]
         except Exception as err:  # noqa: BLE001 - one broken step must not hide the others' rows
             new = [DemoRow(step=name, model="-", note=f"{type(err).__name__}: {err}", ok=False)]
-        dt = time.perf_counter() - ts
+        dt, dc = time.perf_counter() - ts, cpu_now() - cs
         for r in new:
             r.step_name = name
         ok = all(r.ok for r in new)
-        timings.append(StepTiming(name=name, seconds=round(dt, 1), ok=ok, rows=len(new)))
+        timings.append(StepTiming(name=name, seconds=round(dt, 1), ok=ok, rows=len(new), cpu_seconds=round(dc, 1)))
         rows.extend(new)
-        progress.log(f"{'ok' if ok else 'FAILED'} [{i}/{len(steps)}] {name} in {dt:.0f} s ({len(new)} row(s))")
+        progress.log(f"{'ok' if ok else 'FAILED'} [{i}/{len(steps)}] {name} in {dt:.0f} s, {dc:.0f} CPU-s ({len(new)} row(s))")
     progress.close()
     return DemoResult(testbed_root=tb.root, work=work, rows=rows, skipped=skipped, seconds=time.perf_counter() - t0,
-                      steps=timings)
+                      steps=timings, testbed_seconds=tb_seconds, testbed_cpu_seconds=tb_cpu, cpu_seconds=cpu_now() - c0)
