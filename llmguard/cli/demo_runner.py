@@ -51,6 +51,11 @@ class DemoOptions(Options):
                               panel=PANEL_OUTPUT)
     steps: str | None = option(None, help="Comma-separated subset of steps to run (default: all available).")
     device: str = option("cpu", help="Device for the verbs: cpu, cuda, auto.", envvar="LLMGUARD_DEVICE")
+    jobs: int = option(0, help="Processes for the steps: 1 runs every step in this process; 2 runs the steps that need no "
+                               "Llama testbed (judge-hdc, the watermark steps) in a second process beside the testbed build "
+                               "and the other steps, both with one torch thread (default: 2 on two cores or more, else 1).")
+    isolated: bool = option(False, help="Run every verb in its own `python -m llmguard` subprocess (slower: torch is "
+                                        "imported per command) instead of in the demo's process.")
 
     @property
     def only(self) -> list[str] | None:
@@ -115,28 +120,36 @@ class DemoContext:
     shared: dict[str, Any] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     progress: Progress = field(default_factory=NullProgress)
+    #: run every command in its own ``python -m llmguard`` subprocess (``demo --isolated``)
+    isolated: bool = False
 
-    def cli(self, *args: object, json_output: bool = True, timeout: float = 900) -> Any:
-        """Run ``llmguard ARGS`` in a subprocess; return the parsed JSON (or stdout text).
+    def cli(self, *args: object, json_output: bool = True, timeout: float = 900, isolated: bool | None = None) -> Any:
+        """Run ``llmguard ARGS``; return the parsed JSON (or stdout text).
 
-        Exit code 10 (a gate) still returns the output; any other non-zero exit raises
-        :class:`StepFailed` with the error line. The progress display shows the command while
-        it runs.
+        By default the command runs in this process through the same Typer app, argument
+        parsing, error handling and exit codes as the ``llmguard`` console script (torch and
+        transformers are imported once per demo instead of once per command); ``isolated=True``
+        (or the demo's ``--isolated``) runs ``python -m llmguard ARGS`` in a subprocess instead,
+        with ``timeout`` seconds. Exit code 10 (a gate) still returns the output; any other
+        non-zero exit raises :class:`StepFailed` with the error line. The progress display shows
+        the command while it runs.
         """
         self.progress.note(f"llmguard {' '.join(_short(a) for a in args[:2])}")
-        cmd = [sys.executable, "-m", "llmguard", "-q", *map(str, args)]
-        env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", **self.env}
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
-        if proc.returncode not in (0, 10):
-            lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-            raise StepFailed(f"`llmguard {' '.join(map(str, args[:2]))}` exited {proc.returncode}: "
+        argv = ["-q", *map(str, args)]
+        if self.isolated if isolated is None else isolated:
+            code, out, err = _run_subprocess(argv, {"NO_COLOR": "1", "COLUMNS": "200", **self.env}, timeout)
+        else:
+            code, out, err = run_in_process(argv)
+        if code not in (0, 10):
+            lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+            raise StepFailed(f"`llmguard {' '.join(map(str, args[:2]))}` exited {code}: "
                              f"{lines[-1] if lines else 'no message'}")
         if json_output:
             try:
-                return json.loads(proc.stdout)
+                return json.loads(out)
             except json.JSONDecodeError:
                 raise StepFailed(f"`llmguard {' '.join(map(str, args[:2]))}` printed no JSON") from None
-        return proc.stdout
+        return out
 
     def eval_safety(self, model: Path | str, *, adapter: Path | str | None = None, task: str = "sst2",
                     judge: str | None = None, records: Path | None = None) -> dict:
@@ -168,6 +181,50 @@ class DemoContext:
         return self.shared[key]
 
 
+def _run_subprocess(argv: list[str], env: dict[str, str], timeout: float) -> tuple[int, str, str]:
+    proc = subprocess.run([sys.executable, "-m", "llmguard", *argv], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=timeout)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def run_in_process(argv: list[str]) -> tuple[int, str, str]:
+    """``llmguard ARGV`` in this process: (exit code, stdout, stderr).
+
+    The command goes through the console script's path (the root Typer app in standalone mode:
+    the same parsing, ``reports_errors`` handling and exit codes); its stdout and stderr are
+    captured, and the global CLI state (``-q``, ``-v``, ``--json``) is restored after, so the
+    demo's own flags and display are untouched. An interrupted command (exit 130) interrupts the
+    demo, as Ctrl-C does to a subprocess's parent.
+    """
+    import dataclasses
+    import gc
+    import io
+
+    from llmguard.cli.app import app
+    from llmguard.cli.output import state
+
+    saved = dataclasses.asdict(state)
+    out, err = io.StringIO(), io.StringIO()
+    real_out, real_err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = out, err
+    try:
+        app(args=argv, prog_name="llmguard", standalone_mode=True)
+        code = 0
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    except Exception as exc:  # noqa: BLE001 - what the console script would end with (exit 1)
+        err.write(f"error: internal error: {type(exc).__name__}: {exc}\n")
+        code = 1
+    finally:
+        sys.stdout, sys.stderr = real_out, real_err
+        for key, value in saved.items():
+            setattr(state, key, value)
+        gc.collect()  # the command's models (reference cycles in transformers modules) go now
+    if code == 130:
+        raise KeyboardInterrupt
+    return code, out.getvalue(), err.getvalue()
+
+
 def _short(arg: object) -> str:
     text = str(arg)
     return Path(text).name if os.sep in text else text
@@ -194,19 +251,24 @@ class DemoStep:
     description: str = ""
     available: Callable[[], bool] | None = None
     aliases: tuple[str, ...] = ()
+    #: False: the step uses no Llama-testbed artefact (``ctx.testbed`` is None when it runs in the
+    #: second process of ``jobs=2``)
+    needs_testbed: bool = True
 
 
 STEPS: dict[str, DemoStep] = {}
 
 
 def register_step(name: str, *, order: int = 100, description: str = "", aliases: tuple[str, ...] = (),
-                  available: Callable[[], bool] | None = None) -> Callable[[StepFn], StepFn]:
+                  available: Callable[[], bool] | None = None, needs_testbed: bool = True) -> Callable[[StepFn], StepFn]:
     """Decorator: add a step to the demo (``order`` sorts the table; lower runs first).
-    ``aliases`` are short names ``--steps`` also accepts (``resta`` for ``realign-resta``)."""
+    ``aliases`` are short names ``--steps`` also accepts (``resta`` for ``realign-resta``);
+    ``needs_testbed=False`` for a step that uses no Llama-testbed artefact (it may then run in a
+    second process beside the testbed build: ``run_demo(jobs=2)``)."""
 
     def deco(fn: StepFn) -> StepFn:
         STEPS[name] = DemoStep(name=name, fn=fn, order=order, description=description or (fn.__doc__ or "").strip(),
-                               available=available, aliases=tuple(aliases))
+                               available=available, aliases=tuple(aliases), needs_testbed=needs_testbed)
         return fn
 
     return deco
@@ -331,12 +393,25 @@ def default_work_dir(seed: int) -> Path:
     return cache_root() / "demo" / f"seed{seed}"
 
 
+def default_jobs() -> int:
+    """2 where the machine has two cores or more (the side steps run beside the others), else 1."""
+    return 2 if (os.cpu_count() or 1) >= 2 else 1
+
+
 def run_demo(*, seed: int = 0, testbed_dir: Path | None = None, work: Path | None = None, device: str = "cpu",
-             only: list[str] | None = None, progress: Progress | None = None) -> DemoResult:
+             only: list[str] | None = None, progress: Progress | None = None, isolated: bool = False,
+             jobs: int = 1) -> DemoResult:
     """Build or reuse the testbed, then run the registered steps in order.
 
     ``progress`` gets the testbed build's stages, then one stage per step (named ``step i/n``,
-    with the running command as its note) and a ``log`` line as each step starts and ends."""
+    with the running command as its note) and a ``log`` line as each step starts and ends.
+
+    ``jobs=2``: the steps that need no Llama testbed (``needs_testbed=False``: the tiny judge's
+    and the watermark testbed's, which build their own artefacts) run in a second process
+    (:mod:`llmguard.cli.demo_worker`), beside the testbed build and the other steps; both
+    processes then run their verbs with one torch thread, so two cores are not oversubscribed
+    (every testbed build runs with one thread anyway). The rows are the same either way; the
+    table keeps the registry's order."""
     from llmguard.testbed import build
 
     progress = progress or NullProgress()
@@ -344,23 +419,50 @@ def run_demo(*, seed: int = 0, testbed_dir: Path | None = None, work: Path | Non
     steps = load_steps()
     if only:
         steps = resolve_steps(only, steps)
-    progress.log("testbed: building or reusing the cached one")
-    tb = build(testbed_dir, seed=seed, progress=_KeepOpen(progress))
-    tb_seconds, tb_cpu = time.perf_counter() - t0, cpu_now() - c0
-    progress.log(f"testbed ready ({tb_seconds:.0f} s): {tb.root}")
     work = Path(work) if work is not None else default_work_dir(seed)
     work.mkdir(parents=True, exist_ok=True)
-    ctx = DemoContext(testbed=tb, work=work, device=device, progress=progress)
+    numbers = {name: i for i, name in enumerate(steps, 1)}
+    side = {k: v for k, v in steps.items() if not v.needs_testbed} if jobs >= 2 else {}
+    if len(side) == len(steps):
+        side = {}  # nothing to run beside them: one process
+    main = {k: v for k, v in steps.items() if k not in side}
+    worker = _SideWorker(side, numbers, work=work, device=device, isolated=isolated, progress=progress) if side else None
+    with _threads(1 if worker is not None else None):
+        progress.log("testbed: building or reusing the cached one")
+        tb = build(testbed_dir, seed=seed, progress=_KeepOpen(progress))
+        tb_seconds, tb_cpu = time.perf_counter() - t0, cpu_now() - c0
+        progress.log(f"testbed ready ({tb_seconds:.0f} s): {tb.root}")
+        ctx = DemoContext(testbed=tb, work=work, device=device, progress=progress, isolated=isolated,
+                          env={"OMP_NUM_THREADS": "1"} if worker is not None else {})
+        rows, timings, skipped = run_steps(ctx, main, numbers)
+    if worker is not None:
+        progress.stage("waiting for the second process")
+        more_rows, more_timings, more_skipped = worker.wait()
+        rows, timings, skipped = rows + more_rows, timings + more_timings, {**skipped, **more_skipped}
+        order = list(steps)
+        rows.sort(key=lambda r: order.index(r.step_name) if r.step_name in order else len(order))  # stable: a step's rows keep their order
+        timings.sort(key=lambda t: order.index(t.name))
+    progress.close()
+    return DemoResult(testbed_root=tb.root, work=work, rows=rows, skipped=skipped, seconds=time.perf_counter() - t0,
+                      steps=timings, testbed_seconds=tb_seconds, testbed_cpu_seconds=tb_cpu, cpu_seconds=cpu_now() - c0)
+
+
+def run_steps(ctx: DemoContext, steps: dict[str, DemoStep], numbers: dict[str, int], *, where: str = "") -> tuple[
+        list[DemoRow], list[StepTiming], dict[str, str]]:
+    """Run ``steps`` one after the other in this process: their rows, timings and skipped steps."""
+    progress = ctx.progress
+    total = len(numbers)
     rows: list[DemoRow] = []
     timings: list[StepTiming] = []
     skipped: dict[str, str] = {}
-    for i, (name, step) in enumerate(steps.items(), 1):
+    for name, step in steps.items():
+        i = numbers[name]
         if step.available is not None and not step.available():
             skipped[name] = "verb not available in this build"
-            progress.log(f"- [{i}/{len(steps)}] {name}: skipped (verb not available)")
+            progress.log(f"- [{i}/{total}] {name}: skipped (verb not available)")
             continue
-        progress.log(f"> [{i}/{len(steps)}] {name}: {step.description}")
-        progress.stage(f"step {i}/{len(steps)} {name}")
+        progress.log(f"> [{i}/{total}] {name}{where}: {step.description}")
+        progress.stage(f"step {i}/{total} {name}")
         ts, cs = time.perf_counter(), cpu_now()
         try:
             new = step.fn(ctx)
@@ -374,7 +476,73 @@ def run_demo(*, seed: int = 0, testbed_dir: Path | None = None, work: Path | Non
         ok = all(r.ok for r in new)
         timings.append(StepTiming(name=name, seconds=round(dt, 1), ok=ok, rows=len(new), cpu_seconds=round(dc, 1)))
         rows.extend(new)
-        progress.log(f"{'ok' if ok else 'FAILED'} [{i}/{len(steps)}] {name} in {dt:.0f} s, {dc:.0f} CPU-s ({len(new)} row(s))")
-    progress.close()
-    return DemoResult(testbed_root=tb.root, work=work, rows=rows, skipped=skipped, seconds=time.perf_counter() - t0,
-                      steps=timings, testbed_seconds=tb_seconds, testbed_cpu_seconds=tb_cpu, cpu_seconds=cpu_now() - c0)
+        progress.log(f"{'ok' if ok else 'FAILED'} [{i}/{total}] {name}{where} in {dt:.0f} s, {dc:.0f} CPU-s ({len(new)} row(s))")
+    return rows, timings, skipped
+
+
+class _threads:
+    """``with _threads(n)``: torch runs with ``n`` threads inside (None: unchanged)."""
+
+    def __init__(self, n: int | None) -> None:
+        self.n, self.before = n, None
+
+    def __enter__(self) -> None:
+        if self.n is not None:
+            import torch
+
+            self.before = torch.get_num_threads()
+            torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.before is not None:
+            import torch
+
+            torch.set_num_threads(self.before)
+
+
+#: prefix of the second process's stderr lines that are progress log lines (the rest is forwarded as is)
+WORKER_LOG = "demo-log: "
+
+
+class _SideWorker:
+    """The second process of ``jobs=2``: ``python -m llmguard.cli.demo_worker`` runs ``steps``; its
+    log lines go to this demo's display as they come, its rows and timings come back as JSON."""
+
+    def __init__(self, steps: dict[str, DemoStep], numbers: dict[str, int], *, work: Path, device: str, isolated: bool,
+                 progress: Progress) -> None:
+        import threading
+
+        self.steps = steps
+        self.result = work / ".demo-worker.json"
+        self.result.unlink(missing_ok=True)
+        config = {"steps": list(steps), "numbers": numbers, "work": str(work), "device": device, "isolated": isolated,
+                  "result": str(self.result)}
+        self.proc = subprocess.Popen([sys.executable, "-m", "llmguard.cli.demo_worker", json.dumps(config)],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, "OMP_NUM_THREADS": "1"})
+        self.stderr: list[str] = []
+
+        def forward() -> None:
+            assert self.proc.stderr is not None
+            for line in self.proc.stderr:
+                if line.startswith(WORKER_LOG):
+                    progress.log(line[len(WORKER_LOG):].rstrip("\n"))
+                else:
+                    self.stderr.append(line)
+
+        self.reader = threading.Thread(target=forward, daemon=True)
+        self.reader.start()
+
+    def wait(self) -> tuple[list[DemoRow], list[StepTiming], dict[str, str]]:
+        code = self.proc.wait()
+        self.reader.join()
+        try:
+            doc = json.loads(self.result.read_text())
+        except (OSError, ValueError):
+            lines = [ln.strip() for ln in self.stderr if ln.strip()]
+            why = f"the demo's second process exited {code}: {lines[-1] if lines else 'no message'}"
+            return ([DemoRow(step=name, model="-", note=why, ok=False, step_name=name) for name in self.steps],
+                    [StepTiming(name=name, seconds=0.0, ok=False, rows=1) for name in self.steps], {})
+        finally:
+            self.result.unlink(missing_ok=True)
+        return ([DemoRow(**r) for r in doc["rows"]], [StepTiming(**t) for t in doc["timings"]], doc["skipped"])

@@ -71,3 +71,33 @@ def test_demo_list_and_unknown_step():
     assert listed.returncode == 0 and "eval-safety" in listed.stdout and "realign-resta" in listed.stdout
     bad = run_cli("demo", "--steps", "nope")
     assert bad.returncode == 2 and "unknown step" in bad.stderr
+
+
+def test_in_process_second_process_and_isolated_runs_give_the_same_rows(testbed, tmp_path):
+    """The demo runs its verbs in-process (one torch import) and, on two cores, the steps that need
+    no Llama testbed in a second process; ``--isolated`` runs every verb as its own
+    ``python -m llmguard`` subprocess, as a user would. The rows are the same, byte for byte."""
+    from dataclasses import asdict
+
+    from llmguard.cli import demo_runner as demo
+
+    class Logs:
+        lines: list[str] = []
+
+        def stage(self, name, total=None): pass
+        def advance(self, n=1): pass
+        def note(self, text): pass
+        def log(self, message): self.lines.append(message)
+        def close(self): pass
+
+    def rows(res, work):
+        return [{k: (v.replace(str(work), "<work>") if isinstance(v, str) else v) for k, v in asdict(r).items()}
+                for r in res.rows]
+
+    fast = demo.run_demo(work=tmp_path / "fast", only=["resta", "hdc"], jobs=2, progress=Logs())
+    slow = demo.run_demo(work=tmp_path / "isolated", only=["resta", "hdc"], jobs=1, isolated=True)
+    assert fast.ok and slow.ok, [r.note for r in fast.rows + slow.rows if not r.ok]
+    assert rows(fast, tmp_path / "fast") == rows(slow, tmp_path / "isolated")
+    assert [s.name for s in fast.steps] == ["realign-resta", "judge-hdc"]
+    assert any(line.startswith("ok [2/2] judge-hdc (2nd process) in ") for line in Logs.lines), Logs.lines
+    assert all(s.cpu_seconds is not None and s.cpu_seconds > 0 for s in fast.steps + slow.steps)

@@ -24,7 +24,7 @@ def _aggregate(doc: dict) -> dict:
 
 @register_step("watermark-radioactivity", order=70, aliases=("radioactivity", "watermark"),
                description="watermark generate from the distilled students, watermark detect with the teacher's key",
-               available=lambda: verb_exists("watermark", "detect") and verb_exists("watermark", "generate"))
+               available=lambda: verb_exists("watermark", "detect") and verb_exists("watermark", "generate"), needs_testbed=False)
 def watermark_radioactivity(ctx: DemoContext) -> list[DemoRow]:
     from llmguard.testbed import watermark as tw
 
@@ -52,7 +52,7 @@ def watermark_radioactivity(ctx: DemoContext) -> list[DemoRow]:
 
 @register_step("watermark-attacks", order=71, aliases=("attacks",),
                description="watermark scrub and spoof (CDG-KD) on the watermark testbed: contrastive data, distil, detect",
-               available=lambda: verb_exists("watermark", "scrub") and verb_exists("watermark", "spoof"))
+               available=lambda: verb_exists("watermark", "scrub") and verb_exists("watermark", "spoof"), needs_testbed=False)
 def watermark_attacks(ctx: DemoContext) -> list[DemoRow]:
     from llmguard.testbed import watermark as tw
 
