@@ -27,6 +27,7 @@ import importlib
 import json
 import os
 import pkgutil
+import shutil
 import subprocess
 import sys
 import time
@@ -122,6 +123,16 @@ class DemoContext:
     progress: Progress = field(default_factory=NullProgress)
     #: run every command in its own ``python -m llmguard`` subprocess (``demo --isolated``)
     isolated: bool = False
+    #: two processes share this run: steps are claimed, input evaluations shared, through files
+    #: in ``work/.demo-run`` (``jobs=2``)
+    share_files: bool = False
+    #: how the second process gets the testbed when it claims a step that needs it
+    testbed_loader: Callable[[], Any] | None = None
+
+    def need_testbed(self) -> Any:
+        if self.testbed is None and self.testbed_loader is not None:
+            self.testbed = self.testbed_loader()
+        return self.testbed
 
     def cli(self, *args: object, json_output: bool = True, timeout: float = 900, isolated: bool | None = None) -> Any:
         """Run ``llmguard ARGS``; return the parsed JSON (or stdout text).
@@ -176,9 +187,32 @@ class DemoContext:
         the eval-safety step fills this cache, a realign step run alone fills it here."""
         key = f"eval:{name}"
         if key not in self.shared:
-            model, adapter, task = EVAL_INPUTS[name](self.testbed)
-            self.shared[key] = self.eval_safety(model, adapter=adapter, task=task)
+            # the demo's second process reads what this one measured (same run, same work dir)
+            shared_file = self.work / SHARED_DIR / f"eval-{name}.json" if self.share_files else None
+            if shared_file is not None and shared_file.is_file():
+                self.shared[key] = json.loads(shared_file.read_text())
+            else:
+                model, adapter, task = EVAL_INPUTS[name](self.testbed)
+                self.shared[key] = self.eval_safety(model, adapter=adapter, task=task)
+                if shared_file is not None:
+                    tmp = shared_file.with_name(f"{shared_file.name}.{os.getpid()}.tmp")
+                    tmp.write_text(json.dumps(self.shared[key]))
+                    tmp.replace(shared_file)
         return self.shared[key]
+
+    def claim(self, step: str) -> bool:
+        """True when this process is the first to take ``step`` (always, without a second process)."""
+        if not self.share_files:
+            return True
+        try:
+            os.close(os.open(self.work / SHARED_DIR / f"claim-{step}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return False
+        return True
+
+
+#: where the two processes of one ``jobs=2`` run share their claims and input evaluations
+SHARED_DIR = ".demo-run"
 
 
 def _run_subprocess(argv: list[str], env: dict[str, str], timeout: float) -> tuple[int, str, str]:
@@ -254,21 +288,26 @@ class DemoStep:
     #: False: the step uses no Llama-testbed artefact (``ctx.testbed`` is None when it runs in the
     #: second process of ``jobs=2``)
     needs_testbed: bool = True
+    #: CPU seconds the step takes (cached testbed, one thread): the two processes of ``jobs=2``
+    #: take the longest steps first
+    cost: float = 10.0
 
 
 STEPS: dict[str, DemoStep] = {}
 
 
 def register_step(name: str, *, order: int = 100, description: str = "", aliases: tuple[str, ...] = (),
-                  available: Callable[[], bool] | None = None, needs_testbed: bool = True) -> Callable[[StepFn], StepFn]:
+                  available: Callable[[], bool] | None = None, needs_testbed: bool = True,
+                  cost: float = 10.0) -> Callable[[StepFn], StepFn]:
     """Decorator: add a step to the demo (``order`` sorts the table; lower runs first).
     ``aliases`` are short names ``--steps`` also accepts (``resta`` for ``realign-resta``);
     ``needs_testbed=False`` for a step that uses no Llama-testbed artefact (it may then run in a
-    second process beside the testbed build: ``run_demo(jobs=2)``)."""
+    second process beside the testbed build: ``run_demo(jobs=2)``); ``cost``: its CPU
+    seconds on a cached testbed (the two processes take the longest steps first)."""
 
     def deco(fn: StepFn) -> StepFn:
         STEPS[name] = DemoStep(name=name, fn=fn, order=order, description=description or (fn.__doc__ or "").strip(),
-                               available=available, aliases=tuple(aliases), needs_testbed=needs_testbed)
+                               available=available, aliases=tuple(aliases), needs_testbed=needs_testbed, cost=cost)
         return fn
 
     return deco
@@ -401,17 +440,20 @@ def default_jobs() -> int:
 def run_demo(*, seed: int = 0, testbed_dir: Path | None = None, work: Path | None = None, device: str = "cpu",
              only: list[str] | None = None, progress: Progress | None = None, isolated: bool = False,
              jobs: int = 1) -> DemoResult:
-    """Build or reuse the testbed, then run the registered steps in order.
+    """Build or reuse the testbed, then run the registered steps.
 
     ``progress`` gets the testbed build's stages, then one stage per step (named ``step i/n``,
     with the running command as its note) and a ``log`` line as each step starts and ends.
 
-    ``jobs=2``: the steps that need no Llama testbed (``needs_testbed=False``: the tiny judge's
-    and the watermark testbed's, which build their own artefacts) run in a second process
-    (:mod:`llmguard.cli.demo_worker`), beside the testbed build and the other steps; both
-    processes then run their verbs with one torch thread, so two cores are not oversubscribed
-    (every testbed build runs with one thread anyway). The rows are the same either way; the
-    table keeps the registry's order."""
+    ``jobs=1``: the steps run one after the other, in the registry's order. ``jobs=2``: a second
+    process (:mod:`llmguard.cli.demo_worker`) runs steps beside this one. It starts with the
+    steps that need no Llama testbed (the tiny judge's and the watermark testbed's, which build
+    their own artefacts) while this process builds or reuses the testbed; then each process
+    takes the next step nobody has taken, longest first (``cost``), and the input models'
+    evaluations are measured once and shared. Both processes run their verbs with one torch
+    thread, so two cores are not oversubscribed (every testbed build runs with one thread
+    anyway). Every step still runs exactly once, with the same commands; the table keeps the
+    registry's order."""
     from llmguard.testbed import build
 
     progress = progress or NullProgress()
@@ -422,23 +464,34 @@ def run_demo(*, seed: int = 0, testbed_dir: Path | None = None, work: Path | Non
     work = Path(work) if work is not None else default_work_dir(seed)
     work.mkdir(parents=True, exist_ok=True)
     numbers = {name: i for i, name in enumerate(steps, 1)}
-    side = {k: v for k, v in steps.items() if not v.needs_testbed} if jobs >= 2 else {}
-    if len(side) == len(steps):
-        side = {}  # nothing to run beside them: one process
-    main = {k: v for k, v in steps.items() if k not in side}
-    worker = _SideWorker(side, numbers, work=work, device=device, isolated=isolated, progress=progress) if side else None
-    with _threads(1 if worker is not None else None):
-        progress.log("testbed: building or reusing the cached one")
-        tb = build(testbed_dir, seed=seed, progress=_KeepOpen(progress))
-        tb_seconds, tb_cpu = time.perf_counter() - t0, cpu_now() - c0
-        progress.log(f"testbed ready ({tb_seconds:.0f} s): {tb.root}")
-        ctx = DemoContext(testbed=tb, work=work, device=device, progress=progress, isolated=isolated,
-                          env={"OMP_NUM_THREADS": "1"} if worker is not None else {})
-        rows, timings, skipped = run_steps(ctx, main, numbers)
-    if worker is not None:
-        progress.stage("waiting for the second process")
-        more_rows, more_timings, more_skipped = worker.wait()
-        rows, timings, skipped = rows + more_rows, timings + more_timings, {**skipped, **more_skipped}
+    two = jobs >= 2 and len(steps) >= 2
+    if two:
+        shutil.rmtree(work / SHARED_DIR, ignore_errors=True)
+        (work / SHARED_DIR).mkdir()
+    worker = _SideWorker(steps, numbers, seed=seed, testbed_dir=testbed_dir, work=work, device=device,
+                         isolated=isolated, progress=progress) if two else None
+    try:
+        with _threads(1 if two else None):
+            progress.log("testbed: building or reusing the cached one")
+            tb = build(testbed_dir, seed=seed, progress=_KeepOpen(progress))
+            tb_seconds, tb_cpu = time.perf_counter() - t0, cpu_now() - c0
+            progress.log(f"testbed ready ({tb_seconds:.0f} s): {tb.root}")
+            ctx = DemoContext(testbed=tb, work=work, device=device, progress=progress, isolated=isolated,
+                              env={"OMP_NUM_THREADS": "1"} if two else {}, share_files=two)
+            rows, timings, skipped = run_steps(ctx, schedule(steps, testbed_first=True) if two else steps, numbers)
+            if worker is not None:
+                progress.stage("waiting for the second process")
+                more_rows, more_timings, more_skipped = worker.wait()
+                rows, timings, skipped = rows + more_rows, timings + more_timings, {**skipped, **more_skipped}
+                # a step the second process never took (it failed early) runs here
+                left = {k: v for k, v in steps.items() if not (work / SHARED_DIR / f"claim-{k}").exists()}
+                late_rows, late_timings, late_skipped = run_steps(ctx, left, numbers)
+                rows, timings, skipped = rows + late_rows, timings + late_timings, {**skipped, **late_skipped}
+    finally:
+        if worker is not None:
+            worker.stop()
+    if two:
+        shutil.rmtree(work / SHARED_DIR, ignore_errors=True)
         order = list(steps)
         rows.sort(key=lambda r: order.index(r.step_name) if r.step_name in order else len(order))  # stable: a step's rows keep their order
         timings.sort(key=lambda t: order.index(t.name))
@@ -447,15 +500,30 @@ def run_demo(*, seed: int = 0, testbed_dir: Path | None = None, work: Path | Non
                       steps=timings, testbed_seconds=tb_seconds, testbed_cpu_seconds=tb_cpu, cpu_seconds=cpu_now() - c0)
 
 
-def run_steps(ctx: DemoContext, steps: dict[str, DemoStep], numbers: dict[str, int], *, where: str = "") -> tuple[
+def schedule(steps: dict[str, DemoStep], *, testbed_first: bool) -> dict[str, DemoStep]:
+    """The order one of the two processes tries the steps in: the steps it can start at once
+    first (the Llama-testbed steps for the process that builds the testbed, the others for the
+    second process), each group longest first (``cost``)."""
+    def key(item: tuple[str, DemoStep]) -> tuple[bool, float]:
+        step = item[1]
+        return (step.needs_testbed != testbed_first, -step.cost)
+
+    return dict(sorted(steps.items(), key=key))
+
+
+def run_steps(ctx: DemoContext, steps: dict[str, DemoStep], numbers: dict[str, int], *, where: str = "",
+              report: Callable[[list[DemoRow], list[StepTiming], dict[str, str]], None] | None = None) -> tuple[
         list[DemoRow], list[StepTiming], dict[str, str]]:
-    """Run ``steps`` one after the other in this process: their rows, timings and skipped steps."""
+    """Run ``steps`` one after the other in this process (those no other process has claimed):
+    their rows, timings and skipped steps. ``report`` gets the results so far after each step."""
     progress = ctx.progress
     total = len(numbers)
     rows: list[DemoRow] = []
     timings: list[StepTiming] = []
     skipped: dict[str, str] = {}
     for name, step in steps.items():
+        if not ctx.claim(name):
+            continue
         i = numbers[name]
         if step.available is not None and not step.available():
             skipped[name] = "verb not available in this build"
@@ -465,6 +533,8 @@ def run_steps(ctx: DemoContext, steps: dict[str, DemoStep], numbers: dict[str, i
         progress.stage(f"step {i}/{total} {name}")
         ts, cs = time.perf_counter(), cpu_now()
         try:
+            if step.needs_testbed:
+                ctx.need_testbed()
             new = step.fn(ctx)
         except StepFailed as err:
             new = [DemoRow(step=name, model="-", note=str(err), ok=False)]
@@ -477,6 +547,8 @@ def run_steps(ctx: DemoContext, steps: dict[str, DemoStep], numbers: dict[str, i
         timings.append(StepTiming(name=name, seconds=round(dt, 1), ok=ok, rows=len(new), cpu_seconds=round(dc, 1)))
         rows.extend(new)
         progress.log(f"{'ok' if ok else 'FAILED'} [{i}/{total}] {name}{where} in {dt:.0f} s, {dc:.0f} CPU-s ({len(new)} row(s))")
+        if report is not None:
+            report(rows, timings, skipped)
     return rows, timings, skipped
 
 
@@ -505,18 +577,18 @@ WORKER_LOG = "demo-log: "
 
 
 class _SideWorker:
-    """The second process of ``jobs=2``: ``python -m llmguard.cli.demo_worker`` runs ``steps``; its
-    log lines go to this demo's display as they come, its rows and timings come back as JSON."""
+    """The second process of ``jobs=2``: ``python -m llmguard.cli.demo_worker`` runs the steps it
+    claims (see :func:`run_demo`); its log lines go to this demo's display as they come, its rows
+    and timings come back as JSON (written after every step)."""
 
-    def __init__(self, steps: dict[str, DemoStep], numbers: dict[str, int], *, work: Path, device: str, isolated: bool,
-                 progress: Progress) -> None:
+    def __init__(self, steps: dict[str, DemoStep], numbers: dict[str, int], *, seed: int, testbed_dir: Path | None,
+                 work: Path, device: str, isolated: bool, progress: Progress) -> None:
         import threading
 
-        self.steps = steps
-        self.result = work / ".demo-worker.json"
-        self.result.unlink(missing_ok=True)
-        config = {"steps": list(steps), "numbers": numbers, "work": str(work), "device": device, "isolated": isolated,
-                  "result": str(self.result)}
+        self.result = work / SHARED_DIR / "worker.json"
+        config = {"steps": list(schedule(steps, testbed_first=False)), "numbers": numbers, "seed": seed,
+                  "testbed": None if testbed_dir is None else str(testbed_dir), "work": str(work), "device": device,
+                  "isolated": isolated, "result": str(self.result)}
         self.proc = subprocess.Popen([sys.executable, "-m", "llmguard.cli.demo_worker", json.dumps(config)],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                      env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -539,10 +611,23 @@ class _SideWorker:
         try:
             doc = json.loads(self.result.read_text())
         except (OSError, ValueError):
+            doc = {"rows": [], "timings": [], "skipped": {}, "running": None}
+        rows = [DemoRow(**r) for r in doc["rows"]]
+        timings = [StepTiming(**t) for t in doc["timings"]]
+        running = doc.get("running")
+        if code != 0 and running:  # it died inside a step: that step's row says so
             lines = [ln.strip() for ln in self.stderr if ln.strip()]
             why = f"the demo's second process exited {code}: {lines[-1] if lines else 'no message'}"
-            return ([DemoRow(step=name, model="-", note=why, ok=False, step_name=name) for name in self.steps],
-                    [StepTiming(name=name, seconds=0.0, ok=False, rows=1) for name in self.steps], {})
-        finally:
-            self.result.unlink(missing_ok=True)
-        return ([DemoRow(**r) for r in doc["rows"]], [StepTiming(**t) for t in doc["timings"]], doc["skipped"])
+            rows.append(DemoRow(step=running, model="-", note=why, ok=False, step_name=running))
+            timings.append(StepTiming(name=running, seconds=0.0, ok=False, rows=1))
+        return rows, timings, doc["skipped"]
+
+    def stop(self) -> None:
+        """End the second process if it still runs (this one failed or was interrupted)."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

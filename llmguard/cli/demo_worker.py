@@ -43,15 +43,39 @@ def main(argv: list[str] | None = None) -> None:
 
     config = json.loads((argv if argv is not None else sys.argv[1:])[0])
     torch.set_num_threads(1)
-    steps = {k: v for k, v in load_steps().items() if k in config["steps"]}
-    ctx = DemoContext(testbed=None, work=Path(config["work"]), device=config["device"], progress=_LogLines(),
-                      isolated=config["isolated"], env={"OMP_NUM_THREADS": "1"})
-    rows, timings, skipped = run_steps(ctx, steps, config["numbers"], where=" (2nd process)")
+    registry = load_steps()
+    # in the order the demo gave (its schedule); a step registered only in the demo's process (a
+    # test's) is left to that process
+    steps = {k: registry[k] for k in config["steps"] if k in registry}
     out = Path(config["result"])
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps({"rows": [asdict(r) for r in rows], "timings": [asdict(t) for t in timings],
-                               "skipped": skipped}))
-    tmp.replace(out)
+
+    def loader():
+        from llmguard.testbed import build
+
+        return build(config["testbed"], seed=config["seed"])  # waits for the demo's build (file lock), then reuses it
+
+    ctx = DemoContext(testbed=None, work=Path(config["work"]), device=config["device"], progress=_LogLines(),
+                      isolated=config["isolated"], env={"OMP_NUM_THREADS": "1"}, share_files=True, testbed_loader=loader)
+
+    def report(rows, timings, skipped, running=None) -> None:
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps({"rows": [asdict(r) for r in rows], "timings": [asdict(t) for t in timings],
+                                   "skipped": skipped, "running": running}))
+        tmp.replace(out)
+
+    class _Tracking(_LogLines):
+        def stage(self, name: str, total: int | None = None) -> None:
+            report(done[0], done[1], done[2], running=name.split(" ", 2)[-1])
+
+    done: list = [[], [], {}]
+
+    def after_step(rows, timings, skipped) -> None:
+        done[:] = [list(rows), list(timings), dict(skipped)]
+        report(rows, timings, skipped)
+
+    ctx.progress = _Tracking()
+    run_steps(ctx, steps, config["numbers"], where=" (2nd process)", report=after_step)
+    report(*done)
 
 
 if __name__ == "__main__":

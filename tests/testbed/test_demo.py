@@ -98,6 +98,19 @@ def test_in_process_second_process_and_isolated_runs_give_the_same_rows(testbed,
     slow = demo.run_demo(work=tmp_path / "isolated", only=["resta", "hdc"], jobs=1, isolated=True)
     assert fast.ok and slow.ok, [r.note for r in fast.rows + slow.rows if not r.ok]
     assert rows(fast, tmp_path / "fast") == rows(slow, tmp_path / "isolated")
-    assert [s.name for s in fast.steps] == ["realign-resta", "judge-hdc"]
-    assert any(line.startswith("ok [2/2] judge-hdc (2nd process) in ") for line in Logs.lines), Logs.lines
+    assert [s.name for s in fast.steps] == ["realign-resta", "judge-hdc"]  # the registry's order, each step once
+    for name in ("realign-resta", "judge-hdc"):  # run by one of the two processes (whichever took it first)
+        assert sum(line.startswith("ok [") and f"] {name} " in line for line in Logs.lines) == 1, Logs.lines
+    assert not (tmp_path / "fast" / demo.SHARED_DIR).exists()  # the run's claims are cleaned up
     assert all(s.cpu_seconds is not None and s.cpu_seconds > 0 for s in fast.steps + slow.steps)
+
+
+def test_two_process_schedule_starts_with_what_each_can_run_longest_first():
+    from llmguard.cli.demo_runner import load_steps, schedule
+
+    steps = load_steps()
+    main, second = list(schedule(steps, testbed_first=True)), list(schedule(steps, testbed_first=False))
+    side = [k for k, v in steps.items() if not v.needs_testbed]
+    assert set(side) == {"judge-hdc", "watermark-radioactivity", "watermark-attacks"}
+    assert second[:len(side)] == sorted(side, key=lambda k: -steps[k].cost) and set(main[-len(side):]) == set(side)
+    assert sorted(main) == sorted(second) == sorted(steps)
