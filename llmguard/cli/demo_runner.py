@@ -274,7 +274,7 @@ EVAL_INPUTS: dict[str, Callable[[Any], tuple[Any, Any, str]]] = {
 }
 
 
-StepFn = Callable[[DemoContext], list[DemoRow]]
+StepFn = Callable[..., list[DemoRow]]  # fn(ctx), or fn(ctx, part) for a step with parts
 
 
 @dataclass
@@ -291,6 +291,38 @@ class DemoStep:
     #: CPU seconds the step takes (cached testbed, one thread): the two processes of ``jobs=2``
     #: take the longest steps first
     cost: float = 10.0
+    #: independent parts (e.g. one per input model): ``fn(ctx, part)`` returns that part's rows;
+    #: with ``jobs=2`` the parts of one step may run in both processes. No parts: ``fn(ctx)``.
+    parts: tuple[str, ...] = ()
+
+    def units(self) -> list["Unit"]:
+        share = self.cost / max(1, len(self.parts))
+        return [Unit(self.name, part, share) for part in self.parts] if self.parts else [Unit(self.name, None, self.cost)]
+
+    def run(self, ctx: "DemoContext", part: str | None) -> list[DemoRow]:
+        return self.fn(ctx) if part is None else self.fn(ctx, part)  # type: ignore[call-arg]
+
+
+@dataclass(frozen=True)
+class Unit:
+    """What one process takes at a time: a step, or one part of it."""
+
+    step: str
+    part: str | None
+    cost: float
+
+    @property
+    def key(self) -> str:
+        return self.step if self.part is None else f"{self.step}@{self.part}"
+
+
+@dataclass
+class UnitResult:
+    step: str
+    part: str | None
+    rows: list[DemoRow]
+    seconds: float
+    cpu_seconds: float
 
 
 STEPS: dict[str, DemoStep] = {}
@@ -298,16 +330,18 @@ STEPS: dict[str, DemoStep] = {}
 
 def register_step(name: str, *, order: int = 100, description: str = "", aliases: tuple[str, ...] = (),
                   available: Callable[[], bool] | None = None, needs_testbed: bool = True,
-                  cost: float = 10.0) -> Callable[[StepFn], StepFn]:
+                  cost: float = 10.0, parts: tuple[str, ...] = ()) -> Callable[[StepFn], StepFn]:
     """Decorator: add a step to the demo (``order`` sorts the table; lower runs first).
     ``aliases`` are short names ``--steps`` also accepts (``resta`` for ``realign-resta``);
     ``needs_testbed=False`` for a step that uses no Llama-testbed artefact (it may then run in a
     second process beside the testbed build: ``run_demo(jobs=2)``); ``cost``: its CPU
-    seconds on a cached testbed (the two processes take the longest steps first)."""
+    seconds on a cached testbed (the two processes take the longest steps first); ``parts``:
+    independent parts, ``fn(ctx, part)`` each (see :class:`DemoStep`)."""
 
     def deco(fn: StepFn) -> StepFn:
         STEPS[name] = DemoStep(name=name, fn=fn, order=order, description=description or (fn.__doc__ or "").strip(),
-                               available=available, aliases=tuple(aliases), needs_testbed=needs_testbed, cost=cost)
+                               available=available, aliases=tuple(aliases), needs_testbed=needs_testbed, cost=cost,
+                               parts=tuple(parts))
         return fn
 
     return deco
@@ -464,12 +498,14 @@ def run_demo(*, seed: int = 0, testbed_dir: Path | None = None, work: Path | Non
     work = Path(work) if work is not None else default_work_dir(seed)
     work.mkdir(parents=True, exist_ok=True)
     numbers = {name: i for i, name in enumerate(steps, 1)}
-    two = jobs >= 2 and len(steps) >= 2
+    units = [u for step in steps.values() for u in step.units()]
+    two = jobs >= 2 and len(units) >= 2
     if two:
         shutil.rmtree(work / SHARED_DIR, ignore_errors=True)
         (work / SHARED_DIR).mkdir()
-    worker = _SideWorker(steps, numbers, seed=seed, testbed_dir=testbed_dir, work=work, device=device,
+    worker = _SideWorker(steps, units, numbers, seed=seed, testbed_dir=testbed_dir, work=work, device=device,
                          isolated=isolated, progress=progress) if two else None
+    skipped: dict[str, str] = {}
     try:
         with _threads(1 if two else None):
             progress.log("testbed: building or reusing the cached one")
@@ -478,78 +514,87 @@ def run_demo(*, seed: int = 0, testbed_dir: Path | None = None, work: Path | Non
             progress.log(f"testbed ready ({tb_seconds:.0f} s): {tb.root}")
             ctx = DemoContext(testbed=tb, work=work, device=device, progress=progress, isolated=isolated,
                               env={"OMP_NUM_THREADS": "1"} if two else {}, share_files=two)
-            rows, timings, skipped = run_steps(ctx, schedule(steps, testbed_first=True) if two else steps, numbers)
+            results = run_units(ctx, steps, schedule(steps, units, testbed_first=True) if two else units, numbers, skipped)
             if worker is not None:
                 progress.stage("waiting for the second process")
-                more_rows, more_timings, more_skipped = worker.wait()
-                rows, timings, skipped = rows + more_rows, timings + more_timings, {**skipped, **more_skipped}
-                # a step the second process never took (it failed early) runs here
-                left = {k: v for k, v in steps.items() if not (work / SHARED_DIR / f"claim-{k}").exists()}
-                late_rows, late_timings, late_skipped = run_steps(ctx, left, numbers)
-                rows, timings, skipped = rows + late_rows, timings + late_timings, {**skipped, **late_skipped}
+                results += worker.wait(skipped)
+                # a unit the second process never took (it failed early) runs here
+                left = [u for u in units if not (work / SHARED_DIR / f"claim-{u.key}").exists()]
+                results += run_units(ctx, steps, left, numbers, skipped)
     finally:
         if worker is not None:
             worker.stop()
     if two:
         shutil.rmtree(work / SHARED_DIR, ignore_errors=True)
-        order = list(steps)
-        rows.sort(key=lambda r: order.index(r.step_name) if r.step_name in order else len(order))  # stable: a step's rows keep their order
-        timings.sort(key=lambda t: order.index(t.name))
+    rows, timings = assemble(steps, results)
     progress.close()
     return DemoResult(testbed_root=tb.root, work=work, rows=rows, skipped=skipped, seconds=time.perf_counter() - t0,
                       steps=timings, testbed_seconds=tb_seconds, testbed_cpu_seconds=tb_cpu, cpu_seconds=cpu_now() - c0)
 
 
-def schedule(steps: dict[str, DemoStep], *, testbed_first: bool) -> dict[str, DemoStep]:
-    """The order one of the two processes tries the steps in: the steps it can start at once
-    first (the Llama-testbed steps for the process that builds the testbed, the others for the
-    second process), each group longest first (``cost``)."""
-    def key(item: tuple[str, DemoStep]) -> tuple[bool, float]:
-        step = item[1]
-        return (step.needs_testbed != testbed_first, -step.cost)
-
-    return dict(sorted(steps.items(), key=key))
-
-
-def run_steps(ctx: DemoContext, steps: dict[str, DemoStep], numbers: dict[str, int], *, where: str = "",
-              report: Callable[[list[DemoRow], list[StepTiming], dict[str, str]], None] | None = None) -> tuple[
-        list[DemoRow], list[StepTiming], dict[str, str]]:
-    """Run ``steps`` one after the other in this process (those no other process has claimed):
-    their rows, timings and skipped steps. ``report`` gets the results so far after each step."""
-    progress = ctx.progress
-    total = len(numbers)
+def assemble(steps: dict[str, DemoStep], results: list[UnitResult]) -> tuple[list[DemoRow], list[StepTiming]]:
+    """The table's rows in the registry's order (a step's parts in its order) and one timing per step
+    (the time spent on it: the sum over its parts, whichever process ran them)."""
     rows: list[DemoRow] = []
     timings: list[StepTiming] = []
-    skipped: dict[str, str] = {}
     for name, step in steps.items():
-        if not ctx.claim(name):
+        parts = [p.part for p in step.units()]
+        mine = sorted((r for r in results if r.step == name), key=lambda r: parts.index(r.part))
+        if not mine:
             continue
-        i = numbers[name]
+        new = [row for r in mine for row in r.rows]
+        timings.append(StepTiming(name=name, seconds=round(sum(r.seconds for r in mine), 1), ok=all(r.ok for r in new),
+                                  rows=len(new), cpu_seconds=round(sum(r.cpu_seconds for r in mine), 1)))
+        rows.extend(new)
+    return rows, timings
+
+
+def schedule(steps: dict[str, DemoStep], units: list[Unit], *, testbed_first: bool) -> list[Unit]:
+    """The order one of the two processes tries the units in: those it can start at once first
+    (the Llama-testbed steps for the process that builds the testbed, the others for the second
+    process), each group longest first (``cost``)."""
+    return sorted(units, key=lambda u: (steps[u.step].needs_testbed != testbed_first, -u.cost))
+
+
+def run_units(ctx: DemoContext, steps: dict[str, DemoStep], units: list[Unit], numbers: dict[str, int],
+              skipped: dict[str, str], *, where: str = "",
+              report: Callable[[list[UnitResult]], None] | None = None) -> list[UnitResult]:
+    """Run ``units`` one after the other in this process (those no other process has claimed);
+    a step that is not available goes into ``skipped``. ``report`` gets the results so far after
+    each unit."""
+    progress = ctx.progress
+    total = len(numbers)
+    results: list[UnitResult] = []
+    for unit in units:
+        if not ctx.claim(unit.key):
+            continue
+        name, step, i = unit.step, steps[unit.step], numbers[unit.step]
+        label = name if unit.part is None else f"{name} ({unit.part})"
         if step.available is not None and not step.available():
-            skipped[name] = "verb not available in this build"
-            progress.log(f"- [{i}/{total}] {name}: skipped (verb not available)")
+            if name not in skipped:
+                skipped[name] = "verb not available in this build"
+                progress.log(f"- [{i}/{total}] {name}: skipped (verb not available)")
             continue
-        progress.log(f"> [{i}/{total}] {name}{where}: {step.description}")
-        progress.stage(f"step {i}/{total} {name}")
+        progress.log(f"> [{i}/{total}] {label}{where}: {step.description}")
+        progress.stage(f"step {i}/{total} {label}")
         ts, cs = time.perf_counter(), cpu_now()
         try:
             if step.needs_testbed:
                 ctx.need_testbed()
-            new = step.fn(ctx)
+            new = step.run(ctx, unit.part)
         except StepFailed as err:
-            new = [DemoRow(step=name, model="-", note=str(err), ok=False)]
+            new = [DemoRow(step=label, model="-", note=str(err), ok=False)]
         except Exception as err:  # noqa: BLE001 - one broken step must not hide the others' rows
-            new = [DemoRow(step=name, model="-", note=f"{type(err).__name__}: {err}", ok=False)]
+            new = [DemoRow(step=label, model="-", note=f"{type(err).__name__}: {err}", ok=False)]
         dt, dc = time.perf_counter() - ts, cpu_now() - cs
         for r in new:
             r.step_name = name
         ok = all(r.ok for r in new)
-        timings.append(StepTiming(name=name, seconds=round(dt, 1), ok=ok, rows=len(new), cpu_seconds=round(dc, 1)))
-        rows.extend(new)
-        progress.log(f"{'ok' if ok else 'FAILED'} [{i}/{total}] {name}{where} in {dt:.0f} s, {dc:.0f} CPU-s ({len(new)} row(s))")
+        results.append(UnitResult(name, unit.part, new, round(dt, 1), round(dc, 1)))
+        progress.log(f"{'ok' if ok else 'FAILED'} [{i}/{total}] {label}{where} in {dt:.0f} s, {dc:.0f} CPU-s ({len(new)} row(s))")
         if report is not None:
-            report(rows, timings, skipped)
-    return rows, timings, skipped
+            report(results)
+    return results
 
 
 class _threads:
@@ -577,18 +622,18 @@ WORKER_LOG = "demo-log: "
 
 
 class _SideWorker:
-    """The second process of ``jobs=2``: ``python -m llmguard.cli.demo_worker`` runs the steps it
-    claims (see :func:`run_demo`); its log lines go to this demo's display as they come, its rows
-    and timings come back as JSON (written after every step)."""
+    """The second process of ``jobs=2``: ``python -m llmguard.cli.demo_worker`` runs the units it
+    claims (see :func:`run_demo`); its log lines go to this demo's display as they come, its
+    results come back as JSON (written after every unit)."""
 
-    def __init__(self, steps: dict[str, DemoStep], numbers: dict[str, int], *, seed: int, testbed_dir: Path | None,
-                 work: Path, device: str, isolated: bool, progress: Progress) -> None:
+    def __init__(self, steps: dict[str, DemoStep], units: list[Unit], numbers: dict[str, int], *, seed: int,
+                 testbed_dir: Path | None, work: Path, device: str, isolated: bool, progress: Progress) -> None:
         import threading
 
         self.result = work / SHARED_DIR / "worker.json"
-        config = {"steps": list(schedule(steps, testbed_first=False)), "numbers": numbers, "seed": seed,
-                  "testbed": None if testbed_dir is None else str(testbed_dir), "work": str(work), "device": device,
-                  "isolated": isolated, "result": str(self.result)}
+        config = {"units": [[u.step, u.part] for u in schedule(steps, units, testbed_first=False)], "numbers": numbers,
+                  "seed": seed, "testbed": None if testbed_dir is None else str(testbed_dir), "work": str(work),
+                  "device": device, "isolated": isolated, "result": str(self.result)}
         self.proc = subprocess.Popen([sys.executable, "-m", "llmguard.cli.demo_worker", json.dumps(config)],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                      env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -605,22 +650,23 @@ class _SideWorker:
         self.reader = threading.Thread(target=forward, daemon=True)
         self.reader.start()
 
-    def wait(self) -> tuple[list[DemoRow], list[StepTiming], dict[str, str]]:
+    def wait(self, skipped: dict[str, str]) -> list[UnitResult]:
         code = self.proc.wait()
         self.reader.join()
         try:
             doc = json.loads(self.result.read_text())
         except (OSError, ValueError):
-            doc = {"rows": [], "timings": [], "skipped": {}, "running": None}
-        rows = [DemoRow(**r) for r in doc["rows"]]
-        timings = [StepTiming(**t) for t in doc["timings"]]
+            doc = {"results": [], "skipped": {}, "running": None}
+        skipped.update(doc["skipped"])
+        results = [UnitResult(r["step"], r["part"], [DemoRow(**row) for row in r["rows"]], r["seconds"], r["cpu_seconds"])
+                   for r in doc["results"]]
         running = doc.get("running")
-        if code != 0 and running:  # it died inside a step: that step's row says so
+        if code != 0 and running:  # it died inside a unit: that unit's row says so
             lines = [ln.strip() for ln in self.stderr if ln.strip()]
             why = f"the demo's second process exited {code}: {lines[-1] if lines else 'no message'}"
-            rows.append(DemoRow(step=running, model="-", note=why, ok=False, step_name=running))
-            timings.append(StepTiming(name=running, seconds=0.0, ok=False, rows=1))
-        return rows, timings, doc["skipped"]
+            results.append(UnitResult(running[0], running[1], [DemoRow(step=running[0], model="-", note=why, ok=False,
+                                                                       step_name=running[0])], 0.0, 0.0))
+        return results
 
     def stop(self) -> None:
         """End the second process if it still runs (this one failed or was interrupted)."""

@@ -39,43 +39,52 @@ class _LogLines:
 def main(argv: list[str] | None = None) -> None:
     import torch
 
-    from llmguard.cli.demo_runner import DemoContext, load_steps, run_steps
+    from llmguard.cli.demo_runner import DemoContext, Unit, load_steps, run_units
 
     config = json.loads((argv if argv is not None else sys.argv[1:])[0])
     torch.set_num_threads(1)
-    registry = load_steps()
+    steps = load_steps()
     # in the order the demo gave (its schedule); a step registered only in the demo's process (a
     # test's) is left to that process
-    steps = {k: registry[k] for k in config["steps"] if k in registry}
+    units = [Unit(step, part, 0.0) for step, part in config["units"] if step in steps]
     out = Path(config["result"])
+    skipped: dict[str, str] = {}
+    done: list = []
+
+    def report(running: list | None = None) -> None:
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps({"results": [asdict(r) for r in done], "skipped": skipped, "running": running}))
+        tmp.replace(out)
+
+    class _Tracking(_LogLines):
+        def stage(self, name: str, total: int | None = None) -> None:
+            report(running=current[0])
+
+    current: list = [None]
+
+    def after_unit(results) -> None:
+        done[:] = results
+        report()
 
     def loader():
         from llmguard.testbed import build
 
         return build(config["testbed"], seed=config["seed"])  # waits for the demo's build (file lock), then reuses it
 
-    ctx = DemoContext(testbed=None, work=Path(config["work"]), device=config["device"], progress=_LogLines(),
+    ctx = DemoContext(testbed=None, work=Path(config["work"]), device=config["device"], progress=_Tracking(),
                       isolated=config["isolated"], env={"OMP_NUM_THREADS": "1"}, share_files=True, testbed_loader=loader)
+    original_claim = ctx.claim
 
-    def report(rows, timings, skipped, running=None) -> None:
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps({"rows": [asdict(r) for r in rows], "timings": [asdict(t) for t in timings],
-                                   "skipped": skipped, "running": running}))
-        tmp.replace(out)
+    def claim(key: str) -> bool:
+        ok = original_claim(key)
+        if ok:
+            step, _, part = key.partition("@")
+            current[0] = [step, part or None]
+        return ok
 
-    class _Tracking(_LogLines):
-        def stage(self, name: str, total: int | None = None) -> None:
-            report(done[0], done[1], done[2], running=name.split(" ", 2)[-1])
-
-    done: list = [[], [], {}]
-
-    def after_step(rows, timings, skipped) -> None:
-        done[:] = [list(rows), list(timings), dict(skipped)]
-        report(rows, timings, skipped)
-
-    ctx.progress = _Tracking()
-    run_steps(ctx, steps, config["numbers"], where=" (2nd process)", report=after_step)
-    report(*done)
+    ctx.claim = claim  # type: ignore[method-assign]
+    run_units(ctx, steps, units, config["numbers"], skipped, where=" (2nd process)", report=after_unit)
+    report()
 
 
 if __name__ == "__main__":

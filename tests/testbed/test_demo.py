@@ -109,8 +109,11 @@ def test_two_process_schedule_starts_with_what_each_can_run_longest_first():
     from llmguard.cli.demo_runner import load_steps, schedule
 
     steps = load_steps()
-    main, second = list(schedule(steps, testbed_first=True)), list(schedule(steps, testbed_first=False))
-    side = [k for k, v in steps.items() if not v.needs_testbed]
-    assert set(side) == {"judge-hdc", "watermark-radioactivity", "watermark-attacks"}
-    assert second[:len(side)] == sorted(side, key=lambda k: -steps[k].cost) and set(main[-len(side):]) == set(side)
-    assert sorted(main) == sorted(second) == sorted(steps)
+    units = [u for step in steps.values() for u in step.units()]
+    main, second = schedule(steps, units, testbed_first=True), schedule(steps, units, testbed_first=False)
+    side = [u for u in units if not steps[u.step].needs_testbed]
+    assert {u.step for u in side} == {"judge-hdc", "watermark-radioactivity", "watermark-attacks"}
+    assert second[:len(side)] == sorted(side, key=lambda u: -u.cost) and set(main[-len(side):]) == set(side)
+    assert main[0].key == "realign-somf@finetuned-lora"  # the longest unit first
+    assert sorted(u.key for u in main) == sorted(u.key for u in second) == sorted(u.key for u in units)
+    assert len({u.key for u in units}) == len(units) == 18  # every step's parts are distinct units
