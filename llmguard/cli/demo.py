@@ -38,7 +38,7 @@ def demo_command(options: DemoOptions, *, list_steps: bool = False, json_output:
     progress = make_progress(pinned=True)
     try:
         result = run_demo(seed=options.seed, testbed_dir=options.testbed, work=options.out, device=options.device, only=options.only,
-                          progress=progress, isolated=options.isolated, jobs=options.jobs or default_jobs())
+                          progress=progress, isolated=options.isolated, jobs=options.jobs or default_jobs(), fresh=options.fresh)
     finally:
         progress.close()
     if json_output:

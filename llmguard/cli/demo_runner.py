@@ -52,9 +52,12 @@ class DemoOptions(Options):
                               panel=PANEL_OUTPUT)
     steps: str | None = option(None, help="Comma-separated subset of steps to run (default: all available).")
     device: str = option("cpu", help="Device for the verbs: cpu, cuda, auto.", envvar="LLMGUARD_DEVICE")
-    jobs: int = option(0, help="Processes for the steps: 1 runs every step in this process; 2 runs the steps that need no "
-                               "Llama testbed (judge-hdc, the watermark steps) in a second process beside the testbed build "
-                               "and the other steps, both with one torch thread (default: 2 on two cores or more, else 1).")
+    jobs: int = option(0, help="Processes for the steps. 1: one after the other, in this process. 2: a second process "
+                               "starts with the steps that need no Llama testbed while this one builds or reuses it, then "
+                               "both take the next step (or part of one) nobody took, longest first, each with one torch "
+                               "thread. 0: 2 on two cores or more, else 1.")
+    fresh: bool = option(False, help="Run every command again: reuse no stored result (the watermark attacks' results "
+                                     "are reused when every input byte, flag, the code and the library versions match).")
     isolated: bool = option(False, help="Run every verb in its own `python -m llmguard` subprocess (slower: torch is "
                                         "imported per command) instead of in the demo's process.")
 
@@ -126,6 +129,8 @@ class DemoContext:
     #: two processes share this run: steps are claimed, input evaluations shared, through files
     #: in ``work/.demo-run`` (``jobs=2``)
     share_files: bool = False
+    #: run every command, reusing no stored result (``demo --fresh``; see :meth:`cli_reusable`)
+    fresh: bool = False
     #: how the second process gets the testbed when it claims a step that needs it
     testbed_loader: Callable[[], Any] | None = None
 
@@ -161,6 +166,27 @@ class DemoContext:
             except json.JSONDecodeError:
                 raise StepFailed(f"`llmguard {' '.join(map(str, args[:2]))}` printed no JSON") from None
         return out
+
+    def cli_reusable(self, *args: object, output: Path) -> tuple[Any, str | None]:
+        """:meth:`cli` for a command whose result may be reused (:mod:`llmguard.cli.demo_cache`):
+        ``(document, None)`` when it ran, ``(document, key)`` when the stored result of the
+        identical command (every argument, the bytes of every input, the code, the library
+        versions) was reused and its output directory copied to ``output``. ``args`` hold
+        ``-o OUTPUT`` as every other command; the key leaves the output path out."""
+        from llmguard.cli import demo_cache
+
+        argv = [str(a) for a in args]
+        keyed = [("<output>" if a == str(output) else a) for a in argv]
+        key = None if self.fresh else demo_cache.command_key(keyed)
+        if key is not None:
+            doc = demo_cache.load(key, output)
+            if doc is not None:
+                self.progress.log(f"  reused the stored result of `llmguard {' '.join(map(_short, argv[:2]))}` (key {key[:12]})")
+                return doc, key
+        doc = self.cli(*args)
+        if key is not None:
+            demo_cache.store(key, doc, output)
+        return doc, None
 
     def eval_safety(self, model: Path | str, *, adapter: Path | str | None = None, task: str = "sst2",
                     judge: str | None = None, records: Path | None = None) -> dict:
@@ -473,7 +499,7 @@ def default_jobs() -> int:
 
 def run_demo(*, seed: int = 0, testbed_dir: Path | None = None, work: Path | None = None, device: str = "cpu",
              only: list[str] | None = None, progress: Progress | None = None, isolated: bool = False,
-             jobs: int = 1) -> DemoResult:
+             jobs: int = 1, fresh: bool = False) -> DemoResult:
     """Build or reuse the testbed, then run the registered steps.
 
     ``progress`` gets the testbed build's stages, then one stage per step (named ``step i/n``,
@@ -504,7 +530,7 @@ def run_demo(*, seed: int = 0, testbed_dir: Path | None = None, work: Path | Non
         shutil.rmtree(work / SHARED_DIR, ignore_errors=True)
         (work / SHARED_DIR).mkdir()
     worker = _SideWorker(steps, units, numbers, seed=seed, testbed_dir=testbed_dir, work=work, device=device,
-                         isolated=isolated, progress=progress) if two else None
+                         isolated=isolated, fresh=fresh, progress=progress) if two else None
     skipped: dict[str, str] = {}
     try:
         with _threads(1 if two else None):
@@ -513,7 +539,7 @@ def run_demo(*, seed: int = 0, testbed_dir: Path | None = None, work: Path | Non
             tb_seconds, tb_cpu = time.perf_counter() - t0, cpu_now() - c0
             progress.log(f"testbed ready ({tb_seconds:.0f} s): {tb.root}")
             ctx = DemoContext(testbed=tb, work=work, device=device, progress=progress, isolated=isolated,
-                              env={"OMP_NUM_THREADS": "1"} if two else {}, share_files=two)
+                              env={"OMP_NUM_THREADS": "1"} if two else {}, share_files=two, fresh=fresh)
             results = run_units(ctx, steps, schedule(steps, units, testbed_first=True) if two else units, numbers, skipped)
             if worker is not None:
                 progress.stage("waiting for the second process")
@@ -627,13 +653,13 @@ class _SideWorker:
     results come back as JSON (written after every unit)."""
 
     def __init__(self, steps: dict[str, DemoStep], units: list[Unit], numbers: dict[str, int], *, seed: int,
-                 testbed_dir: Path | None, work: Path, device: str, isolated: bool, progress: Progress) -> None:
+                 testbed_dir: Path | None, work: Path, device: str, isolated: bool, fresh: bool, progress: Progress) -> None:
         import threading
 
         self.result = work / SHARED_DIR / "worker.json"
         config = {"units": [[u.step, u.part] for u in schedule(steps, units, testbed_first=False)], "numbers": numbers,
                   "seed": seed, "testbed": None if testbed_dir is None else str(testbed_dir), "work": str(work),
-                  "device": device, "isolated": isolated, "result": str(self.result)}
+                  "device": device, "isolated": isolated, "fresh": fresh, "result": str(self.result)}
         self.proc = subprocess.Popen([sys.executable, "-m", "llmguard.cli.demo_worker", json.dumps(config)],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                      env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> None:
         return build(config["testbed"], seed=config["seed"])  # waits for the demo's build (file lock), then reuses it
 
     ctx = DemoContext(testbed=None, work=Path(config["work"]), device=config["device"], progress=_Tracking(),
-                      isolated=config["isolated"], env={"OMP_NUM_THREADS": "1"}, share_files=True, testbed_loader=loader)
+                      isolated=config["isolated"], env={"OMP_NUM_THREADS": "1"}, share_files=True, fresh=config["fresh"],
+                      testbed_loader=loader)
     original_claim = ctx.claim
 
     def claim(key: str) -> bool:

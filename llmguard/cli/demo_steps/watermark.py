@@ -65,7 +65,9 @@ def watermark_attacks(ctx: DemoContext, label: str) -> list[DemoRow]:
     tb = tw.build()
     mode, weak = ATTACKS[label]
     out = ctx.work / f"watermark-{mode}{'-weak' if weak else ''}"
-    doc = ctx.cli("watermark", *tb.attack_args(mode, weak=weak), "-o", out, "--force", "--json")
+    # the attack's result is reused when the identical command ran before (llmguard.cli.demo_cache):
+    # the note says so, `llmguard demo --fresh` runs it again
+    doc, reused = ctx.cli_reusable("watermark", *tb.attack_args(mode, weak=weak), "-o", out, "--force", "--json", output=out)
     new = doc["models"][mode]
     before = doc["models"]["student"]
     return [DemoRow(
@@ -73,4 +75,5 @@ def watermark_attacks(ctx: DemoContext, label: str) -> list[DemoRow]:
         watermark_z=round(new["median_z"], 2), before={"watermark_z": round(before["median_z"], 2)},
         artefact=str(out / "student"),
         note=f"two-sided median p {new['median_p_two_sided']:.2g}; clean-text perplexity "
-             f"x{new['perplexity_vs_student']:.2f} of the input student's")]
+             f"x{new['perplexity_vs_student']:.2f} of the input student's"
+             + (f"; reused: the stored result of this identical command (key {reused[:12]}; --fresh reruns it)" if reused else ""))]
