@@ -1,8 +1,10 @@
 """``llmguard demo``: build (or reuse) the testbed and run the verbs end to end, one table.
 
 The demo is a registry of *steps*. A step is one small function, registered by name, that runs
-one verb on the testbed (through the real CLI, in a subprocess, exactly as a user would) and
-returns rows for the before/after table::
+one verb on the testbed (through the real CLI: the console script's Typer app, its parsing,
+error handling and exit codes, run in the demo's process so torch is imported once; ``--isolated``
+runs each command as its own ``python -m llmguard`` subprocess instead) and returns rows for the
+before/after table::
 
     from llmguard.cli.demo_runner import DemoRow, register_step
 
@@ -19,6 +21,11 @@ Steps live in modules under ``llmguard/cli/demo_steps/``; every module there is 
 the demo runs, so adding a verb's row means adding one file. A step may declare ``available``
 (e.g. "the verb is registered") and is then skipped, with a note, when it returns False. A step
 that fails produces a row saying so; the others still run.
+
+On two cores (``jobs=2``, :func:`run_demo`) a second process runs steps beside the first: a
+step declares ``needs_testbed=False`` when it uses no Llama-testbed artefact (it can then run
+while the testbed builds), ``cost`` (its CPU seconds: longest first) and ``parts`` (independent
+parts, ``fn(ctx, part)``, which the two processes may share).
 """
 
 from __future__ import annotations
