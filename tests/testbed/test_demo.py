@@ -95,14 +95,15 @@ def test_in_process_second_process_and_isolated_runs_give_the_same_rows(testbed,
                 for r in res.rows]
 
     fast = demo.run_demo(work=tmp_path / "fast", only=["resta", "hdc"], jobs=2, progress=Logs())
-    slow = demo.run_demo(work=tmp_path / "isolated", only=["resta", "hdc"], jobs=1, isolated=True)
-    assert fast.ok and slow.ok, [r.note for r in fast.rows + slow.rows if not r.ok]
-    assert rows(fast, tmp_path / "fast") == rows(slow, tmp_path / "isolated")
+    isolated = demo.run_demo(work=tmp_path / "slow", only=["resta"], jobs=1, isolated=True)  # 3 subprocesses
+    one = demo.run_demo(work=tmp_path / "slow", only=["hdc"], jobs=1)  # one process, in-process
+    assert fast.ok and isolated.ok and one.ok, [r.note for r in fast.rows + isolated.rows + one.rows if not r.ok]
+    assert rows(fast, tmp_path / "fast") == rows(isolated, tmp_path / "slow") + rows(one, tmp_path / "slow")
     assert [s.name for s in fast.steps] == ["realign-resta", "judge-hdc"]  # the registry's order, each step once
     for name in ("realign-resta", "judge-hdc"):  # run by one of the two processes (whichever took it first)
         assert sum(line.startswith("ok [") and f"] {name} " in line for line in Logs.lines) == 1, Logs.lines
     assert not (tmp_path / "fast" / demo.SHARED_DIR).exists()  # the run's claims are cleaned up
-    assert all(s.cpu_seconds is not None and s.cpu_seconds > 0 for s in fast.steps + slow.steps)
+    assert all(s.cpu_seconds is not None and s.cpu_seconds > 0 for s in fast.steps + isolated.steps + one.steps)
 
 
 def test_two_process_schedule_starts_with_what_each_can_run_longest_first():
