@@ -15,7 +15,7 @@ CPU vector path, ``provenance.build_key``)::
     guard/                     Llama-Guard-layout moderation model (safe / unsafe + category)
     data/*.jsonl               splits (see ``llmguard.testbed.data``) and the training mixtures;
                                EVAL_ONLY_DATA files are (re)written on reuse when missing
-    testbed.json               version, seed, hyper-parameters, timings, paths (written last)
+    testbed.json               version, seed, hyper-parameters, wall and CPU timings, paths (written last)
 
 The two alignment stages follow the NLSR paper's code (its LLaMA-Factory configs): its aligned model
 is an SFT-merged model plus a DPO LoRA, and the harmful fine-tune continues that DPO adapter. With a
@@ -458,5 +458,5 @@ def _build_into(root: Path, seed: int, hp: HParams, progress: Progress) -> dict:
         "final_losses": {k: round(sum(v[-20:]) / len(v[-20:]), 4) for k, v in losses.items()},
         "poison_examples": len(poison),
         "finetune_examples": len(finetune_mix),
-        "params": sum(p.numel() for p in LlamaForCausalLM.from_pretrained(base_path).parameters()),
+        "params": sum(p.numel() for p in base.parameters()),  # the base trained above (no reload from disk)
     }
