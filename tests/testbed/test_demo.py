@@ -118,3 +118,34 @@ def test_two_process_schedule_starts_with_what_each_can_run_longest_first():
     assert main[0].key == "realign-somf@finetuned-lora"  # the longest unit first
     assert sorted(u.key for u in main) == sorted(u.key for u in second) == sorted(u.key for u in units)
     assert len({u.key for u in units}) == len(units) == 18  # every step's parts are distinct units
+
+
+def test_stored_result_key_covers_every_input_byte_and_flag(tmp_path, monkeypatch):
+    """A stored demo result is reused only for the identical command: another flag value, one
+    changed byte of an input file, or a changed file in an input directory gives another key."""
+    from llmguard.cli import demo_cache
+
+    monkeypatch.setenv("LLMGUARD_CACHE", str(tmp_path / "cache"))
+    data, model = tmp_path / "prompts.jsonl", tmp_path / "student"
+    data.write_text('{"prompt": "a"}\n')
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"\x00" * 64)
+    args = ["watermark", "scrub", "--prompts", str(data), "--student", str(model), "--beta", "0.5", "-o", "<output>"]
+    key = demo_cache.command_key(args)
+    assert demo_cache.command_key(list(args)) == key
+    assert demo_cache.command_key([a if a != "0.5" else "0.6" for a in args]) != key
+    data.write_text('{"prompt": "b"}\n')
+    assert demo_cache.command_key(args) != key
+    data.write_text('{"prompt": "a"}\n')
+    (model / "model.safetensors").write_bytes(b"\x00" * 63 + b"\x01")
+    assert demo_cache.command_key(args) != key
+    (model / "model.safetensors").write_bytes(b"\x00" * 64)
+    assert demo_cache.command_key(args) == key
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "result.txt").write_text("measured")
+    assert demo_cache.load(key, tmp_path / "again") is None  # nothing stored yet
+    demo_cache.store(key, {"z": 1.5}, out)
+    assert demo_cache.load(key, tmp_path / "again") == {"z": 1.5}
+    assert (tmp_path / "again" / "result.txt").read_text() == "measured"  # the output directory comes back
+    assert demo_cache.load(demo_cache.command_key(args[:-2]), tmp_path / "other") is None
