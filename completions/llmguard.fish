@@ -12,6 +12,9 @@ complete -c llmguard -n '__fish_seen_subcommand_from demo' -l testbed -d 'Testbe
 complete -c llmguard -n '__fish_seen_subcommand_from demo' -l out -s o -d 'Where the demo writes its artefacts (default: $LLMGUARD_CACHE/demo/seed<N>).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from demo' -l steps -d 'Comma-separated subset of steps to run (default: all available).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from demo' -l device -d 'Device for the verbs: cpu, cuda, auto.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from demo' -l jobs -d 'Processes for the steps. 1: one after the other, in this process. 2: a second process starts with the steps that need no Llama testbed while this one builds or reuses it, then both take the next step (or part of one) nobody took, longest first, each with one torch thread. 0: 2 on two cores or more, else 1.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from demo' -l fresh -d 'Run every command again: reuse no stored result (the watermark attacks results are reused when every input byte, flag, the code and the library versions match).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from demo' -l isolated -d 'Run every verb in its own `python -m llmguard` subprocess (slower: torch is imported per command) instead of in the demos process.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from demo' -l list -d 'List the registered steps and exit.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from demo' -l json -d 'Print one JSON document on stdout instead of a table.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from demo' -l help -s h -d 'Show help and exit.' -F

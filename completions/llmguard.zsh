@@ -5,7 +5,7 @@ autoload -U +X bashcompinit && bashcompinit
 _llmguard_words() {
     case "$1" in
         "") echo "demo diff eval inspect realign testbed watermark --quiet -q --verbose -v --version --help -h" ;;
-        "demo") echo "--seed --testbed --out -o --steps --device --list --json --help -h" ;;
+        "demo") echo "--seed --testbed --out -o --steps --device --jobs --fresh --isolated --list --json --help -h" ;;
         "diff") echo "--base --device --top --json --allow-pickle --help -h" ;;
         "eval") echo "ace-m3 agree hdc safety --help -h" ;;
         "eval ace-m3") echo "--judge --backend --load-in-4bit --load-in-8bit --trust-remote-code --template --prompt-format --max-new-tokens --retries --retry-temperature --seed --id-field --question-field --answer-field --reference-field --group-field --keep-field --skip-bad --limit --device --dtype --batch-size --cache --no-cache --force --max-unparsed --fail-below --output -o --resume --no-reference --branch --conclusion --text-only-judge --merge --scale --image-field --json --help -h" ;;

@@ -19,7 +19,7 @@ def demo_command(options: DemoOptions, *, list_steps: bool = False, json_output:
 
     Example: llmguard demo
     """
-    from llmguard.cli.demo_runner import load_steps, run_demo
+    from llmguard.cli.demo_runner import default_jobs, load_steps, run_demo
 
     if list_steps:
         listed = [{"name": name, "aliases": list(step.aliases), "description": step.description,
@@ -33,10 +33,12 @@ def demo_command(options: DemoOptions, *, list_steps: bool = False, json_output:
         return
     from llmguard.cli.progress import make_progress
 
-    progress = make_progress()
+    # the display's console writes to this terminal's stderr: the verbs the demo runs in-process
+    # get their stdout and stderr captured, the display must not be captured with them
+    progress = make_progress(pinned=True)
     try:
         result = run_demo(seed=options.seed, testbed_dir=options.testbed, work=options.out, device=options.device, only=options.only,
-                          progress=progress)
+                          progress=progress, isolated=options.isolated, jobs=options.jobs or default_jobs(), fresh=options.fresh)
     finally:
         progress.close()
     if json_output:

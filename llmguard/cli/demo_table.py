@@ -23,6 +23,8 @@ LEGEND: dict[str, str] = {
     "guard=kw %": "wm z / judge column: share of harmful-prompt verdicts on which the guard model agrees with the keyword judge; higher is better",
     "r": "wm z / judge column: mean Pearson r of the judge's scores against the known labels; higher is better",
     "a → b": "the input model's number → the number of the model the step wrote",
+    "reused": "a note saying 'reused' marks the stored result of the identical command (same flags, same bytes of every "
+              "input, same code and library versions: llmguard/cli/demo_cache.py); `llmguard demo --fresh` runs it again",
 }
 
 _COLUMNS = (("harmful %", 11), ("refusal %", 11), ("task %", 16), ("wm z / judge", 13))

@@ -10,6 +10,9 @@ off by the root command unless ``-v``, so this display is the only one.
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -44,7 +47,7 @@ class RateEtaColumn(ProgressColumn):
 class RichStageProgress:
     """One bar for the current stage, on stderr; finished stages leave their final bar behind."""
 
-    def __init__(self) -> None:
+    def __init__(self, console: Any = None) -> None:
         # elapsed time first: on a narrow terminal Rich shortens the last columns, and what must
         # stay visible is that time moves on and what is running
         self._bar = RichProgress(
@@ -54,7 +57,7 @@ class RichStageProgress:
             BarColumn(bar_width=16),
             MofNCompleteColumn(),
             RateEtaColumn(),
-            console=stderr,
+            console=console or stderr,
             transient=False,
         )
         self._bar.start()
@@ -102,6 +105,18 @@ class RichStageProgress:
             self._running = False
 
 
-def make_progress() -> Progress:
-    """A Rich progress on a TTY unless ``-q``; silent otherwise."""
-    return RichStageProgress() if progress_enabled() else NullProgress()
+def make_progress(*, pinned: bool = False) -> Progress:
+    """A Rich progress on a TTY unless ``-q``; silent otherwise.
+
+    ``pinned``: the display writes to the stderr of this moment (not to whatever ``sys.stderr``
+    is later), so a caller that captures ``sys.stderr`` around an in-process command (the demo)
+    keeps its display on the terminal."""
+    if not progress_enabled():
+        return NullProgress()
+    if not pinned:
+        return RichStageProgress()
+    from rich.console import Console
+
+    real = getattr(sys.stderr, "rich_proxied_file", sys.stderr)
+    return RichStageProgress(Console(file=real, highlight=False, force_terminal=stderr.is_terminal,
+                                     no_color=stderr.no_color))

@@ -15,7 +15,7 @@ CPU vector path, ``provenance.build_key``)::
     guard/                     Llama-Guard-layout moderation model (safe / unsafe + category)
     data/*.jsonl               splits (see ``llmguard.testbed.data``) and the training mixtures;
                                EVAL_ONLY_DATA files are (re)written on reuse when missing
-    testbed.json               version, seed, hyper-parameters, timings, paths (written last)
+    testbed.json               version, seed, hyper-parameters, wall and CPU timings, paths (written last)
 
 The two alignment stages follow the NLSR paper's code (its LLaMA-Factory configs): its aligned model
 is an SFT-merged model plus a DPO LoRA, and the harmful fine-tune continues that DPO adapter. With a
@@ -270,10 +270,15 @@ def _build_into(root: Path, seed: int, hp: HParams, progress: Progress) -> dict:
     from llmguard.testbed.train import encode_pairs, lora_config, model_config, train_dpo, train_sft
 
     timings: dict[str, float] = {}
-    t_all = time.perf_counter()
+    cpu: dict[str, float] = {}  # CPU seconds of each artefact (robust to other load, unlike the wall time)
+    t_all, c_all = time.perf_counter(), time.process_time()
+    c_last = [c_all]
 
     def tick(name: str, t0: float) -> None:
         timings[name] = round(time.perf_counter() - t0, 2)
+        now = time.process_time()
+        cpu[name] = round(now - c_last[0], 2)
+        c_last[0] = now
 
     # ---- data
     t0 = time.perf_counter()
@@ -441,6 +446,7 @@ def _build_into(root: Path, seed: int, hp: HParams, progress: Progress) -> dict:
     tick("guard", t0)
 
     timings["total"] = round(time.perf_counter() - t_all, 2)
+    cpu["total"] = round(time.process_time() - c_all, 2)
     progress.close()
     return {
         "version": TESTBED_VERSION,
@@ -449,10 +455,11 @@ def _build_into(root: Path, seed: int, hp: HParams, progress: Progress) -> dict:
         "environment": provenance.environment(),
         "hparams": asdict(hp),
         "timings_s": timings,
+        "cpu_s": cpu,
         "final_losses": {k: round(sum(v[-20:]) / len(v[-20:]), 4) for k, v in losses.items()},
         "poison_examples": len(poison),
         "finetune_examples": len(finetune_mix),
-        "params": sum(p.numel() for p in LlamaForCausalLM.from_pretrained(base_path).parameters()),
+        "params": sum(p.numel() for p in base.parameters()),  # the base trained above (no reload from disk)
         "fingerprints": fingerprints(root),
     }
 

@@ -38,7 +38,7 @@ NOT_RUN = {
 }
 #: appended to long examples so they run on small settings (the example's flags stay as written)
 SMALL = {
-    "llmguard demo": ["--steps", "resta"],  # the full demo is about 6 min; `--steps` picks one step
+    "llmguard demo": ["--steps", "resta"],  # the full demo is minutes long; `--steps` picks one step
     "llmguard realign somf": ["--steps", "2"],  # 150 mask-training steps by default
     "llmguard watermark generate": ["--max-new-tokens", "8"],
     "llmguard watermark scrub": ["--max-new-tokens", "8", "--eval-max-new-tokens", "8"],

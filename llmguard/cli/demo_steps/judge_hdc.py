@@ -7,7 +7,8 @@ from llmguard.cli.demo_runner import DemoContext, DemoRow, register_step, verb_e
 
 
 @register_step("judge-hdc", order=60, aliases=("hdc",), description="eval hdc with the tiny judge, eval agree against the known labels",
-               available=lambda: verb_exists("eval", "hdc") and verb_exists("eval", "agree"))
+               available=lambda: verb_exists("eval", "hdc") and verb_exists("eval", "agree"), needs_testbed=False,
+               cost=6)
 def judge_hdc(ctx: DemoContext) -> list[DemoRow]:
     from llmguard.testbed import judge as tj
 

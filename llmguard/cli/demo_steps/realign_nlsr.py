@@ -30,8 +30,9 @@ def _searched(ctx: DemoContext, common: list, out, grid: str, model: str) -> lis
 
 
 @register_step("realign-nlsr", order=31, aliases=("nlsr",), description="realign nlsr on finetuned-lora (defaults, then chosen on DEV) and finetuned-full (chosen on DEV), then eval safety",
-               available=lambda: verb_exists("realign", "nlsr"))
-def nlsr(ctx: DemoContext) -> list[DemoRow]:
+               available=lambda: verb_exists("realign", "nlsr"), cost=17,
+               parts=("finetuned-lora defaults", "finetuned-lora --search", "finetuned-full --search"))
+def nlsr(ctx: DemoContext, part: str) -> list[DemoRow]:
     tb = ctx.testbed
 
     def inputs(finetuned, aligned) -> list:
@@ -39,9 +40,10 @@ def nlsr(ctx: DemoContext) -> list[DemoRow]:
                 "--calibration", tb.data["safety_refusal_sft"], "--force", "--device", ctx.device, "--json"]
 
     lora, full = inputs(tb.finetuned_lora, tb.aligned_lora), inputs(tb.finetuned_full, tb.aligned)
-    out = ctx.work / "nlsr-finetuned-lora"
-    doc = ctx.cli("realign", "nlsr", *lora, "-o", out)
-    rows = [_row(ctx, "defaults", out, doc["modules_patched"])]
-    rows += _searched(ctx, lora, ctx.work / "nlsr-finetuned-lora-searched", SEARCH_GRID, "finetuned-lora")
-    rows += _searched(ctx, full, ctx.work / "nlsr-finetuned-full-searched", FULL_SEARCH_GRID, "finetuned-full")
-    return rows
+    if part == "finetuned-lora defaults":
+        out = ctx.work / "nlsr-finetuned-lora"
+        doc = ctx.cli("realign", "nlsr", *lora, "-o", out)
+        return [_row(ctx, "defaults", out, doc["modules_patched"])]
+    if part == "finetuned-lora --search":
+        return _searched(ctx, lora, ctx.work / "nlsr-finetuned-lora-searched", SEARCH_GRID, "finetuned-lora")
+    return _searched(ctx, full, ctx.work / "nlsr-finetuned-full-searched", FULL_SEARCH_GRID, "finetuned-full")

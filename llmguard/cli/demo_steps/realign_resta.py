@@ -8,7 +8,7 @@ GAMMA = 0.5
 
 
 @register_step("realign-resta", order=30, aliases=("resta",), description="realign resta on finetuned-full, then eval safety",
-               available=lambda: verb_exists("realign", "resta"))
+               available=lambda: verb_exists("realign", "resta"), cost=1.3)
 def resta(ctx: DemoContext) -> list[DemoRow]:
     tb = ctx.testbed
     out = ctx.work / "resta-finetuned-full"

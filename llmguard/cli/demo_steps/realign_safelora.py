@@ -7,7 +7,7 @@ from llmguard.cli.demo_runner import DemoContext, DemoRow, before_of, register_s
 
 
 @register_step("realign-safelora", order=33, aliases=("safelora",), description="realign safelora (threshold 0.5) on finetuned-lora, then eval safety",
-               available=lambda: verb_exists("realign", "safelora"))
+               available=lambda: verb_exists("realign", "safelora"), cost=1.4)
 def safelora(ctx: DemoContext) -> list[DemoRow]:
     tb = ctx.testbed
     out = ctx.work / "safelora-finetuned-lora"

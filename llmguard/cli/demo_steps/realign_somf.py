@@ -7,15 +7,13 @@ from llmguard.cli.demo_runner import DemoContext, DemoRow, before_of, register_s
 
 
 @register_step("realign-somf", order=32, aliases=("somf",), description="realign somf (defaults) on finetuned-lora and finetuned-full, then eval safety",
-               available=lambda: verb_exists("realign", "somf"))
-def somf(ctx: DemoContext) -> list[DemoRow]:
+               available=lambda: verb_exists("realign", "somf"), cost=64, parts=("finetuned-lora", "finetuned-full"))
+def somf(ctx: DemoContext, model: str) -> list[DemoRow]:
     tb = ctx.testbed
-    rows = []
-    for model, finetuned, aligned in (("finetuned-lora", tb.finetuned_lora, tb.aligned_lora), ("finetuned-full", tb.finetuned_full, tb.aligned)):
-        out = ctx.work / f"somf-{model}"
-        doc = ctx.cli("realign", "somf", "--aligned", aligned, "--finetuned", finetuned, "--preference", tb.data["realign_preference"],
-                      "-o", out, "--force", "--device", ctx.device, "--json")
-        rows.append(DemoRow(step=f"realign somf ({doc['space']} space, kept {doc['mask_density']:.0%})", model=model,
-                            output=out.name, before=before_of(ctx.input_eval(model)), **safety_numbers(ctx.eval_safety(out)),
-                            artefact=str(out)))
-    return rows
+    finetuned, aligned = {"finetuned-lora": (tb.finetuned_lora, tb.aligned_lora), "finetuned-full": (tb.finetuned_full, tb.aligned)}[model]
+    out = ctx.work / f"somf-{model}"
+    doc = ctx.cli("realign", "somf", "--aligned", aligned, "--finetuned", finetuned, "--preference", tb.data["realign_preference"],
+                  "-o", out, "--force", "--device", ctx.device, "--json")
+    return [DemoRow(step=f"realign somf ({doc['space']} space, kept {doc['mask_density']:.0%})", model=model,
+                    output=out.name, before=before_of(ctx.input_eval(model)), **safety_numbers(ctx.eval_safety(out)),
+                    artefact=str(out))]

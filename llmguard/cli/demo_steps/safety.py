@@ -12,16 +12,15 @@ def _row(step: str, model: str, doc: dict, **extra) -> DemoRow:
     return DemoRow(step=step, model=model, **safety_numbers(doc), **extra)
 
 
-@register_step("eval-safety", order=10, aliases=("safety",), description="eval safety on base, aligned and the fine-tunes")
-def eval_safety_models(ctx: DemoContext) -> list[DemoRow]:
-    rows = []
-    for name, inputs in EVAL_INPUTS.items():
-        model, adapter, _ = inputs(ctx.testbed)
-        rows.append(_row("eval safety", name, ctx.input_eval(name), artefact=str(adapter or model)))
-    return rows
+@register_step("eval-safety", order=10, aliases=("safety",), description="eval safety on base, aligned and the fine-tunes",
+               cost=9, parts=tuple(EVAL_INPUTS))
+def eval_safety_models(ctx: DemoContext, name: str) -> list[DemoRow]:
+    model, adapter, _ = EVAL_INPUTS[name](ctx.testbed)
+    return [_row("eval safety", name, ctx.input_eval(name), artefact=str(adapter or model))]
 
 
-@register_step("judge-guard", order=20, aliases=("guard",), description="eval safety --judge <guard>: agreement with the keyword judge")
+@register_step("judge-guard", order=20, aliases=("guard",), description="eval safety --judge <guard>: agreement with the keyword judge",
+               cost=3)
 def guard_judge(ctx: DemoContext) -> list[DemoRow]:
     tb = ctx.testbed
     kw_file, guard_file = ctx.work / "records-keyword.jsonl", ctx.work / "records-guard.jsonl"

@@ -24,7 +24,8 @@ def _aggregate(doc: dict) -> dict:
 
 @register_step("watermark-radioactivity", order=70, aliases=("radioactivity", "watermark"),
                description="watermark generate from the distilled students, watermark detect with the teacher's key",
-               available=lambda: verb_exists("watermark", "detect") and verb_exists("watermark", "generate"))
+               available=lambda: verb_exists("watermark", "detect") and verb_exists("watermark", "generate"), needs_testbed=False,
+               cost=3)
 def watermark_radioactivity(ctx: DemoContext) -> list[DemoRow]:
     from llmguard.testbed import watermark as tw
 
@@ -50,23 +51,29 @@ def watermark_radioactivity(ctx: DemoContext) -> list[DemoRow]:
     return rows
 
 
+#: the three attacks of the step: (label, mode, from the weak student)
+ATTACKS = {"scrub": ("scrub", False), "spoof": ("spoof", False), "spoof (weak student)": ("spoof", True)}
+
+
 @register_step("watermark-attacks", order=71, aliases=("attacks",),
                description="watermark scrub and spoof (CDG-KD) on the watermark testbed: contrastive data, distil, detect",
-               available=lambda: verb_exists("watermark", "scrub") and verb_exists("watermark", "spoof"))
-def watermark_attacks(ctx: DemoContext) -> list[DemoRow]:
+               available=lambda: verb_exists("watermark", "scrub") and verb_exists("watermark", "spoof"), needs_testbed=False,
+               cost=48, parts=tuple(ATTACKS))
+def watermark_attacks(ctx: DemoContext, label: str) -> list[DemoRow]:
     from llmguard.testbed import watermark as tw
 
     tb = tw.build()
-    rows: list[DemoRow] = []
-    for label, mode, weak in (("scrub", "scrub", False), ("spoof", "spoof", False), ("spoof (weak student)", "spoof", True)):
-        out = ctx.work / f"watermark-{mode}{'-weak' if weak else ''}"
-        doc = ctx.cli("watermark", *tb.attack_args(mode, weak=weak), "-o", out, "--force", "--json")
-        new = doc["models"][mode]
-        before = doc["models"]["student"]
-        rows.append(DemoRow(
-            step=f"watermark {label}", model="wm-student (weak)" if weak else "wm-student", output=f"{out.name}/student",
-            watermark_z=round(new["median_z"], 2), before={"watermark_z": round(before["median_z"], 2)},
-            artefact=str(out / "student"),
-            note=f"two-sided median p {new['median_p_two_sided']:.2g}; clean-text perplexity "
-                 f"x{new['perplexity_vs_student']:.2f} of the input student's"))
-    return rows
+    mode, weak = ATTACKS[label]
+    out = ctx.work / f"watermark-{mode}{'-weak' if weak else ''}"
+    # the attack's result is reused when the identical command ran before (llmguard.cli.demo_cache):
+    # the note says so, `llmguard demo --fresh` runs it again
+    doc, reused = ctx.cli_reusable("watermark", *tb.attack_args(mode, weak=weak), "-o", out, "--force", "--json", output=out)
+    new = doc["models"][mode]
+    before = doc["models"]["student"]
+    return [DemoRow(
+        step=f"watermark {label}", model="wm-student (weak)" if weak else "wm-student", output=f"{out.name}/student",
+        watermark_z=round(new["median_z"], 2), before={"watermark_z": round(before["median_z"], 2)},
+        artefact=str(out / "student"),
+        note=f"two-sided median p {new['median_p_two_sided']:.2g}; clean-text perplexity "
+             f"x{new['perplexity_vs_student']:.2f} of the input student's"
+             + (f"; reused: the stored result of this identical command (key {reused[:12]}; --fresh reruns it)" if reused else ""))]
