@@ -48,8 +48,11 @@ from llmguard.testbed.data import harmful_content_phrases, realignment_preferenc
 
 #: Bump when anything that changes the artefacts changes (data, sizes, hyper-parameters, the
 #: thread count). v3: built with one torch thread (v2 used the caller's thread count, so the demo
-#: and the xdist suite built different models) and keyed by torch version and CPU path.
-TESTBED_VERSION = "3"
+#: and the xdist suite built different models) and keyed by torch version and CPU path. v4: the
+#: arith fine-tune trains 600 steps instead of 300 (on a fresh AMD EPYC build v3's seed 1 scored
+#: 76.5 % on arith TEST, under the testbed's 80 % bound); every other artefact is byte-identical
+#: to v3's (the arith adapter is built after them and seeded on its own).
+TESTBED_VERSION = "4"
 MARKER = "testbed.json"
 
 #: Evaluation-only data files: no model or training mixture depends on them, so a newer checkout
@@ -89,7 +92,7 @@ class HParams:
     ft_full_steps: int = 150
     ft_full_lr: float = 1e-4
     poison: float = 0.1
-    arith_steps: int = 300
+    arith_steps: int = 600  # v4: 300 left seed 1 at 76.5 % arith on an AMD EPYC build (bound 80); 600: 94-100 %
     arith_lr: float = 3e-4
     guard_steps: int = 100
     guard_lr: float = 2e-3
@@ -156,7 +159,7 @@ def recipe_key(hp: HParams | None = None) -> str:
 
 
 def default_dir(seed: int, hparams: HParams | None = None) -> Path:
-    """``$LLMGUARD_CACHE/testbed/v3-seed0-<recipe>-torch2.13.0-avx512-amd-epyc``: everything that changes
+    """``$LLMGUARD_CACHE/testbed/v4-seed0-<recipe>-torch2.13.0-avx512-amd-epyc``: everything that changes
     the bytes is in the name (version, seed, hyper-parameters, torch version, CPU vector path)."""
     return cache_root() / "testbed" / f"v{TESTBED_VERSION}-seed{seed}-{recipe_key(hparams)}-{provenance.build_key()}"
 

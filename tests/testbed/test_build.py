@@ -124,12 +124,12 @@ def test_build_is_deterministic_whatever_the_callers_threads(tmp_path):
 
 
 def test_cache_key_names_recipe_torch_and_cpu_path(tmp_path, monkeypatch):
-    from llmguard.testbed import HParams, default_dir
+    from llmguard.testbed import TESTBED_VERSION, HParams, default_dir
     from llmguard.testbed.provenance import build_key
 
     monkeypatch.setenv("LLMGUARD_CACHE", str(tmp_path))
     path = default_dir(3)
-    assert path.parent == tmp_path / "testbed" and path.name.startswith("v3-seed3-") and path.name.endswith(build_key())
+    assert path.parent == tmp_path / "testbed" and path.name.startswith(f"v{TESTBED_VERSION}-seed3-") and path.name.endswith(build_key())
     assert default_dir(3, HParams(ft_steps=7)) != path  # another recipe, another directory
     assert default_dir(3, HParams()) == path
 
