@@ -522,6 +522,7 @@ def run_demo(*, seed: int = 0, testbed_dir: Path | None = None, work: Path | Non
     anyway). Every step still runs exactly once, with the same commands; the table keeps the
     registry's order."""
     from llmguard.testbed import build
+    from llmguard.testbed.provenance import torch_threads
 
     progress = progress or NullProgress()
     t0, c0 = time.perf_counter(), cpu_now()
@@ -540,7 +541,7 @@ def run_demo(*, seed: int = 0, testbed_dir: Path | None = None, work: Path | Non
                          isolated=isolated, fresh=fresh, progress=progress) if two else None
     skipped: dict[str, str] = {}
     try:
-        with _threads(1 if two else None):
+        with torch_threads(1 if two else None):
             progress.log("testbed: building or reusing the cached one")
             tb = build(testbed_dir, seed=seed, progress=_KeepOpen(progress))
             tb_seconds, tb_cpu = time.perf_counter() - t0, cpu_now() - c0
@@ -628,26 +629,6 @@ def run_units(ctx: DemoContext, steps: dict[str, DemoStep], units: list[Unit], n
         if report is not None:
             report(results)
     return results
-
-
-class _threads:
-    """``with _threads(n)``: torch runs with ``n`` threads inside (None: unchanged)."""
-
-    def __init__(self, n: int | None) -> None:
-        self.n, self.before = n, None
-
-    def __enter__(self) -> None:
-        if self.n is not None:
-            import torch
-
-            self.before = torch.get_num_threads()
-            torch.set_num_threads(self.n)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.before is not None:
-            import torch
-
-            torch.set_num_threads(self.before)
 
 
 #: prefix of the second process's stderr lines that are progress log lines (the rest is forwarded as is)

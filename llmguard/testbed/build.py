@@ -470,15 +470,9 @@ def _build_into(root: Path, seed: int, hp: HParams, progress: Progress) -> dict:
 def fingerprints(root: Path) -> dict[str, str]:
     """SHA-256 (first 16 hex digits) of every model's weights and of the tokenizer, recorded in
     ``testbed.json``: two machines can tell whether they built the same testbed by comparing these
-    lines instead of re-running every evaluation (docs/testbed.md, "Determinism")."""
-    import hashlib
+    lines instead of re-running every evaluation (docs/testbed.md, "Determinism"). The testbed's
+    files are far below ``io.manifest``'s whole-file limit, so these are full-file hashes."""
+    from llmguard.io.manifest import fingerprint
 
-    out = {}
-    for path in sorted([*root.glob("*/model.safetensors"), *root.glob("*/adapter_model.safetensors"),
-                        root / "tokenizer" / "tokenizer.json"]):
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-        out[path.parent.name] = digest.hexdigest()[:16]
-    return out
+    paths = [*root.glob("*/model.safetensors"), *root.glob("*/adapter_model.safetensors"), root / "tokenizer" / "tokenizer.json"]
+    return {path.parent.name: fingerprint(path)["sha256"][:16] for path in sorted(paths)}

@@ -36,16 +36,24 @@ def cache_root() -> Path:
 
 
 @contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Run the block with :data:`BUILD_THREADS` torch threads, restoring the caller's count after."""
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` torch threads (None: unchanged), restoring the caller's count after."""
+    if n is None:
+        yield
+        return
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(BUILD_THREADS)
+    torch.set_num_threads(n)
     try:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def one_thread() -> contextlib.AbstractContextManager[None]:
+    """Run the block with :data:`BUILD_THREADS` torch threads, restoring the caller's count after."""
+    return torch_threads(BUILD_THREADS)
 
 
 def cpu_capability() -> str:
