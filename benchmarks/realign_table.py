@@ -114,6 +114,13 @@ def _nlsr_search(kind: str) -> Callable[[Path, Path], list[Any]]:
     return args
 
 
+def _task_guard(args: Callable[[Path, Path], list[Any]]) -> Callable[[Path, Path], list[Any]]:
+    """The same NLSR run with the task guard on the fine-tune's own training pairs (``--task-data``)."""
+    def guarded(root: Path, out: Path) -> list[Any]:
+        return [*args(root, out), "--task-data", root / "data" / "sst2_train.jsonl", "--task-response-field", "answer"]
+    return guarded
+
+
 METHODS: list[Method] = [
     Method("resta γ0.5", "full", lambda r, o: ["realign", "resta", "-f", r / "finetuned-full", "-a", r / "aligned",
                                                 "-u", r / "aligned-sft", "--gamma", "0.5", "-o", o], bound="none"),
@@ -121,6 +128,10 @@ METHODS: list[Method] = [
     Method("nlsr defaults", "full", lambda r, o: [*_nlsr_base(r, "full"), "-o", o], bound="halve"),
     Method("nlsr --search", "lora", _nlsr_search("lora")),
     Method("nlsr --search", "full", _nlsr_search("full")),
+    Method("nlsr defaults +task-guard", "lora", _task_guard(lambda r, o: [*_nlsr_base(r, "lora"), "-o", o]), bound="halve"),
+    Method("nlsr defaults +task-guard", "full", _task_guard(lambda r, o: [*_nlsr_base(r, "full"), "-o", o]), bound="halve"),
+    Method("nlsr --search +task-guard", "lora", _task_guard(_nlsr_search("lora"))),
+    Method("nlsr --search +task-guard", "full", _task_guard(_nlsr_search("full"))),
     Method("somf defaults", "lora", lambda r, o: ["realign", "somf", "-a", r / "aligned-lora", "-f", r / "finetuned-lora",
                                                   "-p", r / "data" / "realign_preference.jsonl", "-o", o]),
     Method("somf defaults", "full", lambda r, o: ["realign", "somf", "-a", r / "aligned", "-f", r / "finetuned-full",

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from llmguard.errors import InvalidInputError
+from llmguard.errors import InvalidInputError, UsageError
 from llmguard.io.device import resolve_device
 from llmguard.io.dtypes import parse_dtype_option
 from llmguard.io.manifest import MANIFEST_NAME, Manifest
@@ -31,6 +31,8 @@ from llmguard.realign.nlsr.stats_cache import StatisticsCache
 from llmguard.realign.nlsr.transplant import patch_plan, plan as plan_output, write_output
 
 MODULE_TABLE = "nlsr_modules.json"
+#: safe calibration pairs the task guard measures the safety cost of a revert on
+GUARD_SAFETY_PAIRS = 64
 
 
 @dataclass
@@ -298,7 +300,16 @@ def realign(options: NlsrOptions, analysis: Analysis, progress: Progress) -> Nls
         selection = select([r.similarity for r in results], mode=o.select_mode, budget=budget, threshold=o.threshold,
                            prune_rate=o.prune_rate, epsilon=o.epsilon, seed=o.seed)
         record.update(rule=selection.rule, patched=selection.count, modules=len(results))
+    guarded = None
+    if o.task_data is not None and not o.dry_run:  # a dry run keeps no weight masks to transplant
+        guarded = _task_guard(o, inputs, ref, [r for r, p in zip(results, selection.patched) if p], torch_device, manifest, progress)
+        reverted = set(guarded.reverted)
+        selection = Selection([p and r.name not in reverted for r, p in zip(results, selection.patched)],
+                              f"{selection.rule}; task guard reverted {len(reverted)}", selection.probabilities)
     table = _module_table(inputs, results, selection)
+    if guarded is not None:
+        for row in table:
+            row["task_guard_reverted"] = row["module"] in guarded.reverted
     selected = [r for r, p in zip(results, selection.patched) if p]
     masked_params = sum(r.parameters_masked for r in selected)
     manifest.extra.update(unit=inputs.unit, mask_ratio=inputs.mask_ratio(o.mask_ratio), selection_rule=selection.rule, modules_patched=selection.count, modules_total=len(results))
@@ -325,6 +336,38 @@ def realign(options: NlsrOptions, analysis: Analysis, progress: Progress) -> Nls
         writer.write_json(MANIFEST_NAME, payload)
     progress.close()
     return NlsrResult(out, inputs.unit, table, selection.rule, selection.count, recorder.values_changed, payload)
+
+
+def _task_guard(o: NlsrOptions, inputs: NlsrInputs, ref: Reference, selected: list[ModuleResult], device: torch.device,
+                manifest: Manifest, progress: Progress) -> Any:
+    """``--task-data``: leave unpatched the modules whose transplant costs the task most (task_guard.py)."""
+    from llmguard.realign.nlsr.calibration_data import encode_pairs, load_pairs
+    from llmguard.realign.nlsr.task_guard import guard
+
+    if not inputs.strategy.delta_space:
+        raise UsageError(f"--task-data reverts patched ΔW units; it does not apply to --unit {inputs.unit} (use weight or row)")
+    assert o.task_data is not None
+    progress.stage("task guard")
+    with manifest.stage("task guard") as record:
+        tokenizer = _tokenizer(inputs)
+        loaded = load_pairs(o.task_data, prompt_field=o.task_prompt_field, response_field=o.task_response_field,
+                            limit=o.task_samples, seed=o.seed, skip_bad=o.skip_bad)
+        manifest.add_input("task_data", o.task_data)
+        task = encode_pairs(tokenizer, loaded.pairs, template=o.template, max_length=o.max_length,
+                            max_response_tokens=o.max_response_tokens, batch_tokens=o.batch_tokens)
+        if o.calibration_pairs is not None:
+            safe_pairs = list(o.calibration_pairs)[:GUARD_SAFETY_PAIRS]
+        elif o.calibration is not None:
+            safe_pairs = load_pairs(o.calibration, prompt_field=o.prompt_field, response_field=o.response_field,
+                                    limit=GUARD_SAFETY_PAIRS, seed=o.seed, skip_bad=o.skip_bad).pairs
+        else:
+            safe_pairs = []
+        safety = encode_pairs(tokenizer, safe_pairs, template=o.template, max_length=o.max_length,
+                              max_response_tokens=o.max_response_tokens, batch_tokens=o.batch_tokens) if safe_pairs else []
+        result = guard(inputs, ref, selected, task, safety, tolerance=o.task_tolerance, device=device)
+        record.update(task_pairs=len(loaded.pairs), safety_pairs=len(safe_pairs), **result.record)
+    manifest.extra["task_guard"] = result.record
+    return result
 
 
 def _mask_store(inputs: NlsrInputs, beside: Path | None, dry_run: bool) -> MaskStore | None:

@@ -30,12 +30,14 @@ from llmguard.options import (
 PANEL_CALIB = "Calibration data"
 PANEL_SELECT = "Module selection"
 PANEL_SEARCH = "Dev-split search"
+PANEL_TASK = "Task guard"
 
 #: fields a ``--search`` grid may vary (spelled on the command line like their flags, without ``--``)
 SEARCHABLE = ("alpha", "budget", "threshold", "mask_ratio", "scorer", "unit", "actsvd_keep", "amplify_mode")
 #: fields whose change leaves the per-module analysis (calibration statistics, scores, masks,
 #: similarities) as it is: a grid over only these re-selects and re-writes, nothing else
-SELECTION_ONLY = ("budget", "threshold", "select_mode", "prune_rate", "epsilon")
+SELECTION_ONLY = ("budget", "threshold", "select_mode", "prune_rate", "epsilon", "task_data", "task_prompt_field",
+                  "task_response_field", "task_samples", "task_tolerance")
 
 
 def _scorer_names() -> tuple[str, ...]:
@@ -91,6 +93,15 @@ class NlsrOptions(Options):
     unit: str = option("auto", panel=PANEL_METHOD, choices=_unit_names,
                        help="auto (weight), element (LoRA elements, the official code's unit; the fine-tune continues the aligned adapter), "
                        "row (ΔW output rows) or weight (single ΔW entries).")
+    task_data: Path | None = option(
+        None, panel=PANEL_TASK, metavar="FILE",
+        help="(prompt, response) pairs of the fine-tune's own task (from its training data, never DEV or TEST): modules whose "
+             "transplant costs that task most are left unpatched until its accuracy is within --task-tolerance (ΔW units).")
+    task_prompt_field: str = option("prompt", help="Prompt field of --task-data.", panel=PANEL_TASK)
+    task_response_field: str = option("response", help="Response field of --task-data (e.g. answer).", panel=PANEL_TASK)
+    task_samples: int = option(256, help="Use at most this many --task-data pairs (seeded sample).", panel=PANEL_TASK, min=1)
+    task_tolerance: float = option(2.0, help="--task-data: largest loss of task accuracy (points, teacher-forced on FILE) "
+                                   "the transplant may cost.", panel=PANEL_TASK, min=0)
     select_mode: str = option("least-similar", help="least-similar (deterministic) or official (seeded Bernoulli of the NLSR code).",
                               flag="--select", manifest_key="select", panel=PANEL_SELECT, choices=("least-similar", "official"))
     budget: str | float | int | None = option(
@@ -127,6 +138,8 @@ class NlsrOptions(Options):
     def validate(self) -> None:
         if self.calibration is not None and self.calibration_from_reference is not None:
             raise UsageError("give --calibration or --calibration-from-reference, not both")
+        if self.task_data is not None and self.unit == "element":
+            raise UsageError("--task-data reverts patched ΔW units; it does not apply to --unit element (use weight or row)")
         if self.search is not None:
             self._validate_search()
             return

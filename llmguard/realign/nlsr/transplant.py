@@ -114,6 +114,24 @@ def write_elements(
     return len(tensor_plan)
 
 
+def transplant_delta(inputs: NlsrInputs, reference: Reference, result: ModuleResult, tensor: torch.Tensor,
+                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+    """Overwrite the masked units of one module's weight ``tensor`` (stored layout, contiguous,
+    changed in place) with the reference's values; returns (index, original, patched, columns)."""
+    name = f"{result.name}.weight"
+    mask = result.unit_mask()
+    # row units index output rows of the map (columns of a transposed Conv1D weight);
+    # weight units index the flattened entries of the stored weight
+    columns = mask.dim() == 1 and inputs.stored_orientation(result.name)
+    units: Any = (lambda t: t.T) if columns else (lambda t: t) if mask.dim() == 1 else (lambda t: t.reshape(-1))
+    index = units(mask).nonzero().squeeze(1)
+    view = units(tensor)  # a view (tensor is contiguous): writing into it patches tensor
+    original = view[index].clone()
+    patched = units(reference.weight(name, device))[index.to(device)].to(device=tensor.device, dtype=tensor.dtype)
+    view[index] = patched
+    return index, original, patched.cpu(), columns
+
+
 def write_delta_units(
     inputs: NlsrInputs, reference: Reference, selected: list[ModuleResult], tensor_plan: list[TensorPlan],
     writer: StreamingWriter, recorder: PatchRecorder, device: torch.device, progress: Progress,
@@ -129,17 +147,8 @@ def write_delta_units(
             tensor = _to_dtype(finetuned.base.read(name), item.dtype)
         result = jobs.get(name)
         if result is not None:
-            mask = result.unit_mask()
-            # row units index output rows of the map (columns of a transposed Conv1D weight);
-            # weight units index the flattened entries of the stored weight
-            columns = mask.dim() == 1 and inputs.stored_orientation(result.name)
-            units: Any = (lambda t: t.T) if columns else (lambda t: t) if mask.dim() == 1 else (lambda t: t.reshape(-1))
-            index = units(mask).nonzero().squeeze(1)
             tensor = tensor.clone()
-            view = units(tensor)  # a view (tensor is contiguous): writing into it patches tensor
-            original = view[index].clone()
-            patched = units(reference.weight(name, device))[index.to(device)].to(tensor.dtype).cpu()
-            view[index] = patched
+            index, original, patched, columns = transplant_delta(inputs, reference, result, tensor, device)
             recorder.record(name, index, original, patched, columns=columns)
         writer.write(name, tensor)
         progress.advance()
