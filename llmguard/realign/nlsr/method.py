@@ -350,8 +350,11 @@ def _task_guard(o: NlsrOptions, inputs: NlsrInputs, ref: Reference, selected: li
     progress.stage("task guard")
     with manifest.stage("task guard") as record:
         tokenizer = _tokenizer(inputs)
-        loaded = load_pairs(o.task_data, prompt_field=o.task_prompt_field, response_field=o.task_response_field,
-                            limit=o.task_samples, seed=o.seed, skip_bad=o.skip_bad)
+        try:
+            loaded = load_pairs(o.task_data, prompt_field=o.task_prompt_field, response_field=o.task_response_field,
+                                limit=o.task_samples, seed=o.seed, skip_bad=o.skip_bad)
+        except InvalidInputError as error:
+            raise InvalidInputError(f"--task-data: {error.message} (see --task-prompt-field / --task-response-field)") from None
         manifest.add_input("task_data", o.task_data)
         task = encode_pairs(tokenizer, loaded.pairs, template=o.template, max_length=o.max_length,
                             max_response_tokens=o.max_response_tokens, batch_tokens=o.batch_tokens)
