@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from llmguard.errors import InvalidInputError, UsageError
+from llmguard.errors import InvalidInputError
 from llmguard.io.device import resolve_device
 from llmguard.io.dtypes import parse_dtype_option
 from llmguard.io.manifest import MANIFEST_NAME, Manifest
@@ -28,6 +28,7 @@ from llmguard.realign.nlsr.reference import Reference
 from llmguard.realign.nlsr.options import NlsrOptions
 from llmguard.realign.nlsr.selection import Selection, select
 from llmguard.realign.nlsr.stats_cache import StatisticsCache
+from llmguard.realign.nlsr.task_guard import GuardResult
 from llmguard.realign.nlsr.transplant import patch_plan, plan as plan_output, write_output
 
 MODULE_TABLE = "nlsr_modules.json"
@@ -339,14 +340,12 @@ def realign(options: NlsrOptions, analysis: Analysis, progress: Progress) -> Nls
 
 
 def _task_guard(o: NlsrOptions, inputs: NlsrInputs, ref: Reference, selected: list[ModuleResult], device: torch.device,
-                manifest: Manifest, progress: Progress) -> Any:
+                manifest: Manifest, progress: Progress) -> "GuardResult":
     """``--task-data``: leave unpatched the modules whose transplant costs the task most (task_guard.py)."""
     from llmguard.realign.nlsr.calibration_data import encode_pairs, load_pairs
     from llmguard.realign.nlsr.task_guard import guard
 
-    if not inputs.strategy.delta_space:
-        raise UsageError(f"--task-data reverts patched ΔW units; it does not apply to --unit {inputs.unit} (use weight or row)")
-    assert o.task_data is not None
+    assert o.task_data is not None and inputs.strategy.delta_space, "validated: --task-data refuses --unit element"
     progress.stage("task guard")
     with manifest.stage("task guard") as record:
         tokenizer = _tokenizer(inputs)

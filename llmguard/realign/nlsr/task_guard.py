@@ -42,7 +42,6 @@ from llmguard.realign.nlsr.transplant import transplant_delta
 class GuardResult:
     """What the guard kept and why (written under ``task_guard`` in the manifest)."""
 
-    kept: list[ModuleResult]
     reverted: list[str] = field(default_factory=list)
     record: dict[str, Any] = field(default_factory=dict)
 
@@ -131,4 +130,4 @@ def guard(inputs: NlsrInputs, reference: Reference, selected: list[ModuleResult]
     record.update(task_accuracy_guarded=round(task_now, 2), safe_accuracy_guarded=round(safe_now, 2), reverted=reverted,
                   within_tolerance=task_now >= task_ft - tolerance, seconds=round(time.perf_counter() - t0, 3))
     del model, params
-    return GuardResult([r for r in selected if r.name not in reverted], reverted, record)
+    return GuardResult(reverted, record)
