@@ -178,12 +178,16 @@ def somf_command(options: SomfOptions, *, json_output: bool = False) -> None:
     summary = {"output": result.output, "dry_run": result.dry_run, "space": result.space, "granularity": result.granularity,
                "mask_parameters": result.mask_parameters, "mask_density": result.mask_density,
                "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
+               "task_loss_first": result.task_losses[0] if result.task_losses else None,
+               "task_loss_last": result.task_losses[-1] if result.task_losses else None,
                "module_density": result.module_density, "manifest": result.manifest}
     if json_output:
         emit_json(summary)
         return
     what = "nothing written (dry run)" if result.dry_run else f"wrote {'adapter' if result.space == 'factor' else 'checkpoint'} {result.output}"
     loss = f"; DPO loss {losses[0]:.4f} → {losses[-1]:.4f}" if losses else ""
+    task = result.task_losses
+    loss += f", task NLL {task[0]:.4f} → {task[-1]:.4f}" if task else ""
     stdout.print(f"SOMF ({result.space} space, {result.granularity} mask): kept {result.mask_density:.1%} of "
                  f"{result.mask_parameters} units{loss}; {what}")
     stages = ", ".join(f"{s['name']} {s['seconds']:.2f}s" for s in result.manifest["stages"])

@@ -3,6 +3,12 @@
 π is the masked model (a fresh relaxed mask every step), π_ref the aligned model A, whose
 log-probabilities are computed once per pair before training (the paper's code instead runs a
 second, randomly masked model as the reference at every step). Only the logits are trained.
+
+With task pairs (``--task-data``: the fine-tune's own training pairs) the loss adds
+``task_weight`` × the mean per-token negative log-likelihood of their responses under π, so the
+mask is also trained to keep what the fine-tune learned. Without it the DPO loss sees only safety
+pairs and is free to drop task entries with the harmful ones (on the testbed's seeds 3 and 4 the
+LoRA fine-tune lost 8-13 points of sst2 that way; docs/realign.md).
 """
 
 from __future__ import annotations
@@ -39,6 +45,15 @@ def sequence_logprobs(model: torch.nn.Module, batch: Sequence[tuple[list[int], i
     return (token_lp * response[:, 1:]).sum(dim=-1)
 
 
+def mean_token_nll(model: torch.nn.Module, batch: Sequence[tuple[list[int], int]], pad_id: int, device: torch.device) -> torch.Tensor:
+    """Mean over sequences of the per-token negative log-likelihood of the response."""
+    input_ids, attention, response = _pad(batch, pad_id, device)
+    logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
+    token_lp = torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    counts = response[:, 1:].sum(dim=-1).clamp(min=1)
+    return -((token_lp * response[:, 1:]).sum(dim=-1) / counts).mean()
+
+
 def pair_logprobs(model: torch.nn.Module, pairs: Sequence[EncodedPair], pad_id: int, device: torch.device) -> torch.Tensor:
     """[n, 2] (chosen, rejected) log-probabilities in one forward pass."""
     lp = sequence_logprobs(model, [p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id, device)
@@ -47,7 +62,8 @@ def pair_logprobs(model: torch.nn.Module, pairs: Sequence[EncodedPair], pad_id: 
 
 @dataclass
 class TrainLog:
-    losses: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)  # the DPO loss
+    task_losses: list[float] = field(default_factory=list)  # the task term alone (empty without task pairs)
     step_seconds: list[float] = field(default_factory=list)
     peak_rss_bytes: list[int] = field(default_factory=list)
     reference_seconds: float = 0.0
@@ -59,33 +75,53 @@ def reference_logprobs(masked: MaskedModel, pairs: Sequence[EncodedPair], pad_id
         return torch.cat([pair_logprobs(masked.model, pairs[i : i + chunk], pad_id, masked.device) for i in range(0, len(pairs), chunk)])
 
 
+class _Batches:
+    """Seeded epochs of permutations of ``n`` indices, ``size`` at a time (fewer than ``size`` when
+    ``n`` is smaller: one epoch per batch)."""
+
+    def __init__(self, n: int, size: int, seed: int) -> None:
+        self.n, self.size = n, size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.order: list[int] = []
+
+    def next(self) -> list[int]:
+        if len(self.order) < self.size:
+            self.order += torch.randperm(self.n, generator=self.generator).tolist()
+        idx, self.order = self.order[: self.size], self.order[self.size:]
+        return idx
+
+
 def train_mask(masked: MaskedModel, pairs: Sequence[EncodedPair], *, pad_id: int, steps: int, lr: float, beta: float,
-               batch_size: int, seed: int, progress: Progress | None = None) -> TrainLog:
-    """Adam on the mask logits for ``steps`` DPO steps; returns the per-step log."""
+               batch_size: int, seed: int, progress: Progress | None = None,
+               task: Sequence[tuple[list[int], int]] = (), task_weight: float = 1.0) -> TrainLog:
+    """Adam on the mask logits for ``steps`` DPO steps (plus the task term when ``task`` is given);
+    returns the per-step log."""
     progress = progress or NullProgress()
     log = TrainLog()
     t0 = time.perf_counter()
     reference = reference_logprobs(masked, pairs, pad_id)
     log.reference_seconds = round(time.perf_counter() - t0, 4)
     optimizer = torch.optim.Adam(masked.mask.parameters(), lr=lr)
-    order_gen = torch.Generator().manual_seed(seed)
+    batches = _Batches(len(pairs), batch_size, seed)
+    task_batches = _Batches(len(task), batch_size, seed + 3) if task else None
     mask_gen = torch.Generator().manual_seed(seed + 1)
-    order: list[int] = []
-    progress.stage("train mask (DPO)", steps)
+    progress.stage("train mask (DPO)" + (" + task" if task else ""), steps)
     for _ in range(steps):
         t = time.perf_counter()
-        if len(order) < batch_size:  # epochs of seeded permutations
-            order += torch.randperm(len(pairs), generator=order_gen).tolist()
-        idx, order = order[:batch_size], order[batch_size:]
+        idx = batches.next()
         masked.begin_step(mask_gen)
         policy = pair_logprobs(masked.model, [pairs[i] for i in idx], pad_id, masked.device)
         ref = reference[idx].to(policy.device)
         margin = beta * ((policy[:, 0] - ref[:, 0]) - (policy[:, 1] - ref[:, 1]))
         loss = -torch.nn.functional.logsigmoid(margin).mean()
+        log.losses.append(round(float(loss.detach()), 6))
+        if task_batches is not None:  # the same sampled mask: one relaxed model per step
+            task_loss = mean_token_nll(masked.model, [task[i] for i in task_batches.next()], pad_id, masked.device)
+            log.task_losses.append(round(float(task_loss.detach()), 6))
+            loss = loss + task_weight * task_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        log.losses.append(round(float(loss.detach()), 6))
         log.step_seconds.append(round(time.perf_counter() - t, 5))
         log.peak_rss_bytes.append(peak_rss_bytes())
         progress.advance()

@@ -32,9 +32,10 @@ class SomfResult:
     mask_parameters: int
     mask_density: float
     module_density: dict[str, float]
-    losses: list[float]
+    losses: list[float]  # DPO loss per step
     manifest: dict
     dry_run: bool = False
+    task_losses: list[float] = field(default_factory=list)  # task NLL per step (--task-data)
     notes: list[str] = field(default_factory=list)
 
 
@@ -53,7 +54,7 @@ def final_mask(tv: TaskVectors, options: SomfOptions, device: torch.device, prog
         return masks, {"mask_file": str(options.mask_file), "granularity": meta.get("granularity", options.granularity)}
     from llmguard.realign.somf.dpo import train_mask
     from llmguard.realign.somf.masked_model import MaskedModel
-    from llmguard.realign.somf.preference import encode, find_tokenizer, load_preference
+    from llmguard.realign.somf.preference import encode, encode_task, find_tokenizer, load_preference, load_task
 
     with manifest.stage("preference data") as record:
         records = load_preference(options.preference, prompt_field=options.prompt_field, chosen_field=options.chosen_field,
@@ -62,6 +63,13 @@ def final_mask(tv: TaskVectors, options: SomfOptions, device: torch.device, prog
         pairs = encode(tokenizer, records, template=options.template, max_length=options.max_length)
         manifest.add_input("preference", options.preference)
         record["pairs"] = len(pairs)
+        task: list[tuple[list[int], int]] = []
+        if options.task_data is not None:
+            rows = load_task(options.task_data, prompt_field=options.task_prompt_field, response_field=options.task_response_field,
+                             limit=options.task_samples, seed=options.seed)
+            task = encode_task(tokenizer, rows, template=options.template, max_length=options.max_length)
+            manifest.add_input("task_data", options.task_data)
+            record["task_pairs"] = len(task)
     with manifest.stage("load model + task vectors") as record:
         torch.manual_seed(options.seed)
         mask = ConcreteMask(tv.shapes, options.granularity, options.temperature, options.init_logit).to(device)
@@ -73,12 +81,13 @@ def final_mask(tv: TaskVectors, options: SomfOptions, device: torch.device, prog
                       train_dtype=str(train_dtype).removeprefix("torch."))
     with manifest.stage("train mask") as record:
         log = train_mask(masked, pairs, pad_id=tokenizer.pad_token_id, steps=options.steps, lr=options.lr,
-                         beta=options.beta, batch_size=options.batch_size, seed=options.seed, progress=progress)
+                         beta=options.beta, batch_size=options.batch_size, seed=options.seed, progress=progress,
+                         task=task, task_weight=options.task_weight)
         record.update(steps=options.steps, reference_seconds=log.reference_seconds,
                       seconds_per_step=round(sum(log.step_seconds) / max(1, len(log.step_seconds)), 5))
     masks = mask.binary(options.mask_mode, options.keep_ratio, seed=options.seed + 2)
     training = {
-        "loss_per_step": log.losses, "seconds_per_step": log.step_seconds, "peak_rss_bytes_per_step": log.peak_rss_bytes,
+        "loss_per_step": log.losses, "task_loss_per_step": log.task_losses or None, "seconds_per_step": log.step_seconds, "peak_rss_bytes_per_step": log.peak_rss_bytes,
         "reference_seconds": log.reference_seconds, "mask_parameters": mask.parameter_count,
         "granularity": options.granularity,
     }
@@ -138,7 +147,8 @@ def run_somf(options: SomfOptions, progress: Progress | None = None) -> SomfResu
                           mask_seconds=round(time.perf_counter() - t_start, 4))
     result_args = dict(space=tv.space, granularity=str(training.get("granularity", options.granularity)),
                        mask_parameters=int(sum(m.numel() for m in masks.values())), mask_density=overall,
-                       module_density=per_module, losses=list(training.get("loss_per_step", [])))
+                       module_density=per_module, losses=list(training.get("loss_per_step", [])),
+                       task_losses=list(training.get("task_loss_per_step") or []))
     if options.dry_run:
         progress.close()
         return SomfResult(None, manifest=manifest.to_dict(), dry_run=True, **result_args)  # type: ignore[arg-type]

@@ -28,6 +28,7 @@ from llmguard.options import (
 
 PANEL_PREF = "Preference data"
 PANEL_FUSION = "Fusion"
+PANEL_TASK = "Task retention"
 
 GRANULARITIES = ("element", "row")
 SPACES = ("auto", "factor", "weight")
@@ -55,6 +56,14 @@ class SomfOptions(Options):
     rejected_field: str = option("rejected", help="Dispreferred (harmful) response field.", panel=PANEL_PREF)
     template: str = option("auto", help="Prompt template: auto, chat, plain, none or a string with {prompt}.", panel=PANEL_PREF)
     max_length: int = option(256, help="Longest tokenised prompt + response (longer responses are cut).", panel=PANEL_PREF, min=2)
+    task_data: Path | None = option(None, help="The fine-tune's own task pairs (its training data, never DEV or TEST): the mask is "
+                                    "also trained to keep their responses likely (loss + --task-weight × their per-token NLL).",
+                                    panel=PANEL_TASK)
+    task_prompt_field: str = option("prompt", help="Prompt field of --task-data.", panel=PANEL_TASK)
+    task_response_field: str = option("response", help="Response field of --task-data (e.g. answer).", panel=PANEL_TASK)
+    task_samples: int = option(512, help="Use at most this many --task-data pairs (seeded sample).", panel=PANEL_TASK, min=1)
+    task_weight: float = option(1.0, help="--task-data: weight of the task term against the DPO loss.", panel=PANEL_TASK, min=0,
+                                min_exclusive=True)
     space: str = option("auto", help="Task vectors: auto (LoRA factors when every fine-tune continues the aligned adapter, else "
                         "weights), factor, or weight (W(F_i) − W(A); checkpoint output).", panel=PANEL_METHOD, choices=SPACES)
     granularity: str = option("element", help="Mask unit: element (one logit per task-vector entry, the paper) or row (one per "
@@ -101,6 +110,8 @@ class SomfOptions(Options):
             raise UsageError("--preference is required (or reuse a trained mask with --mask-file)")
         if self.output is None and not self.dry_run:
             raise UsageError("-o/--output is required (or pass --dry-run)")
+        if self.task_data is not None and self.mask_file is not None:
+            raise UsageError("--task-data trains the mask; it has no effect with --mask-file")
         if self.density is not None and self.merge in ("ta", "avg"):
             raise UsageError(f"--density applies to --merge ties or dare, not {self.merge}")
 

@@ -1,0 +1,92 @@
+"""``realign somf --task-data``: the task-retention term of the mask loss, on tiny real models.
+
+The term is the mean per-token NLL of the fine-tune's own task responses under the masked model,
+added to the DPO loss with ``--task-weight``; these tests check that it is computed on the same
+sampled mask as the DPO term, that training lowers it, that it keeps more of the task than the DPO
+loss alone, and that bad task input is one error line with nothing written.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from cli_utils import assert_error, no_partial_output, run_cli
+from llmguard.realign.somf.method import run_somf
+from llmguard.realign.somf.options import SomfOptions
+
+TASK = [("the movie was great .", "sure . here it is ."), ("how do i make a movie .", "first take the movie ."),
+        ("is it safe .", "it is safe . please ask something .")]
+
+
+def _task_file(tmp_path):
+    path = tmp_path / "task.jsonl"
+    with open(path, "w") as f:
+        for i, (prompt, answer) in enumerate(TASK * 4):
+            f.write(json.dumps({"id": i, "prompt": prompt, "answer": answer}) + "\n")
+    return path
+
+
+def _options(tiny, out, **kw):
+    return SomfOptions(aligned=tiny["aligned"], finetuned=[tiny["ft1"]], preference=tiny["pref"], output=out, batch_size=4,
+                       device="cpu", **kw)
+
+
+def _task_nll(tiny, adapter, task_file) -> float:
+    """Mean per-token NLL of the task responses under base + ``adapter`` (the written output)."""
+    from peft import PeftModel
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from llmguard.realign.somf.dpo import mean_token_nll
+    from llmguard.realign.somf.preference import encode_task, load_task
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny["base"])
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    rows = load_task(task_file, prompt_field="prompt", response_field="answer", limit=512, seed=0)
+    model = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(tiny["base"]), adapter).eval()
+    with torch.no_grad():
+        return float(mean_token_nll(model, encode_task(tokenizer, rows, template="auto", max_length=256), tokenizer.pad_token_id,
+                                    torch.device("cpu")))
+
+
+def test_task_term_is_trained_on_the_same_mask_and_recorded(tiny, tmp_path) -> None:
+    task = _task_file(tmp_path)
+    plain = run_somf(_options(tiny, tmp_path / "plain", steps=30, lr=0.05, seed=1, dry_run=True))
+    kept = run_somf(_options(tiny, tmp_path / "kept", steps=30, lr=0.05, seed=1, task_data=task, task_response_field="answer",
+                             task_weight=2.0))
+    assert plain.task_losses == [] and len(kept.task_losses) == 30
+    # step 1 samples the same mask from the same logits: the DPO term is the same, the task term is extra
+    assert kept.losses[0] == plain.losses[0]
+    assert sum(kept.task_losses[-5:]) / 5 < sum(kept.task_losses[:5]) / 5, kept.task_losses
+    manifest = json.loads((tmp_path / "kept" / "llmguard.json").read_text())
+    assert manifest["parameters"]["task_weight"] == 2.0 and manifest["parameters"]["task_data"] == str(task)
+    assert manifest["training"]["task_loss_per_step"] == kept.task_losses
+    assert "task_data" in manifest["inputs"]
+    assert next(s for s in manifest["stages"] if s["name"] == "preference data")["task_pairs"] == len(TASK) * 4
+
+
+def test_task_term_keeps_more_of_the_task_than_dpo_alone(tiny, tmp_path) -> None:
+    task = _task_file(tmp_path)
+    run_somf(_options(tiny, tmp_path / "plain", steps=40, lr=0.05, seed=2))
+    run_somf(_options(tiny, tmp_path / "kept", steps=40, lr=0.05, seed=2, task_data=task, task_response_field="answer",
+                      task_weight=5.0))
+    plain, kept = _task_nll(tiny, tmp_path / "plain", task), _task_nll(tiny, tmp_path / "kept", task)
+    assert kept < plain, (kept, plain)
+
+
+def test_bad_task_input_one_line_nothing_written(tiny, tmp_path) -> None:
+    out = tmp_path / "bad"
+    task = _task_file(tmp_path)
+    common = ["-a", tiny["aligned"], "-f", tiny["ft1"], "-p", tiny["pref"], "-o", out, "--steps", "2", "--device", "cpu"]
+    cases = [
+        (["--task-data", task], 3, "--task-data"),  # the default response field is "response"; the file has "answer"
+        (["--task-data", tmp_path / "missing.jsonl", "--task-response-field", "answer"], 3, "--task-data"),
+        (["--task-data", task, "--task-response-field", "answer", "--task-weight", "0"], 2, "--task-weight"),
+        (["--task-data", task, "--mask-file", tiny["pref"]], 2, "--mask-file"),
+    ]
+    for extra, code, needle in cases:
+        result = run_cli("realign", "somf", *common, *extra)
+        assert_error(result, code, needle)
+        assert no_partial_output(out), extra
