@@ -15,7 +15,7 @@ _llmguard_words() {
         "realign resta") echo "--finetuned -f --aligned -a --unaligned -u --output -o --gamma -g --base --as-adapter --device --dtype --max-shard-size --json --force --allow-pickle --help -h" ;;
         "realign revert") echo "--output -o --patch --json --force --help -h" ;;
         "realign safelora") echo "--aligned -a --base --finetuned -f --output -o --threshold --top-k --device --dtype --dry-run --json --force --allow-pickle --help -h" ;;
-        "realign somf") echo "--aligned -a --finetuned -f --preference -p --output -o --base --prompt-field --chosen-field --rejected-field --template --max-length --space --granularity --temperature --init-logit --beta --steps --lr --batch-size --seed --mask-mode --keep-ratio --no-rescale --mask-file --merge --lambda --density --device --train-dtype --gradient-checkpointing --dtype --max-shard-size --dry-run --json --force --allow-pickle --help -h" ;;
+        "realign somf") echo "--aligned -a --finetuned -f --preference -p --output -o --base --prompt-field --chosen-field --rejected-field --template --max-length --task-data --task-prompt-field --task-response-field --task-samples --task-weight --space --granularity --temperature --init-logit --beta --steps --lr --batch-size --seed --mask-mode --keep-ratio --no-rescale --mask-file --merge --lambda --density --device --train-dtype --gradient-checkpointing --dtype --max-shard-size --dry-run --json --force --allow-pickle --help -h" ;;
         "testbed") echo "build watermark --help -h" ;;
         "testbed build") echo "--out -o --seed --json --force --help -h" ;;
         "testbed watermark") echo "--seed --commands --json --force --help -h" ;;

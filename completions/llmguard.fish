@@ -241,6 +241,11 @@ complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_su
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l rejected-field -d 'Dispreferred (harmful) response field.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l template -d 'Prompt template: auto, chat, plain, none or a string with {prompt}.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l max-length -d 'Longest tokenised prompt + response (longer responses are cut).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l task-data -d 'The fine-tunes own task pairs (its training data, never DEV or TEST): the mask is also trained to keep their responses likely (loss + --task-weight × their per-token NLL).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l task-prompt-field -d 'Prompt field of --task-data.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l task-response-field -d 'Response field of --task-data (e.g. answer).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l task-samples -d 'Use at most this many --task-data pairs (seeded sample).' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l task-weight -d '--task-data: weight of the task term against the DPO loss.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l space -d 'Task vectors: auto (LoRA factors when every fine-tune continues the aligned adapter, else weights), factor, or weight (W(F_i) − W(A); checkpoint output).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l granularity -d 'Mask unit: element (one logit per task-vector entry, the paper) or row (one per output row: far fewer logits).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l temperature -d 'Concrete (relaxed Bernoulli) temperature.' -F

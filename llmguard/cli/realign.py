@@ -174,6 +174,8 @@ def somf_command(options: SomfOptions, *, json_output: bool = False) -> None:
     from llmguard.realign.somf.method import run_somf
 
     result = run_somf(options, progress=make_progress())
+    for note in result.notes:
+        warn(note)
     losses = result.losses
     summary = {"output": result.output, "dry_run": result.dry_run, "space": result.space, "granularity": result.granularity,
                "mask_parameters": result.mask_parameters, "mask_density": result.mask_density,

@@ -37,7 +37,7 @@ def test_lora_in_lora_out_is_aligned_plus_the_masked_task_vector(tiny, tmp_path)
         assert torch.allclose(written[key], expected, atol=1e-6), key
     assert json.loads((out / "adapter_config.json").read_text())["r"] == 4
     manifest = json.loads((out / "llmguard.json").read_text())
-    assert manifest["verb"] == "realign somf" and manifest["parameters"]["keep_ratio"] == 0.8
+    assert manifest["verb"] == "realign somf" and manifest["parameters"]["effective_keep_ratio"] == 0.8
     training = manifest["training"]
     assert len(training["loss_per_step"]) == 6 and len(training["seconds_per_step"]) == 6 and len(training["peak_rss_bytes_per_step"]) == 6
     assert set(manifest["mask_density_per_module"]) == set(aligned)
@@ -70,9 +70,16 @@ def test_full_keep_all_is_the_finetune_and_fusion_runs_each_merge(tiny, tmp_path
     written, ft = load_file(str(out / "model.safetensors")), load_file(str(tiny["ft_full"] / "model.safetensors"))
     assert all(torch.allclose(written[k], ft[k], atol=1e-6) for k in ft)
     assert (out / "config.json").is_file()
-    for merge in ("ta", "ties", "dare", "avg"):
+    for merge in ("ta", "ties", "dare", "avg"):  # fusion: weight space (no factor cross terms), λ 1, keep 0.9, a warning
         fused = run_somf(_options(tiny, tmp_path / f"fused-{merge}", finetuned=[tiny["ft1"], tiny["ft2"]], merge=merge, steps=2))
-        assert fused.space == "factor" and fused.manifest["effective_lambda"] == {"ta": 0.3, "ties": 0.4, "dare": 0.3, "avg": 1.0}[merge]
+        parameters = fused.manifest["parameters"]
+        assert fused.space == "weight" and parameters["effective_lambda"] == 1.0 and parameters["effective_keep_ratio"] == 0.9
+        assert parameters["effective_density"] == {"ta": None, "ties": 0.5, "dare": 0.8, "avg": None}[merge]
+        assert any("--task-data" in note for note in fused.notes)
+        assert (tmp_path / f"fused-{merge}" / "model.safetensors").is_file()
+    factor = run_somf(_options(tiny, tmp_path / "fused-factor", finetuned=[tiny["ft1"], tiny["ft2"]], space="factor", steps=2,
+                               lam=0.3))
+    assert factor.space == "factor" and factor.manifest["effective_lambda"] == 0.3  # the paper's setting, on request
 
 
 def test_training_moves_the_logits_against_the_rejected_answers(tiny, tmp_path) -> None:
@@ -93,8 +100,9 @@ def test_cli_end_to_end_json(tiny, tmp_path) -> None:
     result = run_cli("realign", "somf", "-a", tiny["aligned"], "-f", tiny["ft1"], "-f", tiny["ft2"], "-p", tiny["pref"], "-o", out,
                      "--merge", "ties", "--steps", "3", "--batch-size", "4", "--device", "cpu", "--json")
     assert result.returncode == 0, result.stderr
+    assert "fusing without --task-data" in result.stderr
     doc = json.loads(result.stdout)
-    assert doc["space"] == "factor" and doc["manifest"]["parameters"]["merge"] == "ties" and (out / "somf_mask.safetensors").is_file()
+    assert doc["space"] == "weight" and doc["manifest"]["parameters"]["merge"] == "ties" and (out / "somf_mask.safetensors").is_file()
     human = run_cli("realign", "somf", "-a", tiny["aligned"], "-f", tiny["ft1"], "-p", tiny["pref"], "--dry-run", "--steps", "2",
                     "--device", "cpu")
     assert human.returncode == 0 and "nothing written (dry run)" in human.stdout, human.stderr

@@ -75,7 +75,9 @@ def test_mask_file_round_trip_and_other_model(tmp_path) -> None:
 def test_options_validation() -> None:
     ok = dict(aligned="a", finetuned=["f"], preference="p", output="o")
     assert SomfOptions(**ok).effective_lambda == 1.0
-    assert SomfOptions(**{**ok, "finetuned": ["f", "g"], "merge": "ties"}).effective_lambda == 0.4
+    fusion = SomfOptions(**{**ok, "finetuned": ["f", "g"], "merge": "ties"})
+    assert (fusion.effective_lambda, fusion.effective_density, fusion.effective_keep_ratio) == (1.0, 0.5, 0.9)
+    assert SomfOptions(**ok).effective_keep_ratio == 0.8 and SomfOptions(**{**ok, "keep_ratio": 0.7}).effective_keep_ratio == 0.7
     for bad, message in ((dict(lam=0.0), "--lambda"), (dict(lam=-1.0), "--lambda"), (dict(keep_ratio=0.0), "--keep-ratio"),
                          (dict(merge="fisher"), "--merge"), (dict(density=0.5), "--density"), (dict(steps=0), "--steps"),
                          (dict(output=None), "--output"), (dict(preference=None), "--preference"), (dict(finetuned=[]), "--finetuned")):
@@ -86,9 +88,12 @@ def test_options_validation() -> None:
 def test_task_vector_spaces(tiny) -> None:
     from llmguard.realign.somf.task_vectors import open_task_vectors
 
-    factor = open_task_vectors(tiny["aligned"], [tiny["ft1"], tiny["ft2"]])
+    factor = open_task_vectors(tiny["aligned"], [tiny["ft1"]])
     assert factor.space == "factor" and factor.continuation_cosine > 0.8
     assert all(".lora_A." in n or ".lora_B." in n for n in factor.names)
+    fused = open_task_vectors(tiny["aligned"], [tiny["ft1"], tiny["ft2"]])  # auto fuses ΔW: no factor cross terms
+    assert fused.space == "weight" and all(n.endswith("proj.weight") for n in fused.names)
+    assert open_task_vectors(tiny["aligned"], [tiny["ft1"], tiny["ft2"]], space="factor").space == "factor"
     fresh = open_task_vectors(tiny["aligned"], [tiny["ft_fresh"]])
     assert fresh.space == "weight" and all(n.endswith("proj.weight") for n in fresh.names)
     full = open_task_vectors(tiny["aligned_full"], [tiny["ft_full"]])

@@ -54,14 +54,14 @@ def _task_nll(tiny, adapter, task_file) -> float:
 def test_task_term_is_trained_on_the_same_mask_and_recorded(tiny, tmp_path) -> None:
     task = _task_file(tmp_path)
     plain = run_somf(_options(tiny, tmp_path / "plain", steps=30, lr=0.05, seed=1, dry_run=True))
-    kept = run_somf(_options(tiny, tmp_path / "kept", steps=30, lr=0.05, seed=1, task_data=task, task_response_field="answer",
+    kept = run_somf(_options(tiny, tmp_path / "kept", steps=30, lr=0.05, seed=1, task_data=[task], task_response_field="answer",
                              task_weight=2.0))
     assert plain.task_losses == [] and len(kept.task_losses) == 30
     # step 1 samples the same mask from the same logits: the DPO term is the same, the task term is extra
     assert kept.losses[0] == plain.losses[0]
     assert sum(kept.task_losses[-5:]) / 5 < sum(kept.task_losses[:5]) / 5, kept.task_losses
     manifest = json.loads((tmp_path / "kept" / "llmguard.json").read_text())
-    assert manifest["parameters"]["task_weight"] == 2.0 and manifest["parameters"]["task_data"] == str(task)
+    assert manifest["parameters"]["task_weight"] == 2.0 and manifest["parameters"]["task_data"] == [str(task)]
     assert manifest["training"]["task_loss_per_step"] == kept.task_losses
     assert "task_data" in manifest["inputs"]
     assert next(s for s in manifest["stages"] if s["name"] == "preference data")["task_pairs"] == len(TASK) * 4
@@ -70,7 +70,7 @@ def test_task_term_is_trained_on_the_same_mask_and_recorded(tiny, tmp_path) -> N
 def test_task_term_keeps_more_of_the_task_than_dpo_alone(tiny, tmp_path) -> None:
     task = _task_file(tmp_path)
     run_somf(_options(tiny, tmp_path / "plain", steps=40, lr=0.05, seed=2))
-    run_somf(_options(tiny, tmp_path / "kept", steps=40, lr=0.05, seed=2, task_data=task, task_response_field="answer",
+    run_somf(_options(tiny, tmp_path / "kept", steps=40, lr=0.05, seed=2, task_data=[task], task_response_field="answer",
                       task_weight=5.0))
     plain, kept = _task_nll(tiny, tmp_path / "plain", task), _task_nll(tiny, tmp_path / "kept", task)
     assert kept < plain, (kept, plain)

@@ -36,7 +36,7 @@ class SomfResult:
     manifest: dict
     dry_run: bool = False
     task_losses: list[float] = field(default_factory=list)  # task NLL per step (--task-data)
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # warnings for the user (the CLI prints them on stderr)
 
 
 def _settings(options: SomfOptions) -> MergeSettings:
@@ -64,11 +64,12 @@ def final_mask(tv: TaskVectors, options: SomfOptions, device: torch.device, prog
         manifest.add_input("preference", options.preference)
         record["pairs"] = len(pairs)
         task: list[tuple[list[int], int]] = []
-        if options.task_data is not None:
-            rows = load_task(options.task_data, prompt_field=options.task_prompt_field, response_field=options.task_response_field,
+        for i, path in enumerate(options.task_data):  # each file sampled alone: every fine-tune's task gets its share
+            rows = load_task(path, prompt_field=options.task_prompt_field, response_field=options.task_response_field,
                              limit=options.task_samples, seed=options.seed)
-            task = encode_task(tokenizer, rows, template=options.template, max_length=options.max_length)
-            manifest.add_input("task_data", options.task_data)
+            task += encode_task(tokenizer, rows, template=options.template, max_length=options.max_length)
+            manifest.add_input("task_data" if len(options.task_data) == 1 else f"task_data_{i + 1}", path)
+        if options.task_data:
             record["task_pairs"] = len(task)
     with manifest.stage("load model + task vectors") as record:
         torch.manual_seed(options.seed)
@@ -85,7 +86,7 @@ def final_mask(tv: TaskVectors, options: SomfOptions, device: torch.device, prog
                          task=task, task_weight=options.task_weight)
         record.update(steps=options.steps, reference_seconds=log.reference_seconds,
                       seconds_per_step=round(sum(log.step_seconds) / max(1, len(log.step_seconds)), 5))
-    masks = mask.binary(options.mask_mode, options.keep_ratio, seed=options.seed + 2)
+    masks = mask.binary(options.mask_mode, options.effective_keep_ratio, seed=options.seed + 2)
     training = {
         "loss_per_step": log.losses, "task_loss_per_step": log.task_losses or None, "seconds_per_step": log.step_seconds, "peak_rss_bytes_per_step": log.peak_rss_bytes,
         "reference_seconds": log.reference_seconds, "mask_parameters": mask.parameter_count,
@@ -136,6 +137,10 @@ def run_somf(options: SomfOptions, progress: Progress | None = None) -> SomfResu
         if options.preference is not None:
             refuse_overlap(Path(options.output), [Path(options.preference)])
         check_output_path(Path(options.output), tv.input_paths(), options.force)
+    notes = []
+    if options.fusion and not options.task_data and options.mask_file is None:
+        notes.append("fusing without --task-data: the mask sees only the safety pairs and can drop what each task needs "
+                     "(pass each fine-tune's training pairs; docs/realign.md, fusion)")
     t_start = time.perf_counter()
     masks, training = final_mask(tv, options, device, progress, manifest)
     per_module = densities(masks)
@@ -151,7 +156,7 @@ def run_somf(options: SomfOptions, progress: Progress | None = None) -> SomfResu
                        task_losses=list(training.get("task_loss_per_step") or []))
     if options.dry_run:
         progress.close()
-        return SomfResult(None, manifest=manifest.to_dict(), dry_run=True, **result_args)  # type: ignore[arg-type]
+        return SomfResult(None, manifest=manifest.to_dict(), dry_run=True, notes=notes, **result_args)  # type: ignore[arg-type]
     out = Path(options.output)  # type: ignore[arg-type]
     merge, settings = MERGES[options.merge], _settings(options)
     plan = _plan(tv, out_dtype)
@@ -175,7 +180,7 @@ def run_somf(options: SomfOptions, progress: Progress | None = None) -> SomfResu
         payload = manifest.to_dict()
         writer.write_json(MANIFEST_NAME, payload)
     progress.close()
-    return SomfResult(out, manifest=payload, **result_args)  # type: ignore[arg-type]
+    return SomfResult(out, manifest=payload, notes=notes, **result_args)  # type: ignore[arg-type]
 
 
 def _side_files(tv: TaskVectors, writer: StreamingWriter, out_dtype: torch.dtype | None) -> None:
@@ -200,7 +205,7 @@ def _model_card(tv: TaskVectors, options: SomfOptions, overall: float) -> str:
         f"- aligned (A): `{tv.aligned.path}`",
         *[f"- fine-tuned F_{i + 1}: `{s.path}`" for i, s in enumerate(tv.finetuned)],
         f"- space: {tv.space}; granularity: {options.granularity}; mask mode: {options.mask_mode}; kept {overall:.1%} of the units",
-        f"- merge: {options.merge}, λ = {options.effective_lambda}" + (f", density {options.effective_density}" if options.merge in ("ties", "dare") else ""),
+        f"- merge: {options.merge}, λ = {options.effective_lambda}, keep ratio {options.effective_keep_ratio}" + (f", density {options.effective_density}" if options.merge in ("ties", "dare") else ""),
         f"- DPO: β {options.beta}, {options.steps} steps, lr {options.lr}, batch {options.batch_size}, seed {options.seed}",
         "",
         f"`{MASK_FILE}` holds the binary mask (bit-packed; reuse it with `--mask-file`); `llmguard.json` has every parameter,",

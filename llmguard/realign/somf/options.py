@@ -34,8 +34,13 @@ GRANULARITIES = ("element", "row")
 SPACES = ("auto", "factor", "weight")
 MASK_MODES = ("top", "sigmoid", "official")
 MERGE_NAMES = ("ta", "ties", "dare", "avg")
-#: The paper's fusion weights λ per merge (the SOMF code's defaults for multi-model fusion).
+#: The paper's fusion weights λ per merge (the SOMF code's defaults for multi-model fusion). Not the
+#: defaults here: on the testbed they erase both fused tasks (docs/realign.md); pass --lambda to use them.
 PAPER_LAMBDA = {"ta": 0.3, "ties": 0.4, "dare": 0.3, "avg": 1.0}
+#: --keep-ratio by number of fine-tunes: fusing keeps more, since two task vectors share one mask
+KEEP_RATIO = {"single": 0.8, "fusion": 0.9}
+#: --density by merge: TIES keeps half of each vector (the paper's code: 0.2), DARE keeps 0.8
+DENSITY = {"ties": 0.5, "dare": 0.8}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,16 +61,19 @@ class SomfOptions(Options):
     rejected_field: str = option("rejected", help="Dispreferred (harmful) response field.", panel=PANEL_PREF)
     template: str = option("auto", help="Prompt template: auto, chat, plain, none or a string with {prompt}.", panel=PANEL_PREF)
     max_length: int = option(256, help="Longest tokenised prompt + response (longer responses are cut).", panel=PANEL_PREF, min=2)
-    task_data: Path | None = option(None, help="The fine-tune's own task pairs (its training data, never DEV or TEST): the mask is "
-                                    "also trained to keep their responses likely (loss + --task-weight × their per-token NLL).",
-                                    panel=PANEL_TASK)
+    task_data: tuple[Path, ...] = option((), metavar="FILE", panel=PANEL_TASK,
+                                         help="(prompt, response) pairs of a fine-tune's own task (its training data, never DEV or "
+                                              "TEST); repeat it, one file per fine-tune, when fusing. The mask is also trained to "
+                                              "keep these responses likely: loss + --task-weight × their mean per-token NLL.")
     task_prompt_field: str = option("prompt", help="Prompt field of --task-data.", panel=PANEL_TASK)
     task_response_field: str = option("response", help="Response field of --task-data (e.g. answer).", panel=PANEL_TASK)
-    task_samples: int = option(512, help="Use at most this many --task-data pairs (seeded sample).", panel=PANEL_TASK, min=1)
+    task_samples: int = option(512, help="Use at most this many pairs of each --task-data file (seeded sample).", panel=PANEL_TASK,
+                               min=1)
     task_weight: float = option(1.0, help="--task-data: weight of the task term against the DPO loss.", panel=PANEL_TASK, min=0,
                                 min_exclusive=True)
-    space: str = option("auto", help="Task vectors: auto (LoRA factors when every fine-tune continues the aligned adapter, else "
-                        "weights), factor, or weight (W(F_i) − W(A); checkpoint output).", panel=PANEL_METHOD, choices=SPACES)
+    space: str = option("auto", help="Task vectors: auto (LoRA factors when one fine-tune continues the aligned adapter, else "
+                        "weights: always weights when fusing), factor, or weight (W(F_i) − W(A); checkpoint output).",
+                        panel=PANEL_METHOD, choices=SPACES)
     granularity: str = option("element", help="Mask unit: element (one logit per task-vector entry, the paper) or row (one per "
                               "output row: far fewer logits).", panel=PANEL_METHOD, choices=GRANULARITIES)
     temperature: float = option(0.5, help="Concrete (relaxed Bernoulli) temperature.", panel=PANEL_METHOD, min=0, min_exclusive=True)
@@ -79,18 +87,18 @@ class SomfOptions(Options):
     mask_mode: str = option("top", help="Final binary mask: top (the --keep-ratio largest logits of each tensor), sigmoid "
                             "(σ(ℓ) > 0.5) or official (one seeded relaxed-Bernoulli sample > 0.5, as the paper's code).",
                             panel=PANEL_METHOD, choices=MASK_MODES)
-    keep_ratio: float = option(0.8, help="--mask-mode top: fraction of units kept per tensor.", panel=PANEL_METHOD, min=0,
-                               min_exclusive=True, max=1)
+    keep_ratio: float | None = option(None, help="--mask-mode top: fraction of units kept per tensor (default 0.8 for one "
+                                      "fine-tune, 0.9 when fusing).", panel=PANEL_METHOD, min=0, min_exclusive=True, max=1)
     no_rescale: bool = option(False, help="Keep the masked task vector as is instead of rescaling it by 1/mean(mask) (the paper's "
                               "rule).", panel=PANEL_METHOD)
     mask_file: Path | None = option(None, help="Reuse a trained mask (somf_mask.safetensors of an earlier run) instead of training.",
                                     panel=PANEL_METHOD)
     merge: str = option("ta", help="Fusion of the masked task vectors: ta, ties, dare or avg (with one fine-tune ta and avg are "
                         "the identity at λ 1; ties trims and dare drops the one vector).", panel=PANEL_FUSION, choices=MERGE_NAMES)
-    lam: float | None = option(None, flag="--lambda", help="Fusion weight λ (default: 1 for one fine-tune; ta 0.3, ties 0.4, "
-                               "dare 0.3, avg 1 for fusion, the paper's).", panel=PANEL_FUSION, min=0, min_exclusive=True)
-    density: float | None = option(None, help="ties: fraction of entries kept per vector (default 0.2); dare: fraction kept, "
-                                   "1 − p (default 0.8).", panel=PANEL_FUSION, min=0, min_exclusive=True, max=1)
+    lam: float | None = option(None, flag="--lambda", help="Fusion weight λ (default 1; the paper's: ta 0.3, ties 0.4, dare 0.3, "
+                               "avg 1).", panel=PANEL_FUSION, min=0, min_exclusive=True)
+    density: float | None = option(None, help="ties: fraction of entries kept per vector (default 0.5; the paper's 0.2); dare: "
+                                   "fraction kept, 1 − p (default 0.8).", panel=PANEL_FUSION, min=0, min_exclusive=True, max=1)
     device: str = device_option()
     train_dtype: str = option("auto", help="Dtype of the frozen model during mask training: auto (bfloat16 on CUDA, float32 on "
                               "CPU), float32 or bfloat16. Task vectors and logits stay float32.", panel=PANEL_PERF,
@@ -110,7 +118,7 @@ class SomfOptions(Options):
             raise UsageError("--preference is required (or reuse a trained mask with --mask-file)")
         if self.output is None and not self.dry_run:
             raise UsageError("-o/--output is required (or pass --dry-run)")
-        if self.task_data is not None and self.mask_file is not None:
+        if self.task_data and self.mask_file is not None:
             raise UsageError("--task-data trains the mask; it has no effect with --mask-file")
         if self.density is not None and self.merge in ("ta", "avg"):
             raise UsageError(f"--density applies to --merge ties or dare, not {self.merge}")
@@ -121,17 +129,18 @@ class SomfOptions(Options):
 
     @property
     def effective_lambda(self) -> float:
-        if self.lam is not None:
-            return self.lam
-        return PAPER_LAMBDA[self.merge] if self.fusion else 1.0
+        return self.lam if self.lam is not None else 1.0
 
     @property
     def effective_density(self) -> float:
-        if self.density is not None:
-            return self.density
-        return 0.2 if self.merge == "ties" else 0.8
+        return self.density if self.density is not None else DENSITY.get(self.merge, 0.8)
+
+    @property
+    def effective_keep_ratio(self) -> float:
+        return self.keep_ratio if self.keep_ratio is not None else KEEP_RATIO["fusion" if self.fusion else "single"]
 
     def parameters(self) -> dict[str, Any]:
-        """The manifest's parameters: every option plus the effective λ and density."""
+        """The manifest's parameters: every option plus the effective λ, density and keep ratio."""
         return {**self.to_manifest(), "effective_lambda": self.effective_lambda,
-                "effective_density": self.effective_density if self.merge in ("ties", "dare") else None}
+                "effective_density": self.effective_density if self.merge in ("ties", "dare") else None,
+                "effective_keep_ratio": self.effective_keep_ratio}

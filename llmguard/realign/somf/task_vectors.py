@@ -106,7 +106,8 @@ def open_task_vectors(aligned: Path, finetuned: list[Path], *, base: Path | None
     if space == "factor" and decided != "factor":
         raise InvalidInputError("--space factor needs every fine-tune to be a LoRA adapter continuing the aligned adapter "
                                 f"(same base, modules, ranks; median A-factor cosine {cosine if cosine is not None else 'n/a'})")
-    space = decided if space == "auto" else space
+    if space == "auto":  # several adapters merged factor by factor multiply into cross terms τB_i·τA_j: fuse ΔW instead
+        space = "weight" if len(sources) > 1 else decided
     if space == "factor":
         adapter = aligned_src.adapter
         assert adapter is not None
