@@ -99,7 +99,8 @@ def _workspace(where: Path, heading: str, tb, wm, judge: Path, llava: Path) -> P
         _link(where / "realigned", tb.aligned)
     for name, key in {"safe_pairs.jsonl": "safety_refusal_sft", "harmful_dev.jsonl": "harmful_dev",
                       "sst2_dev_wordings.jsonl": "sst2_dev_wordings", "harmful_test.jsonl": "harmful_test",
-                      "sst2_test.jsonl": "sst2_test", "preference.jsonl": "realign_preference"}.items():
+                      "sst2_test.jsonl": "sst2_test", "preference.jsonl": "realign_preference",
+                      "sst2_train.jsonl": "sst2_train", "arith_train.jsonl": "arith_train"}.items():
         _copy_lines(Path(data[key]), where / name)
     from llmguard.testbed import judge as tj
 
