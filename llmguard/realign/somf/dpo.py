@@ -37,21 +37,25 @@ def _pad(batch: Sequence[tuple[list[int], int]], pad_id: int, device: torch.devi
     return input_ids.to(device), attention.to(device), response.to(device)
 
 
-def sequence_logprobs(model: torch.nn.Module, batch: Sequence[tuple[list[int], int]], pad_id: int, device: torch.device) -> torch.Tensor:
-    """Σ log p(response token) per sequence."""
+def _response_logprobs(model: torch.nn.Module, batch: Sequence[tuple[list[int], int]], pad_id: int,
+                       device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p of every next token and the mask of those that are response tokens, [n, len − 1] each."""
     input_ids, attention, response = _pad(batch, pad_id, device)
     logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
     token_lp = torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-    return (token_lp * response[:, 1:]).sum(dim=-1)
+    return token_lp, response[:, 1:]
+
+
+def sequence_logprobs(model: torch.nn.Module, batch: Sequence[tuple[list[int], int]], pad_id: int, device: torch.device) -> torch.Tensor:
+    """Σ log p(response token) per sequence."""
+    token_lp, response = _response_logprobs(model, batch, pad_id, device)
+    return (token_lp * response).sum(dim=-1)
 
 
 def mean_token_nll(model: torch.nn.Module, batch: Sequence[tuple[list[int], int]], pad_id: int, device: torch.device) -> torch.Tensor:
     """Mean over sequences of the per-token negative log-likelihood of the response."""
-    input_ids, attention, response = _pad(batch, pad_id, device)
-    logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
-    token_lp = torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-    counts = response[:, 1:].sum(dim=-1).clamp(min=1)
-    return -((token_lp * response[:, 1:]).sum(dim=-1) / counts).mean()
+    token_lp, response = _response_logprobs(model, batch, pad_id, device)
+    return -((token_lp * response).sum(dim=-1) / response.sum(dim=-1).clamp(min=1)).mean()
 
 
 def pair_logprobs(model: torch.nn.Module, pairs: Sequence[EncodedPair], pad_id: int, device: torch.device) -> torch.Tensor:

@@ -88,7 +88,8 @@ def final_mask(tv: TaskVectors, options: SomfOptions, device: torch.device, prog
                       seconds_per_step=round(sum(log.step_seconds) / max(1, len(log.step_seconds)), 5))
     masks = mask.binary(options.mask_mode, options.effective_keep_ratio, seed=options.seed + 2)
     training = {
-        "loss_per_step": log.losses, "task_loss_per_step": log.task_losses or None, "seconds_per_step": log.step_seconds, "peak_rss_bytes_per_step": log.peak_rss_bytes,
+        "loss_per_step": log.losses, "task_loss_per_step": log.task_losses or None, "seconds_per_step": log.step_seconds,
+        "peak_rss_bytes_per_step": log.peak_rss_bytes,
         "reference_seconds": log.reference_seconds, "mask_parameters": mask.parameter_count,
         "granularity": options.granularity,
     }

@@ -34,9 +34,8 @@ GRANULARITIES = ("element", "row")
 SPACES = ("auto", "factor", "weight")
 MASK_MODES = ("top", "sigmoid", "official")
 MERGE_NAMES = ("ta", "ties", "dare", "avg")
-#: The paper's fusion weights λ per merge (the SOMF code's defaults for multi-model fusion). Not the
-#: defaults here: on the testbed they erase both fused tasks (docs/realign.md); pass --lambda to use them.
-PAPER_LAMBDA = {"ta": 0.3, "ties": 0.4, "dare": 0.3, "avg": 1.0}
+#: --lambda is 1 by default. The paper's fusion values (ta 0.3, ties 0.4, dare 0.3, avg 1) erase both
+#: fused tasks on the testbed (docs/realign.md); pass them with --lambda to reproduce the paper.
 #: --keep-ratio by number of fine-tunes: fusing keeps more, since two task vectors share one mask
 KEEP_RATIO = {"single": 0.8, "fusion": 0.9}
 #: --density by merge: TIES keeps half of each vector (the paper's code: 0.2), DARE keeps 0.8
