@@ -178,7 +178,7 @@ def test_scorer_and_mask_points_share_one_calibration_pass_with_identical_output
 
 
 def test_search_auto_picks_the_documented_grid_by_fine_tune_kind(tmp_path):
-    from llmguard.realign.nlsr.grid import AUTO_GRIDS, resolve_grid
+    from llmguard.realign.nlsr.grid import AUTO_GRIDS, GUARDED_AXIS, resolve_grid
     from llmguard.realign.nlsr.options import NlsrOptions
 
     adapter = tmp_path / "lora"
@@ -193,3 +193,9 @@ def test_search_auto_picks_the_documented_grid_by_fine_tune_kind(tmp_path):
                        calibration=tmp_path / "c.jsonl")
     grid = opts.grid()
     assert grid == parse_grid(AUTO_GRIDS["full"]) and all(p["unit"] == "weight" for p in grid)
+    # with the task guard, DEV also chooses its tolerance (2 or 5 points) at every point of the grid
+    guarded = opts.replace(task_data=tmp_path / "t.jsonl").grid()
+    assert resolve_grid("auto", adapter, guarded=True) == f"{AUTO_GRIDS['lora']};{GUARDED_AXIS}"
+    assert guarded == [{**p, "task_tolerance": t} for p in grid for t in (2.0, 5.0)]
+    with pytest.raises(UsageError, match="--task-data"):  # the guard's axis without the guard
+        opts.replace(search="task-tolerance=2,5")

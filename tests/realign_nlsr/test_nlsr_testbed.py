@@ -20,7 +20,7 @@ import json
 import pytest
 
 from cli_utils import run_cli
-from llmguard.realign.nlsr.grid import AUTO_GRIDS, parse_grid
+from llmguard.realign.nlsr.grid import AUTO_GRIDS, GUARDED_AXIS, parse_grid
 
 pytestmark = pytest.mark.slow
 
@@ -113,7 +113,7 @@ def test_dev_search_then_test_bounds(testbed, test_split, aligned_harmful, tmp_p
                      *_task_guard(testbed), "--json")
     assert result.returncode == 0, f"exit {result.returncode} (10: no DEV setting keeps the task): {result.stderr[-2000:]}"
     table = json.loads(result.stdout)
-    assert len(table["points"]) == len(parse_grid(AUTO_GRIDS[kind]))
+    assert len(table["points"]) == len(parse_grid(f"{AUTO_GRIDS[kind]};{GUARDED_AXIS}"))  # the guard's tolerance is searched too
     chosen = table["points"][table["chosen"]]
     ft_harmful, ft_acc = _evaluate(finetuned, test_split, testbed)
     new_harmful, new_acc = _evaluate(out, test_split, testbed)

@@ -28,15 +28,24 @@ AUTO_GRIDS = {
 }
 
 
-def resolve_grid(spec: str, finetuned: Any) -> str:
+#: ``--search auto`` with the task guard (``--task-data``) also lets DEV choose the guard's
+#: tolerance: 2 points on the training pairs (the default) reverts until the task is nearly whole,
+#: 5 stops earlier and keeps more of the safety; the DEV task window decides whether that costs too
+#: much. Points that differ only here share the analysis (a selection-only field).
+GUARDED_AXIS = "task-tolerance=2,5"
+
+
+def resolve_grid(spec: str, finetuned: Any, guarded: bool = False) -> str:
     """``auto`` → the :data:`AUTO_GRIDS` entry for the fine-tune (a PEFT adapter directory is
-    ``lora``, anything else ``full``); any other spec unchanged."""
+    ``lora``, anything else ``full``), with :data:`GUARDED_AXIS` when the task guard is on; any
+    other spec unchanged."""
     if spec.strip() != "auto":
         return spec
     from pathlib import Path
 
     is_adapter = finetuned is not None and (Path(finetuned) / "adapter_config.json").is_file()
-    return AUTO_GRIDS["lora" if is_adapter else "full"]
+    grid = AUTO_GRIDS["lora" if is_adapter else "full"]
+    return f"{grid};{GUARDED_AXIS}" if guarded else grid
 
 
 def grid_keys() -> dict[str, tuple[str, Any]]:

@@ -33,7 +33,7 @@ PANEL_SEARCH = "Dev-split search"
 PANEL_TASK = "Task guard"
 
 #: fields a ``--search`` grid may vary (spelled on the command line like their flags, without ``--``)
-SEARCHABLE = ("alpha", "budget", "threshold", "mask_ratio", "scorer", "unit", "actsvd_keep", "amplify_mode")
+SEARCHABLE = ("alpha", "budget", "threshold", "mask_ratio", "scorer", "unit", "actsvd_keep", "amplify_mode", "task_tolerance")
 #: fields whose change leaves the per-module analysis (calibration statistics, scores, masks,
 #: similarities) as it is: a grid over only these re-selects and re-writes, nothing else
 SELECTION_ONLY = ("budget", "threshold", "select_mode", "prune_rate", "epsilon", "task_data", "task_prompt_field",
@@ -160,6 +160,8 @@ class NlsrOptions(Options):
             raise UsageError("--search needs --dev-prompts (held-out harmful prompts; keep the test split for the report)")
         if self.dev_task and self.dev_task_data is None:
             raise UsageError(f"--dev-task {self.dev_task}: give its DEV items with --dev-task-data")
+        if self.task_data is None and any("task_tolerance" in params for params in grid):
+            raise UsageError("--search: task-tolerance is the task guard's; pass --task-data FILE")
         for params in grid:  # every point is refused now, not after the points before it ran
             self.point(params)
 
@@ -167,7 +169,9 @@ class NlsrOptions(Options):
         """The ``--search`` grid as field dicts (empty without ``--search``)."""
         from llmguard.realign.nlsr.grid import parse_grid, resolve_grid
 
-        return parse_grid(resolve_grid(self.search, self.finetuned)) if self.search is not None else []
+        if self.search is None:
+            return []
+        return parse_grid(resolve_grid(self.search, self.finetuned, guarded=self.task_data is not None))
 
     def point(self, params: dict[str, Any], **changes: Any) -> "NlsrOptions":
         """One search point: these options with ``params`` (and ``changes``) replaced, as a plain run."""
