@@ -120,8 +120,8 @@ class NlsrOptions(Options):
     search: str | None = option(
         None, metavar="GRID", panel=PANEL_SEARCH, manifest=False,
         help="Try every point of GRID on DEV data and keep the best, e.g. 'alpha=0.5,0.9;budget=0.25,0.5' "
-             "(keys: alpha, budget, threshold, mask-ratio, scorer, unit, actsvd-keep, amplify-mode), or 'auto': "
-             "the documented grid for a LoRA or a full fine-tune.")
+             "(keys: alpha, budget, threshold, mask-ratio, scorer, unit, actsvd-keep, amplify-mode, task-tolerance), or "
+             "'auto': the documented grid for a LoRA or a full fine-tune (with --task-data also the guard's tolerance).")
     dev_prompts: Path | None = option(None, help="--search: held-out DEV harmful prompts (JSONL with a prompt field).",
                                       panel=PANEL_SEARCH, manifest=False)
     dev_task: str | None = option(None, help="--search: task name for --dev-task-data (sst2, arith or any label).",
