@@ -12,6 +12,8 @@ child processes (peak RSS is each child's own ``VmHWM``), each for ``--steps`` D
 2. **official design**: the same forward machinery, but as the SOMF code runs it: a second full
    model as the DPO reference, with its own untrained mask sampled at every step, so every step
    runs a reference forward as well and two model copies are resident.
+3. **llmguard + --task-data**: (1) with the task-retention term on random task pairs of the same
+   length: one more forward and backward of ``--batch`` task sequences per step.
 
     python benchmarks/somf.py --work /tmp/somf-bench --steps 3 --batch 2 --seq 32
 
@@ -40,6 +42,14 @@ def build_preference(path: Path, vocab: int, pairs: int, seq: int, seed: int = 0
             fh.write(json.dumps({"prompt": words(seq // 4), "chosen": words(seq - seq // 4), "rejected": words(seq - seq // 4)}) + "\n")
 
 
+def build_task(path: Path, vocab: int, pairs: int, seq: int, seed: int = 1) -> None:
+    rng = random.Random(seed)
+    words = lambda n: " ".join(f"w{rng.randrange(3, vocab)}" for _ in range(n))  # noqa: E731
+    with open(path, "w") as fh:
+        for _ in range(pairs):
+            fh.write(json.dumps({"prompt": words(seq // 4), "response": words(seq - seq // 4)}) + "\n")
+
+
 def child(kind: str, root: Path, steps: int, batch: int) -> dict:
     import torch
 
@@ -47,8 +57,9 @@ def child(kind: str, root: Path, steps: int, batch: int) -> dict:
     from llmguard.realign.somf.options import SomfOptions
 
     options = SomfOptions(aligned=root / "aligned", finetuned=[root / "finetuned"], preference=root / "pref.jsonl", steps=steps,
-                          batch_size=batch, dry_run=True, device="cpu", train_dtype="float32")
-    if kind == "ours":
+                          batch_size=batch, dry_run=True, device="cpu", train_dtype="float32",
+                          task_data=[root / "task.jsonl"] if kind == "ours-task" else [])
+    if kind in ("ours", "ours-task"):
         from llmguard.realign.somf.method import run_somf
 
         result = run_somf(options)
@@ -109,7 +120,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2, help="preference pairs per step")
     parser.add_argument("--seq", type=int, default=32, help="tokens per prompt + response")
     parser.add_argument("--pairs", type=int, default=8)
-    parser.add_argument("--child", choices=("ours", "official"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("ours", "official", "ours-task"), help=argparse.SUPPRESS)
     opts = parser.parse_args()
     root = opts.work / opts.shape
     if opts.child:
@@ -120,9 +131,11 @@ def main() -> None:
     nlsr_bench.build_model(root / "base", dims)
     nlsr_bench.build_adapters(root / "base", dims, root / "aligned", root / "finetuned")
     build_preference(root / "pref.jsonl", dims["vocab"], opts.pairs, opts.seq)
+    build_task(root / "task.jsonl", dims["vocab"], opts.pairs, opts.seq)
     print(f"[{opts.shape}] inputs ready in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
     ours = run_child("ours", opts.work, opts.shape, opts.steps, opts.batch)
     official = run_child("official", opts.work, opts.shape, opts.steps, opts.batch)
+    with_task = run_child("ours-task", opts.work, opts.shape, opts.steps, opts.batch)
 
     def per_step(r: dict) -> float:
         later = r["seconds_per_step"][1:] or r["seconds_per_step"]
@@ -130,9 +143,12 @@ def main() -> None:
 
     print(f"| design ({opts.shape}, {opts.steps} steps × {opts.batch} pairs, {opts.seq} tokens) | s/step | reference pass (once) | peak RSS |")
     print("|---|---|---|---|")
-    for name, r in (("official: second model as DPO reference", official), ("llmguard: reference log-probs once, one model", ours)):
+    for name, r in (("official: second model as DPO reference", official), ("llmguard: reference log-probs once, one model", ours),
+                    ("llmguard + --task-data (a task batch per step)", with_task)):
         print(f"| {name} | {per_step(r):.2f} | {r['reference_seconds']:.2f} s | {r['peak_rss_bytes'] / 2**30:.2f} GiB |")
     print(f"| ratio official / llmguard | {per_step(official) / per_step(ours):.2f}× | | {official['peak_rss_bytes'] / ours['peak_rss_bytes']:.2f}× |")
+    print(f"| ratio llmguard + --task-data / llmguard | {per_step(with_task) / per_step(ours):.2f}× | | "
+          f"{with_task['peak_rss_bytes'] / ours['peak_rss_bytes']:.2f}× |")
 
 
 if __name__ == "__main__":
