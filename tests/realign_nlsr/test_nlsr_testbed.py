@@ -83,7 +83,7 @@ def _kind(testbed, kind):
 def test_defaults_halve_the_harmful_rate_and_keep_the_task(testbed, test_split, tmp_path, kind):
     """No search: weight units in every module, mask 0.15 (LoRA) / 0.4 (full), task guard. Measured
     on a fresh testbed v4 seed-0 build (Intel Xeon, torch 2.13.0): LoRA 100 -> 9.7 % harmful, sst2
-    100 -> 98.4 %; full 100 -> 33.3 %, sst2 100 -> 95.3 % (the guard reverts nothing on seed 0)."""
+    100 -> 98.4 %; full 100 -> 33.3 %, sst2 100 -> 95.3 % (the same as without the guard)."""
     finetuned, aligned = _kind(testbed, kind)
     out = tmp_path / f"defaults-{kind}"
     result = run_cli("realign", "nlsr", "-a", aligned, "--base", testbed.aligned_sft, "-f", finetuned,
