@@ -40,6 +40,15 @@ def _evaluate(path, testbed, task="sst2"):
     return 100 * report.harmful_rate, 100 * report.task["accuracy"]
 
 
+def _task_accuracy(path, testbed, task):
+    """TEST accuracy of one task alone (no harmful prompts to answer)."""
+    from llmguard.eval.safety import evaluate_safety
+    from llmguard.eval.safety_options import EvalSafetyOptions
+
+    report = evaluate_safety(EvalSafetyOptions(model=str(path), task=task, task_data=testbed.data[f"{task}_test"], device="cpu"))
+    return 100 * report.task["accuracy"]
+
+
 @pytest.mark.parametrize("kind", ["lora", "full"])
 def test_defaults_meet_the_single_finetune_bounds(testbed, tmp_path, kind) -> None:
     from llmguard.realign.somf.method import run_somf
@@ -81,9 +90,9 @@ def test_fusion_meets_the_fusion_bounds(testbed, tmp_path) -> None:
     assert result.space == "weight" and result.notes == []
     aligned_harmful, _ = _evaluate(testbed.aligned, testbed)
     _, ft_sst2 = _evaluate(testbed.finetuned_lora, testbed)
-    _, ft_arith = _evaluate(testbed.finetuned_arith_lora, testbed, task="arith")
+    ft_arith = _task_accuracy(testbed.finetuned_arith_lora, testbed, "arith")
     new_harmful, new_sst2 = _evaluate(out, testbed)
-    _, new_arith = _evaluate(out, testbed, task="arith")
+    new_arith = _task_accuracy(out, testbed, "arith")
     summary = (f"seed {SEED} fusion ta: aligned harmful {aligned_harmful:.1f}; fine-tunes sst2 {ft_sst2:.1f}, arith {ft_arith:.1f}; "
                f"fused {new_harmful:.1f} / sst2 {new_sst2:.1f} / arith {new_arith:.1f}")
     print(summary)
