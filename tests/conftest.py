@@ -3,11 +3,19 @@
 ``testbed``: the testbed (tiny real Llama checkpoints + data), built once into the shared cache
 (``$LLMGUARD_CACHE``, default ``~/.cache/llmguard``) under a file lock, so parallel pytest
 workers (``-n 2``) and later runs reuse one build.
+
+Scheduling: a fresh cache means a build of several minutes. Left to the first test that needs it,
+the build held one worker while the other, reaching a testbed test of its own, waited idle on the
+lock (186-248 s of a 13-18 minute suite on 2 cores). So the tests that need the testbed (the
+``slow`` ones and every user of the ``testbed`` fixture) run last, and one process starts the
+build in the background as soon as collection is done: both workers run the other tests meanwhile.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -27,3 +35,30 @@ def testbed():
     from llmguard.testbed import build
 
     return build(seed=0)
+
+
+def _needs_testbed(item: pytest.Item) -> bool:
+    return item.get_closest_marker("slow") is not None or "testbed" in getattr(item, "fixturenames", ())
+
+
+_background: list[subprocess.Popen] = []
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Testbed tests last (a stable sort: the same order on every xdist worker), and the seed-0
+    build started in the background by one process (worker gw0, or the only one)."""
+    items.sort(key=_needs_testbed)
+    if not any("testbed" in getattr(i, "fixturenames", ()) for i in items) or os.environ.get("PYTEST_XDIST_WORKER", "gw0") != "gw0":
+        return
+    code = "from llmguard.testbed import build; build(seed=0)"  # the file lock makes the fixture wait for it, then reuse it
+    _background.append(subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """A run stopped early (``-x``, Ctrl-C) does not leave a build behind; its half-built directory
+    is rebuilt on next use."""
+    for proc in _background:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=30)

@@ -29,8 +29,9 @@ def _task_file(tmp_path):
 
 
 def _options(tiny, out, **kw):
-    return SomfOptions(aligned=tiny["aligned"], finetuned=[tiny["ft1"]], preference=tiny["pref"], output=out, batch_size=4,
-                       device="cpu", **kw)
+    settings = {"aligned": tiny["aligned"], "finetuned": [tiny["ft1"]], "preference": tiny["pref"], "batch_size": 4, "device": "cpu",
+                **kw}
+    return SomfOptions(output=out, **settings)
 
 
 def _task_nll(tiny, adapter, task_file) -> float:
@@ -90,3 +91,60 @@ def test_bad_task_input_one_line_nothing_written(tiny, tmp_path) -> None:
         result = run_cli("realign", "somf", *common, *extra)
         assert_error(result, code, needle)
         assert no_partial_output(out), extra
+
+
+def test_fusion_learns_merge_scales_stores_them_and_reuses_them(tiny, tmp_path) -> None:
+    """Fusing with --task-data learns one scale per (tensor, fine-tune) beside the mask; the output is
+    A + Merge({s_i τ_i ⊙ m / mean(m)}) with those scales, they are in the manifest and the mask file,
+    and --mask-file reproduces the output bit for bit."""
+    from safetensors.torch import load_file
+
+    from llmguard.realign.somf.mask import load_mask
+    from llmguard.realign.somf.task_vectors import open_task_vectors
+
+    task = _task_file(tmp_path)
+    fused = tmp_path / "fused"
+    result = run_somf(_options(tiny, fused, finetuned=[tiny["ft1"], tiny["ft2"]], steps=20, lr=0.05, seed=4,
+                               task_data=[task, task], task_response_field="answer"))
+    manifest = json.loads((fused / "llmguard.json").read_text())
+    assert manifest["parameters"]["effective_task_scales"] == "tensor"
+    scales = manifest["task_scales"]["per_tensor"]
+    tv = open_task_vectors(tiny["aligned"], [tiny["ft1"], tiny["ft2"]])
+    assert set(scales) == set(tv.names) and all(len(v) == 2 for v in scales.values())
+    assert any(abs(s - 1.0) > 1e-3 for v in scales.values() for s in v), "training moved no scale"
+    assert len(manifest["task_scales"]["per_fine_tune"]) == 2
+    masks, meta = load_mask(fused / "somf_mask.safetensors", tv.shapes, "element")
+    assert meta["task_scales"] == scales
+    # the written tensors are A + Σ_i s_i τ_i ⊙ m / mean(m), computed here by hand from the inputs
+    cpu = torch.device("cpu")
+    written = load_file(str(fused / "model.safetensors"))
+    for name in tv.names:
+        a = tv.aligned_value(name, cpu)
+        m = masks[name].float()
+        want = a + sum(s * t * m / m.mean() for s, t in zip(scales[name], tv.taus(name, cpu, a)))
+        assert torch.allclose(written[name].float(), want, atol=1e-6), name
+    # --mask-file: the same scales, the same bytes
+    again = tmp_path / "again"
+    run_somf(_options(tiny, again, finetuned=[tiny["ft1"], tiny["ft2"]], preference=None, mask_file=fused / "somf_mask.safetensors"))
+    reread = load_file(str(again / "model.safetensors"))
+    assert all(torch.equal(reread[n], written[n]) for n in written)
+    # --task-scales none is the paper's fusion: no scales anywhere
+    plain = run_somf(_options(tiny, tmp_path / "plain", finetuned=[tiny["ft1"], tiny["ft2"]], steps=2, task_scales="none",
+                              task_data=[task, task], task_response_field="answer", dry_run=True))
+    assert plain.manifest["task_scales"] is None and result.space == "weight"
+
+
+def test_task_scales_usage_errors(tiny, tmp_path) -> None:
+    import pytest
+
+    from llmguard.errors import UsageError
+
+    task = _task_file(tmp_path)
+    with pytest.raises(UsageError, match="two or more --finetuned"):
+        _options(tiny, tmp_path / "x", task_scales="tensor", task_data=[task])
+    with pytest.raises(UsageError, match="needs --task-data"):
+        _options(tiny, tmp_path / "x", finetuned=[tiny["ft1"], tiny["ft2"]], task_scales="tensor")
+    r = run_cli("realign", "somf", "-a", tiny["aligned"], "-f", tiny["ft1"], "-p", tiny["pref"], "-o", tmp_path / "y",
+                "--task-scales", "tensor")
+    assert_error(r, 2, "two or more --finetuned")
+    assert not (tmp_path / "y").exists()

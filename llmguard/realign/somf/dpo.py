@@ -98,14 +98,15 @@ class _Batches:
 def train_mask(masked: MaskedModel, pairs: Sequence[EncodedPair], *, pad_id: int, steps: int, lr: float, beta: float,
                batch_size: int, seed: int, progress: Progress | None = None,
                task: Sequence[tuple[list[int], int]] = (), task_weight: float = 1.0) -> TrainLog:
-    """Adam on the mask logits for ``steps`` DPO steps (plus the task term when ``task`` is given);
-    returns the per-step log."""
+    """Adam on the mask logits (and the merge scales, when the model has them) for ``steps`` DPO
+    steps, plus the task term when ``task`` is given; returns the per-step log."""
     progress = progress or NullProgress()
     log = TrainLog()
     t0 = time.perf_counter()
     reference = reference_logprobs(masked, pairs, pad_id)
     log.reference_seconds = round(time.perf_counter() - t0, 4)
-    optimizer = torch.optim.Adam(masked.mask.parameters(), lr=lr)
+    trained = list(masked.mask.parameters()) + (list(masked.scales.parameters()) if masked.scales is not None else [])
+    optimizer = torch.optim.Adam(trained, lr=lr)
     batches = _Batches(len(pairs), batch_size, seed)
     task_batches = _Batches(len(task), batch_size, seed + 3) if task else None
     mask_gen = torch.Generator().manual_seed(seed + 1)
@@ -126,6 +127,8 @@ def train_mask(masked: MaskedModel, pairs: Sequence[EncodedPair], *, pad_id: int
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if masked.scales is not None:
+            masked.scales.project()
         log.step_seconds.append(round(time.perf_counter() - t, 5))
         log.peak_rss_bytes.append(peak_rss_bytes())
         progress.advance()

@@ -34,7 +34,7 @@ def apply_mask(tau: torch.Tensor, mask: torch.Tensor, rescale: bool = True) -> t
     if not rescale:
         return masked
     mean = mask.mean()  # a row mask has equal-sized rows, so its mean is the entries' mean
-    return masked / mean.clamp_min(1e-12) if float(mean) > 0 else masked * 0.0
+    return masked / mean.clamp_min(1e-12) if float(mean.detach()) > 0 else masked * 0.0
 
 
 class ConcreteMask(torch.nn.Module):

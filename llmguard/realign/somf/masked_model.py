@@ -22,6 +22,7 @@ from torch.nn.utils import parametrize
 from llmguard.errors import InvalidInputError
 from llmguard.realign.somf.mask import ConcreteMask, apply_mask
 from llmguard.realign.somf.merge import MERGES, MergeSettings
+from llmguard.realign.somf.scales import TaskScales, scale_vectors
 from llmguard.realign.somf.task_vectors import TaskVectors, weight
 
 
@@ -80,8 +81,9 @@ class MaskedModel:
     """A frozen model + task vectors + a :class:`ConcreteMask`; ``begin_step`` samples a new mask."""
 
     def __init__(self, tv: TaskVectors, mask: ConcreteMask, merge: str, settings: MergeSettings, device: torch.device,
-                 rescale: bool = True, dtype: torch.dtype = torch.float32, checkpointing: bool = False) -> None:
-        self.tv, self.mask, self.device, self.rescale = tv, mask, device, rescale
+                 rescale: bool = True, dtype: torch.dtype = torch.float32, checkpointing: bool = False,
+                 scales: TaskScales | None = None) -> None:
+        self.tv, self.mask, self.device, self.rescale, self.scales = tv, mask, device, rescale, scales
         self.merge, self.settings = MERGES[merge], settings
         self.model = load_frozen_model(tv.aligned.base.root, device, dtype, checkpointing)
         from llmguard.io.architecture import architecture_of
@@ -203,7 +205,9 @@ class MaskedModel:
             else:
                 assert self.fixed is not None
                 m = self.fixed[name].to(self.device, torch.float32)
-            delta = self.merge(name, [apply_mask(t, m, self.rescale) for t in self.taus[name]], self.settings)
+            vectors = [apply_mask(t, m, self.rescale) for t in self.taus[name]]
+            weights = self.scales.of(name) if self.scales is not None else None
+            delta = self.merge(name, scale_vectors(vectors, weights), self.settings)
         out = self.aligned[name] + delta if self.tv.space == "factor" else delta
         self._cache[name] = out
         return out

@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import torch
 
+from llmguard.errors import InvalidInputError
 from llmguard.io.checkpoint import copy_auxiliary_files
 from llmguard.io.device import resolve_device
 from llmguard.io.dtypes import TORCH_TO_SAFETENSORS, is_floating, parse_dtype_option
@@ -19,6 +20,7 @@ from llmguard.progress import NullProgress, Progress
 from llmguard.realign.somf.mask import MASK_FILE, ConcreteMask, apply_mask, densities, load_mask, save_mask
 from llmguard.realign.somf.merge import MERGES, MergeSettings
 from llmguard.realign.somf.options import SomfOptions
+from llmguard.realign.somf.scales import TaskScales, scale_vectors, summary
 from llmguard.realign.somf.task_vectors import TaskVectors, open_task_vectors
 
 _SIDE_SKIP = {"README.md", MANIFEST_NAME, MASK_FILE, "model.safetensors.index.json", ADAPTER_CONFIG}
@@ -44,14 +46,17 @@ def _settings(options: SomfOptions) -> MergeSettings:
 
 
 def final_mask(tv: TaskVectors, options: SomfOptions, device: torch.device, progress: Progress,
-               manifest: Manifest) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Train the mask (or read ``--mask-file``) and return the binary mask and the training log."""
+               manifest: Manifest) -> tuple[dict[str, torch.Tensor], dict[str, list[float]] | None, dict[str, Any]]:
+    """Train the mask (or read ``--mask-file``) and return the binary mask, the merge scales
+    (``None`` without ``--task-scales``) and the training log."""
     if options.mask_file is not None:
         with manifest.stage("read mask") as record:
             masks, meta = load_mask(options.mask_file, tv.shapes, options.granularity)
             manifest.add_input("mask_file", options.mask_file)
             record["granularity"] = meta.get("granularity")
-        return masks, {"mask_file": str(options.mask_file), "granularity": meta.get("granularity", options.granularity)}
+            scales = _stored_scales(meta, tv, options.mask_file)
+            record["task_scales"] = "tensor" if scales is not None else "none"
+        return masks, scales, {"mask_file": str(options.mask_file), "granularity": meta.get("granularity", options.granularity)}
     from llmguard.realign.somf.dpo import train_mask
     from llmguard.realign.somf.masked_model import MaskedModel
     from llmguard.realign.somf.preference import encode, encode_task, find_tokenizer, load_preference, load_task
@@ -76,9 +81,10 @@ def final_mask(tv: TaskVectors, options: SomfOptions, device: torch.device, prog
         mask = ConcreteMask(tv.shapes, options.granularity, options.temperature, options.init_logit).to(device)
         train_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(
             options.train_dtype, torch.bfloat16 if device.type == "cuda" else torch.float32)
+        learned = TaskScales(tv.names, len(tv.finetuned)).to(device) if options.effective_task_scales == "tensor" else None
         masked = MaskedModel(tv, mask, options.merge, _settings(options), device, rescale=not options.no_rescale, dtype=train_dtype,
-                             checkpointing=options.gradient_checkpointing)
-        record.update(mask_parameters=mask.parameter_count, model_parameters=sum(p.numel() for p in masked.model.parameters()),
+                             checkpointing=options.gradient_checkpointing, scales=learned)
+        record.update(mask_parameters=mask.parameter_count, task_scale_parameters=sum(p.numel() for p in learned.parameters()) if learned else 0, model_parameters=sum(p.numel() for p in masked.model.parameters()),
                       train_dtype=str(train_dtype).removeprefix("torch."))
     with manifest.stage("train mask") as record:
         log = train_mask(masked, pairs, pad_id=tokenizer.pad_token_id, steps=options.steps, lr=options.lr,
@@ -87,6 +93,7 @@ def final_mask(tv: TaskVectors, options: SomfOptions, device: torch.device, prog
         record.update(steps=options.steps, reference_seconds=log.reference_seconds,
                       seconds_per_step=round(sum(log.step_seconds) / max(1, len(log.step_seconds)), 5))
     masks = mask.binary(options.mask_mode, options.effective_keep_ratio, seed=options.seed + 2)
+    scales = learned.to_dict() if learned is not None else None
     training = {
         "loss_per_step": log.losses, "task_loss_per_step": log.task_losses or None, "seconds_per_step": log.step_seconds,
         "peak_rss_bytes_per_step": log.peak_rss_bytes,
@@ -94,17 +101,30 @@ def final_mask(tv: TaskVectors, options: SomfOptions, device: torch.device, prog
         "granularity": options.granularity,
     }
     del masked
-    return masks, training
+    return masks, scales, training
+
+
+def _stored_scales(meta: dict, tv: TaskVectors, path: Path) -> dict[str, list[float]] | None:
+    """The merge scales a mask file was trained with (``None``: a mask without them)."""
+    scales = meta.get("task_scales")
+    if scales is None:
+        return None
+    if not isinstance(scales, dict) or set(scales) != set(tv.names) or any(
+            not isinstance(v, list) or len(v) != len(tv.finetuned) for v in scales.values()):
+        raise InvalidInputError(f"--mask-file {path}: its merge scales were trained for another set of fine-tunes "
+                                f"(expected {len(tv.finetuned)} per tensor)")
+    return {n: [float(x) for x in v] for n, v in scales.items()}
 
 
 def fused_tensor(tv: TaskVectors, name: str, mask: torch.Tensor | None, merge: Callable, settings: MergeSettings,
-                 device: torch.device, rescale: bool) -> torch.Tensor:
-    """A + Merge({τ_i ⊙ m / mean(m)}) for one tensor, read from the inputs (streaming)."""
+                 device: torch.device, rescale: bool, scales: list[float] | None = None) -> torch.Tensor:
+    """A + Merge({s_i · τ_i ⊙ m / mean(m)}) for one tensor, read from the inputs (streaming)."""
     a = tv.aligned_value(name, device)
     if mask is None:
         return a
     m = mask.to(device=device, dtype=torch.float32)
-    return a + merge(name, [apply_mask(t, m, rescale) for t in tv.taus(name, device, a)], settings)
+    weights = torch.tensor(scales, device=device, dtype=torch.float32) if scales is not None else None
+    return a + merge(name, scale_vectors([apply_mask(t, m, rescale) for t in tv.taus(name, device, a)], weights), settings)
 
 
 def _plan(tv: TaskVectors, out_dtype: torch.dtype | None) -> list[TensorPlan]:
@@ -143,14 +163,15 @@ def run_somf(options: SomfOptions, progress: Progress | None = None) -> SomfResu
         notes.append("fusing without --task-data: the mask sees only the safety pairs and can drop what each task needs "
                      "(pass each fine-tune's training pairs; docs/realign.md, fusion)")
     t_start = time.perf_counter()
-    masks, training = final_mask(tv, options, device, progress, manifest)
+    masks, scales, training = final_mask(tv, options, device, progress, manifest)
     per_module = densities(masks)
     sizes = {n: int(torch.Size(tv.shapes[n]).numel()) for n in tv.names}
     elements_kept = sum(per_module[n] * sizes[n] for n in tv.names)
     overall = round(elements_kept / max(1, sum(sizes.values())), 6)
     manifest.extra.update(space=tv.space, mask_density=overall, mask_density_per_module=per_module, training=training,
                           fine_tunes=len(tv.finetuned), merge=options.merge, effective_lambda=options.effective_lambda,
-                          mask_seconds=round(time.perf_counter() - t_start, 4))
+                          mask_seconds=round(time.perf_counter() - t_start, 4),
+                          task_scales={"per_fine_tune": summary(scales), "per_tensor": scales} if scales is not None else None)
     result_args = dict(space=tv.space, granularity=str(training.get("granularity", options.granularity)),
                        mask_parameters=int(sum(m.numel() for m in masks.values())), mask_density=overall,
                        module_density=per_module, losses=list(training.get("loss_per_step", [])),
@@ -170,13 +191,15 @@ def run_somf(options: SomfOptions, progress: Progress | None = None) -> SomfResu
                 if tv.space == "weight" and not is_floating(item.dtype):
                     writer.write(item.name, tv.aligned.base.read(item.name))
                 else:
-                    writer.write(item.name, fused_tensor(tv, item.name, masks.get(item.name), merge, settings, device, not options.no_rescale))
+                    writer.write(item.name, fused_tensor(tv, item.name, masks.get(item.name), merge, settings, device,
+                                                         not options.no_rescale, (scales or {}).get(item.name)))
                 progress.advance()
             record["tensors"] = len(plan)
         save_mask(writer.tmp / MASK_FILE, masks, {"granularity": result_args["granularity"], "space": tv.space,
-                                                 "aligned": str(tv.aligned.path), "mode": options.mask_mode})
+                                                 "aligned": str(tv.aligned.path), "mode": options.mask_mode,
+                                                 **({"task_scales": scales} if scales is not None else {})})
         _side_files(tv, writer, out_dtype)
-        writer.write_text("README.md", _model_card(tv, options, overall))
+        writer.write_text("README.md", _model_card(tv, options, overall, scales))
         manifest.extra["output"] = str(out)
         payload = manifest.to_dict()
         writer.write_json(MANIFEST_NAME, payload)
@@ -195,19 +218,23 @@ def _side_files(tv: TaskVectors, writer: StreamingWriter, out_dtype: torch.dtype
         copy_auxiliary_files(tv.aligned.base, writer, out_dtype)
 
 
-def _model_card(tv: TaskVectors, options: SomfOptions, overall: float) -> str:
+def _model_card(tv: TaskVectors, options: SomfOptions, overall: float, scales: dict[str, list[float]] | None) -> str:
     kind = "LoRA adapter" if tv.output_is_adapter else "checkpoint"
     lines = [
         f"# SOMF-realigned {kind}",
         "",
-        "Written by `llmguard realign somf` (subspace-oriented model fusion): θ = A + Merge({τ_i ⊙ m / mean(m)}),",
-        "with τ_i = F_i − A and a binary mask m learned with a DPO loss on safety preference pairs.",
+        "Written by `llmguard realign somf` (subspace-oriented model fusion): θ = A + Merge({s_i τ_i ⊙ m / mean(m)}),",
+        "with τ_i = F_i − A, a binary mask m learned with a DPO loss on safety preference pairs, and s_i = 1 unless",
+        "merge scales were learned (below).",
         "",
         f"- aligned (A): `{tv.aligned.path}`",
         *[f"- fine-tuned F_{i + 1}: `{s.path}`" for i, s in enumerate(tv.finetuned)],
         f"- space: {tv.space}; granularity: {options.granularity}; mask mode: {options.mask_mode}; kept {overall:.1%} of the units",
         f"- merge: {options.merge}, λ = {options.effective_lambda}, keep ratio {options.effective_keep_ratio}" + (f", density {options.effective_density}" if options.merge in ("ties", "dare") else ""),
         f"- DPO: β {options.beta}, {options.steps} steps, lr {options.lr}, batch {options.batch_size}, seed {options.seed}",
+        *([f"- learned merge scales s_i (one per tensor and fine-tune): " + "; ".join(
+            f"F_{i + 1} mean {c['mean']} (min {c['min']}, max {c['max']})" for i, c in enumerate(summary(scales)))]
+          if scales is not None else []),
         "",
         f"`{MASK_FILE}` holds the binary mask (bit-packed; reuse it with `--mask-file`); `llmguard.json` has every parameter,",
         "the loss per step, the mask density per tensor, peak memory and timings.",

@@ -33,6 +33,8 @@ PANEL_TASK = "Task retention"
 GRANULARITIES = ("element", "row")
 SPACES = ("auto", "factor", "weight")
 MASK_MODES = ("top", "sigmoid", "official")
+#: --task-scales (llmguard/realign/somf/scales.py)
+TASK_SCALES = ("auto", "tensor", "none")
 MERGE_NAMES = ("ta", "ties", "dare", "avg")
 #: --lambda is 1 by default. The paper's fusion values (ta 0.3, ties 0.4, dare 0.3, avg 1) erase both
 #: fused tasks on the testbed (docs/realign.md); pass them with --lambda to reproduce the paper.
@@ -88,6 +90,10 @@ class SomfOptions(Options):
                             panel=PANEL_METHOD, choices=MASK_MODES)
     keep_ratio: float | None = option(None, help="--mask-mode top: fraction of units kept per tensor (default 0.8 for one "
                                       "fine-tune, 0.9 when fusing).", panel=PANEL_METHOD, min=0, min_exclusive=True, max=1)
+    task_scales: str = option("auto", help="Fusion: also learn one merge coefficient per tensor and fine-tune, beside the shared "
+                              "mask (AdaMerging-style; an extension beyond the paper): auto (tensor when fusing with "
+                              "--task-data, else none), tensor or none (the paper's fusion).", panel=PANEL_FUSION,
+                              choices=TASK_SCALES)
     no_rescale: bool = option(False, help="Keep the masked task vector as is instead of rescaling it by 1/mean(mask) (the paper's "
                               "rule).", panel=PANEL_METHOD)
     mask_file: Path | None = option(None, help="Reuse a trained mask (somf_mask.safetensors of an earlier run) instead of training.",
@@ -119,6 +125,11 @@ class SomfOptions(Options):
             raise UsageError("-o/--output is required (or pass --dry-run)")
         if self.task_data and self.mask_file is not None:
             raise UsageError("--task-data trains the mask; it has no effect with --mask-file")
+        if self.task_scales == "tensor" and not self.fusion:
+            raise UsageError("--task-scales tensor weighs fine-tunes against each other: pass two or more --finetuned")
+        if self.task_scales == "tensor" and not self.task_data and self.mask_file is None:
+            raise UsageError("--task-scales tensor needs --task-data (the DPO loss alone shrinks every scale towards the "
+                             "aligned model)")
         if self.density is not None and self.merge in ("ta", "avg"):
             raise UsageError(f"--density applies to --merge ties or dare, not {self.merge}")
 
@@ -135,6 +146,13 @@ class SomfOptions(Options):
         return self.density if self.density is not None else DENSITY.get(self.merge, 0.8)
 
     @property
+    def effective_task_scales(self) -> str:
+        """tensor or none; with --mask-file the file decides (it stores the scales it was trained with)."""
+        if self.task_scales != "auto":
+            return self.task_scales
+        return "tensor" if self.fusion and self.task_data else "none"
+
+    @property
     def effective_keep_ratio(self) -> float:
         return self.keep_ratio if self.keep_ratio is not None else KEEP_RATIO["fusion" if self.fusion else "single"]
 
@@ -142,4 +160,4 @@ class SomfOptions(Options):
         """The manifest's parameters: every option plus the effective λ, density and keep ratio."""
         return {**self.to_manifest(), "effective_lambda": self.effective_lambda,
                 "effective_density": self.effective_density if self.merge in ("ties", "dare") else None,
-                "effective_keep_ratio": self.effective_keep_ratio}
+                "effective_keep_ratio": self.effective_keep_ratio, "effective_task_scales": self.effective_task_scales}
