@@ -75,10 +75,11 @@ def test_defaults_meet_the_single_finetune_bounds(testbed, tmp_path, kind) -> No
 
 def test_fusion_meets_the_fusion_bounds(testbed, tmp_path) -> None:
     """``finetuned-lora`` + ``finetuned-arith-lora`` fused with one mask, the default merge (``ta``),
-    the fusion defaults and both training files: harmful ≤ aligned + 10, sst2 and arith each within
-    10 points of its own fine-tune. Measured on fresh Intel Xeon v4 builds (docs/realign.md): seed 0
-    1.4 % harmful, sst2 98.4 (fine-tune 100), arith 97.1 (97.1); ``ta`` also meets the bounds on
-    seed 2, not on seed 1 (arith 76.5) or seeds 3-4, where no merge does (``ties``: seeds 0-2)."""
+    the fusion defaults and both training files (so the merge scales are learned too:
+    ``--task-scales auto``): harmful ≤ aligned + 10, sst2 and arith each within 10 points of its own
+    fine-tune. Measured on fresh AMD EPYC v4 builds (docs/realign.md): seed 0 0.0 % harmful, sst2
+    100 (fine-tune 100), arith 94.1 (100); without the scales arith was 85.3 there. ``ta`` meets the
+    bounds on seeds 0-4 of those builds."""
     from llmguard.realign.somf.method import run_somf
     from llmguard.realign.somf.options import SomfOptions
 
