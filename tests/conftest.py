@@ -9,6 +9,8 @@ the build held one worker while the other, reaching a testbed test of its own, w
 lock (186-248 s of a 13-18 minute suite on 2 cores). So the tests that need the testbed (the
 ``slow`` ones and every user of the ``testbed`` fixture) run last, and one process starts the
 build in the background as soon as collection is done: both workers run the other tests meanwhile.
+This removed the lock wait but not the CPU work: on a fresh 2-core clone the suite took 786 s
+against 772 s before (CHANGELOG.md).
 """
 
 from __future__ import annotations
