@@ -84,7 +84,9 @@ def final_mask(tv: TaskVectors, options: SomfOptions, device: torch.device, prog
         learned = TaskScales(tv.names, len(tv.finetuned)).to(device) if options.effective_task_scales == "tensor" else None
         masked = MaskedModel(tv, mask, options.merge, _settings(options), device, rescale=not options.no_rescale, dtype=train_dtype,
                              checkpointing=options.gradient_checkpointing, scales=learned)
-        record.update(mask_parameters=mask.parameter_count, task_scale_parameters=sum(p.numel() for p in learned.parameters()) if learned else 0, model_parameters=sum(p.numel() for p in masked.model.parameters()),
+        record.update(mask_parameters=mask.parameter_count,
+                      task_scale_parameters=sum(p.numel() for p in learned.parameters()) if learned else 0,
+                      model_parameters=sum(p.numel() for p in masked.model.parameters()),
                       train_dtype=str(train_dtype).removeprefix("torch."))
     with manifest.stage("train mask") as record:
         log = train_mask(masked, pairs, pad_id=tokenizer.pad_token_id, steps=options.steps, lr=options.lr,

@@ -4,8 +4,8 @@ Fusing fine-tunes with one shared mask m gives Merge({τ_i ⊙ m / mean(m)}): th
 entry of every task vector at once, but it cannot choose one fine-tune's entry over another's.
 Where two task vectors interfere in the same modules (the testbed's sst2 and arith fine-tunes each
 overwrite the other's answer format), no mask over their sum recovers both tasks. A scale s_{t,i}
-per tensor t and fine-tune i (τ̃_i = s_{t,i} · τ_i ⊙ m / mean(m), init 1, trained with the same
-loss as the mask: DPO + the task term) lets the training weigh each fine-tune per module, as
+per tensor t and fine-tune i (τ̃_i = s_{t,i} · τ_i ⊙ m / mean(m), init 1, kept in [0, 1], trained
+with the same loss as the mask: DPO + the task term) lets the training weigh each fine-tune per module, as
 layer-wise AdaMerging (Yang et al., ICLR'24) learns per-task, per-layer coefficients. It is an
 extension beyond the SOMF paper (``--task-scales none`` is the paper's fusion) and is used only when
 fusing with ``--task-data``: without the task term the DPO loss alone would shrink every scale
