@@ -20,9 +20,9 @@ import torch
 from torch.nn.utils import parametrize
 
 from llmguard.errors import InvalidInputError
-from llmguard.realign.somf.mask import ConcreteMask, apply_mask
-from llmguard.realign.somf.merge import MERGES, MergeSettings
-from llmguard.realign.somf.scales import TaskScales, scale_vectors
+from llmguard.realign.somf.mask import ConcreteMask
+from llmguard.realign.somf.merge import MERGES, MergeSettings, merge_masked
+from llmguard.realign.somf.scales import TaskScales
 from llmguard.realign.somf.task_vectors import TaskVectors, weight
 
 
@@ -205,9 +205,8 @@ class MaskedModel:
             else:
                 assert self.fixed is not None
                 m = self.fixed[name].to(self.device, torch.float32)
-            vectors = [apply_mask(t, m, self.rescale) for t in self.taus[name]]
             weights = self.scales.of(name) if self.scales is not None else None
-            delta = self.merge(name, scale_vectors(vectors, weights), self.settings)
+            delta = merge_masked(name, self.taus[name], m, self.merge, self.settings, self.rescale, weights)
         out = self.aligned[name] + delta if self.tv.space == "factor" else delta
         self._cache[name] = out
         return out

@@ -16,6 +16,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from llmguard.realign.somf.mask import apply_mask
+
 
 @dataclass(frozen=True)
 class MergeSettings:
@@ -67,6 +69,16 @@ def dare(name: str, vectors: Sequence[torch.Tensor], s: MergeSettings) -> torch.
         total = kept if total is None else total + kept
     assert total is not None
     return s.lam * total
+
+
+def merge_masked(name: str, taus: Sequence[torch.Tensor], mask: torch.Tensor, merge: Callable, settings: MergeSettings,
+                 rescale: bool = True, scales: torch.Tensor | Sequence[float] | None = None) -> torch.Tensor:
+    """Merge({s_i · τ_i ⊙ m / mean(m)}): the one formula behind both the training forward pass
+    (relaxed mask) and the written output (binary mask); ``scales=None`` is s_i = 1."""
+    vectors = [apply_mask(t, mask, rescale) for t in taus]
+    if scales is not None:
+        vectors = [v * s for v, s in zip(vectors, scales)]
+    return merge(name, vectors, settings)
 
 
 MERGES: dict[str, Callable[[str, Sequence[torch.Tensor], MergeSettings], torch.Tensor]] = {

@@ -17,10 +17,10 @@ from llmguard.io.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from llmguard.io.manifest import MANIFEST_NAME, Manifest
 from llmguard.io.writer import StreamingWriter, TensorPlan, parse_size
 from llmguard.progress import NullProgress, Progress
-from llmguard.realign.somf.mask import MASK_FILE, ConcreteMask, apply_mask, densities, load_mask, save_mask
-from llmguard.realign.somf.merge import MERGES, MergeSettings
+from llmguard.realign.somf.mask import MASK_FILE, ConcreteMask, densities, load_mask, save_mask
+from llmguard.realign.somf.merge import MERGES, MergeSettings, merge_masked
 from llmguard.realign.somf.options import SomfOptions
-from llmguard.realign.somf.scales import TaskScales, scale_vectors, summary
+from llmguard.realign.somf.scales import TaskScales, summary
 from llmguard.realign.somf.task_vectors import TaskVectors, open_task_vectors
 
 _SIDE_SKIP = {"README.md", MANIFEST_NAME, MASK_FILE, "model.safetensors.index.json", ADAPTER_CONFIG}
@@ -126,7 +126,7 @@ def fused_tensor(tv: TaskVectors, name: str, mask: torch.Tensor | None, merge: C
         return a
     m = mask.to(device=device, dtype=torch.float32)
     weights = torch.tensor(scales, device=device, dtype=torch.float32) if scales is not None else None
-    return a + merge(name, scale_vectors([apply_mask(t, m, rescale) for t in tv.taus(name, device, a)], weights), settings)
+    return a + merge_masked(name, tv.taus(name, device, a), m, merge, settings, rescale, weights)
 
 
 def _plan(tv: TaskVectors, out_dtype: torch.dtype | None) -> list[TensorPlan]:

@@ -147,7 +147,10 @@ class SomfOptions(Options):
 
     @property
     def effective_task_scales(self) -> str:
-        """tensor or none; with --mask-file the file decides (it stores the scales it was trained with)."""
+        """tensor or none; mask-file with --mask-file, whose header holds the scales it was trained
+        with (or none), whatever --task-scales says."""
+        if self.mask_file is not None:
+            return "mask-file"
         if self.task_scales != "auto":
             return self.task_scales
         return "tensor" if self.fusion and self.task_data else "none"

@@ -47,13 +47,6 @@ class TaskScales(torch.nn.Module):
         return {n: [float(v) for v in self.of(n).detach().cpu()] for n in self.names}
 
 
-def scale_vectors(vectors: list[torch.Tensor], scales: torch.Tensor | Sequence[float] | None) -> list[torch.Tensor]:
-    """τ̃_i · s_i (no scales: the vectors as they are)."""
-    if scales is None:
-        return vectors
-    return [v * s for v, s in zip(vectors, scales)]
-
-
 def summary(scales: dict[str, list[float]]) -> list[dict[str, float]]:
     """Per fine-tune: min, mean and max of its scales over the tensors (the manifest's short form)."""
     if not scales:
