@@ -2,13 +2,15 @@
 
 The task pairs are the fine-tuned model's own greedy answers, so the fine-tune scores 100 % on
 them by construction; a transplant that changes those answers costs task accuracy, and the
-guard must give it back by reverting whole modules, exactly (reverted modules hold the
-fine-tune's weights bit for bit) and as measured (the written model scores what the guard says).
+guard must give it back, exactly (reverted units and modules hold the fine-tune's weights bit
+for bit) and as measured (the written model scores what the guard says): by single units a
+step at a time (``--task-guard-mode units``, the default) or by whole modules (``modules``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -19,7 +21,7 @@ from conftest import WORDS
 from helpers import make_llama, make_lora, make_word_tokenizer, merged
 from llmguard.realign.nlsr import nlsr
 from llmguard.realign.nlsr.calibration_data import encode_pairs
-from llmguard.realign.nlsr.task_guard import teacher_forced
+from llmguard.realign.nlsr.task_guard import REVERT_FRACTION, teacher_forced
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 PROMPTS = ["what is a good movie ?", "the movie was great", "tell me something safe", "is it good ?", "what was bad ?",
@@ -87,7 +89,8 @@ def test_guard_reverts_modules_exactly_and_the_output_scores_what_it_reports(mod
     out = tmp_path / "out"
     common = dict(aligned=tiny["aligned_full"], base=tiny["base"], calibration=tiny["calib"], scorer="wanda", mask_ratio=0.02, alpha=0.9)
     plain = nlsr(tiny["ft_full"], tmp_path / "plain", **common)
-    result = nlsr(tiny["ft_full"], out, **common, task_data=task_pairs, task_response_field="answer", task_tolerance=0.0)
+    result = nlsr(tiny["ft_full"], out, **common, task_data=task_pairs, task_response_field="answer", task_tolerance=0.0,
+                  task_guard_mode="modules")
     guard = result.manifest["task_guard"]
     assert guard["task_accuracy_finetuned"] == 100.0
     assert guard["task_accuracy_patched"] < 100.0, "the transplant must cost this task, or the test shows nothing"
@@ -116,7 +119,46 @@ def test_guard_keeps_every_module_within_tolerance(models, task_pairs, tmp_path)
     result = nlsr(tiny["ft_full"], tmp_path / "out", aligned=tiny["aligned_full"], base=tiny["base"], calibration=tiny["calib"],
                   scorer="wanda", mask_ratio=0.4, alpha=3.0, task_data=task_pairs, task_response_field="answer", task_tolerance=100.0)
     guard = result.manifest["task_guard"]
-    assert guard["reverted"] == [] and "leave_one_out" not in guard and guard["within_tolerance"]
+    assert guard["reverted"] == [] and "leave_one_out" not in guard and "unit_steps" not in guard and guard["within_tolerance"]
+
+
+def test_unit_guard_reverts_single_weights_until_the_tolerance_and_writes_exactly_that(models, task_pairs, tmp_path):
+    """Units mode: each step reverts the patched weights with the largest first-order gain; it
+    stops at the first step within tolerance, the written weights are the unguarded transplant
+    except at reverted weights, which hold the fine-tune's values, and the patch file and
+    ``realign revert`` cover exactly what was written."""
+    tiny = models
+    out, plain_out = tmp_path / "out", tmp_path / "plain"
+    common = dict(aligned=tiny["aligned_full"], base=tiny["base"], calibration=tiny["calib"], scorer="wanda", mask_ratio=0.02, alpha=0.9)
+    nlsr(tiny["ft_full"], plain_out, **common)
+    result = nlsr(tiny["ft_full"], out, **common, task_data=task_pairs, task_response_field="answer", task_tolerance=0.0)
+    guard = result.manifest["task_guard"]
+    assert guard["mode"] == "units" and guard["task_accuracy_patched"] < 100.0
+    steps = guard["unit_steps"]
+    assert steps and all(s["reverted"] >= 1 for s in steps)
+    assert all(s["task"] < 100.0 for s in steps[:-1]), "reverted on after the task was back"
+    assert guard["units_reverted"] == sum(s["reverted"] for s in steps) > 0
+    per_step = max(1, math.ceil(REVERT_FRACTION * guard["units_patched"]))
+    assert all(s["reverted"] <= per_step for s in steps), (per_step, steps)
+    assert guard["task_accuracy_guarded"] == pytest.approx(_accuracy(out, task_pairs), abs=0.01)
+    if guard["within_tolerance"] and not guard["reverted"]:
+        assert "leave_one_out" not in guard
+    ft, new, unguarded = _weights(tiny["ft_full"]), _weights(out), _weights(plain_out)
+    table = {row["module"]: row for row in json.loads((out / "nlsr_modules.json").read_text())}
+    plain_table = {row["module"]: row for row in json.loads((plain_out / "nlsr_modules.json").read_text())}
+    given_back = 0
+    for module, row in table.items():
+        key = f"{module}.weight"
+        changed = new[key] != unguarded[key]
+        assert torch.equal(new[key][changed], ft[key][changed]), module  # a reverted weight is the fine-tune's, bit for bit
+        if row["patched"]:
+            assert row["masked_units"] == plain_table[module]["masked_units"] - row["task_guard_units_reverted"]
+            given_back += row["task_guard_units_reverted"]
+            assert int(changed.sum()) <= row["task_guard_units_reverted"]
+    assert given_back == guard["units_reverted"]
+    back = tmp_path / "back"
+    assert run_cli("realign", "revert", out, "-o", back).returncode == 0
+    assert all(torch.equal(_weights(back)[k], ft[k]) for k in ft)
 
 
 def test_task_data_bad_input(tiny, task_pairs, tmp_path):

@@ -50,6 +50,11 @@ class MaskStore:
         np.packbits(mask.detach().to("cpu", torch.bool).numpy().reshape(-1)).tofile(path)
         return StoredMask(path, tuple(mask.shape))
 
+    def discard(self, mask: object) -> None:
+        """Remove one stored mask early (a ``--search`` point's shrunk masks); anything else is ignored."""
+        if isinstance(mask, StoredMask) and mask.path.parent == self.directory:
+            mask.path.unlink(missing_ok=True)
+
     def close(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
 

@@ -302,16 +302,34 @@ def realign(options: NlsrOptions, analysis: Analysis, progress: Progress) -> Nls
                            prune_rate=o.prune_rate, epsilon=o.epsilon, seed=o.seed)
         record.update(rule=selection.rule, patched=selection.count, modules=len(results))
     guarded = None
+    analysed = results
     if o.task_data is not None and not o.dry_run:  # a dry run keeps no weight masks to transplant
-        guarded = _task_guard(o, inputs, ref, [r for r, p in zip(results, selection.patched) if p], torch_device, manifest, progress)
+        guarded = _task_guard(o, analysis, [r for r, p in zip(results, selection.patched) if p], manifest, progress)
         reverted = set(guarded.reverted)
         selection = Selection([p and r.name not in reverted for r, p in zip(results, selection.patched)],
                               f"{selection.rule}; task guard reverted {len(reverted)}", selection.probabilities)
+        shrunk = {r.name: r for r in guarded.results}  # new results: the analysis's own stay as they are (--search)
+        results = [shrunk.get(r.name, r) for r in results]
     table = _module_table(inputs, results, selection)
     if guarded is not None:
-        for row in table:
+        for row, before, after in zip(table, analysed, results):
             row["task_guard_reverted"] = row["module"] in guarded.reverted
+            row["task_guard_units_reverted"] = before.masked - after.masked if row["patched"] else 0
     selected = [r for r, p in zip(results, selection.patched) if p]
+    try:
+        return _write(o, analysis, selection, selected, table, manifest, progress)
+    finally:
+        if guarded is not None and analysis.masks is not None:  # the shrunk masks of this point, not the analysis's
+            own = {r.name: r.delta_mask for r in analysed}
+            for result in guarded.results:
+                if result.delta_mask is not own[result.name]:
+                    analysis.masks.discard(result.delta_mask)
+
+
+def _write(o: NlsrOptions, analysis: Analysis, selection: Selection, selected: list[ModuleResult], table: list[dict[str, Any]],
+           manifest: Manifest, progress: Progress) -> NlsrResult:
+    """Stage 5: transplant ``selected`` and write OUT with its patch, module table, card and manifest."""
+    inputs, ref, torch_device, results = analysis.inputs, analysis.reference, analysis.device, analysis.results
     masked_params = sum(r.parameters_masked for r in selected)
     manifest.extra.update(unit=inputs.unit, mask_ratio=inputs.mask_ratio(o.mask_ratio), selection_rule=selection.rule, modules_patched=selection.count, modules_total=len(results))
     if o.dry_run:
@@ -339,12 +357,13 @@ def realign(options: NlsrOptions, analysis: Analysis, progress: Progress) -> Nls
     return NlsrResult(out, inputs.unit, table, selection.rule, selection.count, recorder.values_changed, payload)
 
 
-def _task_guard(o: NlsrOptions, inputs: NlsrInputs, ref: Reference, selected: list[ModuleResult], device: torch.device,
-                manifest: Manifest, progress: Progress) -> "GuardResult":
-    """``--task-data``: leave unpatched the modules whose transplant costs the task most (task_guard.py)."""
+def _task_guard(o: NlsrOptions, analysis: Analysis, selected: list[ModuleResult], manifest: Manifest,
+                progress: Progress) -> "GuardResult":
+    """``--task-data``: give the task back where the transplant costs it (task_guard.py)."""
     from llmguard.realign.nlsr.calibration_data import encode_pairs, load_pairs
     from llmguard.realign.nlsr.task_guard import guard
 
+    inputs = analysis.inputs
     assert o.task_data is not None and inputs.strategy.delta_space, "validated: --task-data refuses --unit element"
     progress.stage("task guard")
     with manifest.stage("task guard") as record:
@@ -366,7 +385,8 @@ def _task_guard(o: NlsrOptions, inputs: NlsrInputs, ref: Reference, selected: li
             safe_pairs = []
         safety = encode_pairs(tokenizer, safe_pairs, template=o.template, max_length=o.max_length,
                               max_response_tokens=o.max_response_tokens, batch_tokens=o.batch_tokens) if safe_pairs else []
-        result = guard(inputs, ref, selected, task, safety, tolerance=o.task_tolerance, device=device)
+        result = guard(inputs, analysis.reference, selected, task, safety, tolerance=o.task_tolerance, device=analysis.device,
+                       mode=o.task_guard_mode, masks=analysis.masks)
         record.update(task_pairs=len(loaded.pairs), safety_pairs=len(safe_pairs), **result.record)
     manifest.extra["task_guard"] = result.record
     return result

@@ -37,7 +37,7 @@ SEARCHABLE = ("alpha", "budget", "threshold", "mask_ratio", "scorer", "unit", "a
 #: fields whose change leaves the per-module analysis (calibration statistics, scores, masks,
 #: similarities) as it is: a grid over only these re-selects and re-writes, nothing else
 SELECTION_ONLY = ("budget", "threshold", "select_mode", "prune_rate", "epsilon", "task_data", "task_prompt_field",
-                  "task_response_field", "task_samples", "task_tolerance")
+                  "task_response_field", "task_samples", "task_tolerance", "task_guard_mode")
 
 
 def _scorer_names() -> tuple[str, ...]:
@@ -102,6 +102,10 @@ class NlsrOptions(Options):
     task_samples: int = option(256, help="Use at most this many --task-data pairs (seeded sample).", panel=PANEL_TASK, min=1)
     task_tolerance: float = option(2.0, help="--task-data: largest loss of task accuracy (points, teacher-forced on FILE) "
                                    "the transplant may cost.", panel=PANEL_TASK, min=0)
+    task_guard_mode: str = option(
+        "units", panel=PANEL_TASK, choices=("units", "modules"),
+        help="--task-data: units reverts single patched weights (rows) a step at a time, ranked by their first-order gain on "
+             "task and refusal pairs, then whole modules if needed; modules reverts whole modules only (leave-one-out).")
     select_mode: str = option("least-similar", help="least-similar (deterministic) or official (seeded Bernoulli of the NLSR code).",
                               flag="--select", manifest_key="select", panel=PANEL_SELECT, choices=("least-similar", "official"))
     budget: str | float | int | None = option(

@@ -14,7 +14,7 @@ bit.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -114,16 +114,23 @@ def write_elements(
     return len(tensor_plan)
 
 
+def unit_view(inputs: NlsrInputs, module: str, mask: torch.Tensor) -> tuple[Callable[[torch.Tensor], torch.Tensor], bool]:
+    """How a ΔW mask indexes the stored weight: a view whose first dimension is the unit, and
+    whether the units are columns. Row units index output rows of the map (columns of a
+    transposed Conv1D weight); weight units index the flattened entries of the stored weight."""
+    columns = mask.dim() == 1 and inputs.stored_orientation(module)
+    if columns:
+        return (lambda t: t.T), True
+    return ((lambda t: t) if mask.dim() == 1 else (lambda t: t.reshape(-1))), False
+
+
 def transplant_delta(inputs: NlsrInputs, reference: Reference, result: ModuleResult, tensor: torch.Tensor,
                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
     """Overwrite the masked units of one module's weight ``tensor`` (stored layout, contiguous,
     changed in place) with the reference's values; returns (index, original, patched, columns)."""
     name = f"{result.name}.weight"
     mask = result.unit_mask()
-    # row units index output rows of the map (columns of a transposed Conv1D weight);
-    # weight units index the flattened entries of the stored weight
-    columns = mask.dim() == 1 and inputs.stored_orientation(result.name)
-    units: Any = (lambda t: t.T) if columns else (lambda t: t) if mask.dim() == 1 else (lambda t: t.reshape(-1))
+    units, columns = unit_view(inputs, result.name, mask)
     index = units(mask).nonzero().squeeze(1)
     view = units(tensor)  # a view (tensor is contiguous): writing into it patches tensor
     original = view[index].clone()
