@@ -127,10 +127,11 @@ def _nlsr_search(kind: str) -> Callable[[Path, Path], list[Any]]:
     return args
 
 
-def _task_guard(args: Callable[[Path, Path], list[Any]]) -> Callable[[Path, Path], list[Any]]:
+def _task_guard(args: Callable[[Path, Path], list[Any]], mode: str = "units") -> Callable[[Path, Path], list[Any]]:
     """The same NLSR run with the task guard on the fine-tune's own training pairs (``--task-data``)."""
     def guarded(root: Path, out: Path) -> list[Any]:
-        return [*args(root, out), "--task-data", root / "data" / "sst2_train.jsonl", "--task-response-field", "answer"]
+        return [*args(root, out), "--task-data", root / "data" / "sst2_train.jsonl", "--task-response-field", "answer",
+                "--task-guard-mode", mode]
     return guarded
 
 
@@ -157,6 +158,13 @@ METHODS: list[Method] = [
     Method("nlsr defaults +task-guard", "full", _task_guard(lambda r, o: [*_nlsr_base(r, "full"), "-o", o]), bound="halve"),
     Method("nlsr --search +task-guard", "lora", _task_guard(_nlsr_search("lora"))),
     Method("nlsr --search +task-guard", "full", _task_guard(_nlsr_search("full"))),
+    # the guard before units mode (whole modules only), for comparison
+    Method("nlsr defaults +task-guard-modules", "lora", _task_guard(lambda r, o: [*_nlsr_base(r, "lora"), "-o", o], "modules"),
+           bound="halve"),
+    Method("nlsr defaults +task-guard-modules", "full", _task_guard(lambda r, o: [*_nlsr_base(r, "full"), "-o", o], "modules"),
+           bound="halve"),
+    Method("nlsr --search +task-guard-modules", "lora", _task_guard(_nlsr_search("lora"), "modules")),
+    Method("nlsr --search +task-guard-modules", "full", _task_guard(_nlsr_search("full"), "modules")),
     Method("somf defaults", "lora", lambda r, o: _somf(r, "lora", o)),
     Method("somf defaults", "full", lambda r, o: _somf(r, "full", o)),
     Method("somf +task-data", "lora", lambda r, o: [*_somf(r, "lora", o), *_task_files(r, "sst2")]),

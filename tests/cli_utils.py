@@ -5,14 +5,25 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Sequence
+
+
+#: set to a file path to append one line per CLI run (seconds, exit code, test, arguments): where the suite's time goes
+CLI_LOG = os.environ.get("LLMGUARD_TEST_CLI_LOG")
 
 
 def run_cli(*args: object, env: dict[str, str] | None = None, timeout: float = 600, input: str | None = None) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", **(env or {})}
     cmd: Sequence[str] = [sys.executable, "-m", "llmguard", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout, input=input)
+    t0 = time.perf_counter()
+    result = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout, input=input)
+    if CLI_LOG:
+        test = os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0]
+        with open(CLI_LOG, "a", encoding="utf-8") as log:
+            log.write(f"{time.perf_counter() - t0:.2f}\t{result.returncode}\t{test}\t{' '.join(map(str, args))[:200]}\n")
+    return result
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:
