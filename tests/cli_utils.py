@@ -1,4 +1,5 @@
-"""Run the installed ``llmguard`` program in a subprocess, as a user would."""
+"""Run the installed ``llmguard`` program in a subprocess, as a user would (``run_cli``), or its
+console-script app in this process (``run_cli_in_process``) for error paths and short calls."""
 
 from __future__ import annotations
 
@@ -24,6 +25,36 @@ def run_cli(*args: object, env: dict[str, str] | None = None, timeout: float = 6
         with open(CLI_LOG, "a", encoding="utf-8") as log:
             log.write(f"{time.perf_counter() - t0:.2f}\t{result.returncode}\t{test}\t{' '.join(map(str, args))[:200]}\n")
     return result
+
+
+def run_cli_in_process(*args: object, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``llmguard ARGS`` through the console script's Typer app in this process, as ``run_cli``
+    returns it (exit code, stdout, stderr): the same parsing, error reporting and exit codes
+    (``llmguard.cli.demo_runner.run_in_process``, which the demo also uses).
+
+    Why: a subprocess that imports torch and transformers costs 5–7 s of CPU on a 2-core CI box
+    before the command starts, and most bad-input checks end a second later. Every verb keeps
+    end-to-end tests through ``run_cli``; this is for the checks of error lines, exit codes and
+    untouched outputs."""
+    from llmguard.cli.demo_runner import run_in_process
+
+    extra = {"NO_COLOR": "1", "COLUMNS": "200", **(env or {})}
+    saved = {key: os.environ.get(key) for key in extra}
+    os.environ.update(extra)
+    t0 = time.perf_counter()
+    try:
+        code, out, err = run_in_process([str(a) for a in args])
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    if CLI_LOG:
+        test = os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0]
+        with open(CLI_LOG, "a", encoding="utf-8") as log:
+            log.write(f"{time.perf_counter() - t0:.2f}\t{code}\t{test}\t[in-process] {' '.join(map(str, args))[:190]}\n")
+    return subprocess.CompletedProcess(["llmguard", *map(str, args)], code, out, err)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:

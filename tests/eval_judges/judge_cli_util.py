@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
+
+import cli_utils
+from cli_utils import run_cli_in_process  # noqa: F401 - re-exported for the judge tests
 
 
 def run_cli(*args: object, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     # one torch thread per subprocess: under pytest -n 2 on two cores more threads only spin
-    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "llmguard", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=timeout)
+    return cli_utils.run_cli(*args, env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}, timeout=timeout)
 
 
 def read_records(path: Path) -> list[dict]:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from judge_cli_util import run_cli  # type: ignore[import-not-found]
+from judge_cli_util import run_cli, run_cli_in_process  # type: ignore[import-not-found]
 
 from llmguard.eval.agree import agreement_report
 
@@ -83,11 +83,11 @@ def test_collapse_warning_and_cli_errors(tmp_path: Path):
 
     other = tmp_path / "other.jsonl"
     other.write_text(json.dumps({"id": "zzz", "Y": 1}) + "\n")
-    res = run_cli("eval", "agree", "--pred", pred, "--human", other)
+    res = run_cli_in_process("eval", "agree", "--pred", pred, "--human", other)
     assert res.returncode == 3 and "no prediction matched" in res.stderr and "Traceback" not in res.stderr
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": 1}\n{oops\n')
-    res = run_cli("eval", "agree", "--pred", bad, "--human", human)
+    res = run_cli_in_process("eval", "agree", "--pred", bad, "--human", human)
     assert res.returncode == 3 and "bad.jsonl:2" in res.stderr
 
 

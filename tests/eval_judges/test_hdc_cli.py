@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from judge_cli_util import read_records, run_cli  # type: ignore[import-not-found]
+from judge_cli_util import read_records, run_cli, run_cli_in_process  # type: ignore[import-not-found]
 
 from llmguard.testbed import judge as tj
 
@@ -156,11 +156,11 @@ def test_pairwise_swap_records_both_orders_and_agree_reports_swap_consistency(ti
 
 
 def test_usage_errors_are_one_line(tiny_judge, hdc_data, tmp_path):
-    res = run_cli("eval", "hdc", hdc_data["items"], "--judge", tiny_judge, "-o", tmp_path / "x.jsonl", "--swap")
+    res = run_cli_in_process("eval", "hdc", hdc_data["items"], "--judge", tiny_judge, "-o", tmp_path / "x.jsonl", "--swap")
     assert res.returncode == 2 and "--swap" in res.stderr
-    res = run_cli("eval", "hdc", hdc_data["items"], "--judge", tiny_judge, "-o", tmp_path / "x.jsonl", "--aggregate", "weights:NOPE=2")
+    res = run_cli_in_process("eval", "hdc", hdc_data["items"], "--judge", tiny_judge, "-o", tmp_path / "x.jsonl", "--aggregate", "weights:NOPE=2")
     assert res.returncode == 2 and "NOPE" in res.stderr
-    res = run_cli("eval", "hdc", tmp_path / "missing.jsonl", "--judge", tiny_judge, "-o", tmp_path / "x.jsonl")
+    res = run_cli_in_process("eval", "hdc", tmp_path / "missing.jsonl", "--judge", tiny_judge, "-o", tmp_path / "x.jsonl")
     assert res.returncode == 3 and "missing.jsonl" in res.stderr
 
 

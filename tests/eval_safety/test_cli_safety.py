@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cli_utils import assert_one_line_error, run_cli  # noqa: E402
+from cli_utils import assert_one_line_error, run_cli, run_cli_in_process  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -116,10 +116,10 @@ def test_bad_prompts_file_is_exit_3_one_line(testbed, tmp_path, content, needle)
 
 
 def test_bad_model_and_usage_errors(testbed, tmp_path):
-    assert_one_line_error(run_cli("eval", "safety", "-m", tmp_path / "nope", "-p", testbed.data["harmful_test"]),
+    assert_one_line_error(run_cli_in_process("eval", "safety", "-m", tmp_path / "nope", "-p", testbed.data["harmful_test"]),
                           3, "nope", "does not exist")
-    assert_one_line_error(run_cli("eval", "safety", "-m", testbed.aligned, "-p", testbed.data["harmful_test"],
+    assert_one_line_error(run_cli_in_process("eval", "safety", "-m", testbed.aligned, "-p", testbed.data["harmful_test"],
                                   "--fail-above", "3"), 2, "--fail-above")
-    assert_one_line_error(run_cli("eval", "safety", "-m", testbed.aligned, "--task", "sst2"), 2, "--task-data")
-    assert_one_line_error(run_cli("eval", "safety", "-m", testbed.aligned, "-p", testbed.data["harmful_test"],
+    assert_one_line_error(run_cli_in_process("eval", "safety", "-m", testbed.aligned, "--task", "sst2"), 2, "--task-data")
+    assert_one_line_error(run_cli_in_process("eval", "safety", "-m", testbed.aligned, "-p", testbed.data["harmful_test"],
                                   "--device", "cuda:7"), 4, "cuda")

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cli_utils import assert_one_line_error, no_partial_output, run_cli  # noqa: E402
+from cli_utils import assert_one_line_error, no_partial_output, run_cli, run_cli_in_process  # noqa: E402
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -106,7 +106,7 @@ def test_bad_finetuned_checkpoint(models: dict[str, Path], tmp_path: Path, case:
     broken = _copy(models["finetuned"], tmp_path / "broken")
     needles = CASES[case](broken)
     out = tmp_path / "out"
-    result = run_cli("realign", "resta", "-f", broken, "-a", models["aligned"], "-u", models["base"], "-o", out)
+    result = run_cli_in_process("realign", "resta", "-f", broken, "-a", models["aligned"], "-u", models["base"], "-o", out)
     assert_one_line_error(result, 3, *needles)
     assert no_partial_output(out)
 
@@ -114,7 +114,7 @@ def test_bad_finetuned_checkpoint(models: dict[str, Path], tmp_path: Path, case:
 def test_pickle_loads_with_allow_pickle(models: dict[str, Path], tmp_path: Path) -> None:
     model = _copy(models["finetuned"], tmp_path / "pickled")
     pickle_file(model)
-    result = run_cli("inspect", model, "--allow-pickle", "--json")
+    result = run_cli_in_process("inspect", model, "--allow-pickle", "--json")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["format"] == "pickle" and summary["tensors"] == 21
@@ -155,7 +155,7 @@ def test_nan_weight_in_an_input_is_refused_and_nothing_is_written(models: dict[s
 
 
 def test_inspect_scan_counts_nonfinite_values(models: dict[str, Path], tmp_path: Path) -> None:
-    clean = run_cli("inspect", models["finetuned"], "--scan", "--json")
+    clean = run_cli_in_process("inspect", models["finetuned"], "--scan", "--json")
     assert clean.returncode == 0, clean.stderr
     assert json.loads(clean.stdout)["scan"] == {"tensors_scanned": 21, "tensors_nonfinite": 0, "nonfinite_values": 0, "first_nonfinite": []}
     broken = _copy(models["finetuned"], tmp_path / "broken")
@@ -165,5 +165,5 @@ def test_inspect_scan_counts_nonfinite_values(models: dict[str, Path], tmp_path:
     scan = json.loads(result.stdout)["scan"]
     assert scan["nonfinite_values"] == 1 and scan["first_nonfinite"] == [{"name": name, "nonfinite": 1}]
     assert name in result.stderr and "NaN/Inf" in result.stderr
-    table = run_cli("inspect", broken, "--scan")
+    table = run_cli_in_process("inspect", broken, "--scan")
     assert table.returncode == 3 and "1 in 1 of 21 tensors" in table.stdout

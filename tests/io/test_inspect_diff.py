@@ -13,7 +13,7 @@ from llmguard.io.compare import compare
 from llmguard.io.lora import LoraAdapter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cli_utils import assert_one_line_error, run_cli  # noqa: E402
+from cli_utils import assert_one_line_error, run_cli, run_cli_in_process  # noqa: E402
 
 
 def test_inspect_checkpoint_and_adapter(models: dict[str, Path]) -> None:
@@ -32,7 +32,7 @@ def test_inspect_checkpoint_and_adapter(models: dict[str, Path]) -> None:
 
 
 def test_inspect_missing_path(tmp_path: Path) -> None:
-    assert_one_line_error(run_cli("inspect", tmp_path / "nope"), 3, "no such file")
+    assert_one_line_error(run_cli_in_process("inspect", tmp_path / "nope"), 3, "no such file")
 
 
 def _dense_cos(x: torch.Tensor, y: torch.Tensor) -> float:

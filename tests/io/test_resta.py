@@ -10,7 +10,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cli_utils import assert_one_line_error, no_partial_output, run_cli  # noqa: E402
+from cli_utils import assert_one_line_error, no_partial_output, run_cli, run_cli_in_process  # noqa: E402
 
 
 def _state(path: Path, adapter: Path | None = None) -> dict[str, torch.Tensor]:
@@ -68,7 +68,7 @@ def test_adapters_to_full_checkpoint_and_to_exact_adapter(models: dict[str, Path
     full_out, adapter_out = tmp_path / "full", tmp_path / "adapter"
     common = ("-f", models["lora_finetuned"], "-a", models["lora_aligned"], "-u", models["base"], "--gamma", "0.5")
     assert run_cli("realign", "resta", *common, "-o", full_out).returncode == 0
-    result = run_cli("realign", "resta", *common, "-o", adapter_out, "--as-adapter")
+    result = run_cli_in_process("realign", "resta", *common, "-o", adapter_out, "--as-adapter")
     assert result.returncode == 0, result.stderr
     f = _state(models["base"], models["lora_finetuned"])
     a = _state(models["base"], models["lora_aligned"])
@@ -83,7 +83,7 @@ def test_adapters_to_full_checkpoint_and_to_exact_adapter(models: dict[str, Path
 
 def test_sharded_output_with_index_loads(models: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "sharded"
-    result = run_cli("realign", "resta", "-f", models["finetuned"], "-a", models["aligned"], "-u", models["base"], "-o", out, "--max-shard-size", "20KB", "--dtype", "bfloat16")
+    result = run_cli_in_process("realign", "resta", "-f", models["finetuned"], "-a", models["aligned"], "-u", models["base"], "-o", out, "--max-shard-size", "20KB", "--dtype", "bfloat16")
     assert result.returncode == 0, result.stderr
     index = json.loads((out / "model.safetensors.index.json").read_text())
     shards = sorted(set(index["weight_map"].values()))
@@ -105,12 +105,12 @@ def test_existing_output_needs_force_and_inputs_are_protected(models: dict[str, 
     out.mkdir()
     (out / "keep.txt").write_text("x")
     args = ("realign", "resta", "-f", models["finetuned"], "-a", models["aligned"], "-u", models["base"])
-    assert_one_line_error(run_cli(*args, "-o", out), 2, "already exists", "--force")
+    assert_one_line_error(run_cli_in_process(*args, "-o", out), 2, "already exists", "--force")
     assert (out / "keep.txt").exists()
-    assert run_cli(*args, "-o", out, "--force").returncode == 0
+    assert run_cli_in_process(*args, "-o", out, "--force").returncode == 0
     assert not (out / "keep.txt").exists() and (out / "model.safetensors").exists()
-    assert_one_line_error(run_cli(*args, "-o", models["finetuned"] / "sub"), 2, "refusing to write into the input")
-    assert_one_line_error(run_cli(*args, "-o", models["aligned"], "--force"), 2, "refusing to write into the input")
+    assert_one_line_error(run_cli_in_process(*args, "-o", models["finetuned"] / "sub"), 2, "refusing to write into the input")
+    assert_one_line_error(run_cli_in_process(*args, "-o", models["aligned"], "--force"), 2, "refusing to write into the input")
 
 
 def test_shape_mismatch_is_invalid_input(models: dict[str, Path], tmp_path: Path) -> None:
@@ -118,7 +118,7 @@ def test_shape_mismatch_is_invalid_input(models: dict[str, Path], tmp_path: Path
 
     other = make_llama(tmp_path / "wide", seed=5, hidden_size=48, num_attention_heads=4)
     out = tmp_path / "out"
-    result = run_cli("realign", "resta", "-f", models["finetuned"], "-a", other, "-u", models["base"], "-o", out)
+    result = run_cli_in_process("realign", "resta", "-f", models["finetuned"], "-a", other, "-u", models["base"], "-o", out)
     assert_one_line_error(result, 3, "shape mismatch for tensor")
     assert no_partial_output(out)
 
@@ -133,9 +133,9 @@ def test_adapter_without_local_base_is_a_usage_error(models: dict[str, Path], tm
             cfg["base_model_name_or_path"] = "meta-llama/NotHere"
             data = json.dumps(cfg).encode()
         (moved / f.name).write_bytes(data)
-    result = run_cli("realign", "resta", "-f", moved, "-a", models["aligned"], "-u", models["base"], "-o", tmp_path / "o")
+    result = run_cli_in_process("realign", "resta", "-f", moved, "-a", models["aligned"], "-u", models["base"], "-o", tmp_path / "o")
     assert_one_line_error(result, 2, "--base")
-    result = run_cli("realign", "resta", "-f", moved, "-a", models["aligned"], "-u", models["base"], "--base", models["base"], "-o", tmp_path / "o")
+    result = run_cli_in_process("realign", "resta", "-f", moved, "-a", models["aligned"], "-u", models["base"], "--base", models["base"], "-o", tmp_path / "o")
     assert result.returncode == 0, result.stderr
 
 
@@ -143,5 +143,5 @@ def test_adapter_without_local_base_is_a_usage_error(models: dict[str, Path], tm
 def test_missing_device_is_a_resource_error(models: dict[str, Path], tmp_path: Path, device: str) -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    result = run_cli("realign", "resta", "-f", models["finetuned"], "-a", models["aligned"], "-u", models["base"], "-o", tmp_path / "o", "--device", device)
+    result = run_cli_in_process("realign", "resta", "-f", models["finetuned"], "-a", models["aligned"], "-u", models["base"], "-o", tmp_path / "o", "--device", device)
     assert_one_line_error(result, 4, "no CUDA device")

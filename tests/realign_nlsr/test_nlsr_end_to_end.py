@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cli_utils import assert_error, run_cli
+from cli_utils import assert_error, run_cli, run_cli_in_process
 from llmguard.io.checkpoint import open_checkpoint
 from llmguard.io.lora import LoraAdapter
 from llmguard.realign.nlsr import nlsr
@@ -129,7 +129,7 @@ def test_full_finetune_weight_units_and_exact_revert(tiny, tmp_path):
     table = json.loads((out / "nlsr_modules.json").read_text())
     assert {row["unit"] for row in table} == {"weight"} and all(row["parameters_masked"] == row["masked_units"] for row in table)
     back = tmp_path / "back"
-    r = run_cli("realign", "revert", out, "-o", back)
+    r = run_cli_in_process("realign", "revert", out, "-o", back)
     assert r.returncode == 0, r.stderr
     restored = _weights(back)
     assert set(restored) == set(ft) and all(torch.equal(restored[k], ft[k]) for k in ft)
@@ -171,7 +171,7 @@ def test_continued_adapter_with_row_units_writes_a_checkpoint_and_reverts(tiny, 
         keep[rows] = False
         torch.testing.assert_close(new[name][keep], ft_weight[keep])
     back = tmp_path / "back"
-    r = run_cli("realign", "revert", out, "-o", back)
+    r = run_cli_in_process("realign", "revert", out, "-o", back)
     assert r.returncode == 0, r.stderr
     restored = _weights(back)
     for name in new:
@@ -192,7 +192,7 @@ def test_cli_end_to_end_element_mode_with_revert(tiny, tmp_path):
     assert set(ft) == set(restored) and all(torch.equal(ft[k], restored[k]) for k in ft)
     assert LoraAdapter(back).rank == LoraAdapter(tiny["ft_lora"]).rank
     # a second revert of the reverted model is refused: it no longer holds the patched values
-    assert_error(run_cli("realign", "revert", back, "-o", tmp_path / "again", "--patch", out / "realign_patch.json"), 3, "does not hold the patched values")
+    assert_error(run_cli_in_process("realign", "revert", back, "-o", tmp_path / "again", "--patch", out / "realign_patch.json"), 3, "does not hold the patched values")
 
 
 def test_cli_dry_run_json_and_official_selection(tiny, tmp_path):
@@ -211,15 +211,15 @@ def test_cli_dry_run_json_and_official_selection(tiny, tmp_path):
 def test_cli_bad_input_exit_codes(tiny, tmp_path):
     out = tmp_path / "o"
     common = ("-a", tiny["aligned"], "-f", tiny["ft_lora"], "-o", out)
-    assert_error(run_cli("realign", "nlsr", *common, "--scorer", "magnitude", "--mask-ratio", "1.5"), 2, "--mask-ratio")
-    assert_error(run_cli("realign", "nlsr", *common, "-c", tiny["calib_unusable"]), 3, "no usable calibration rows")
-    assert_error(run_cli("realign", "nlsr", "-a", tiny["aligned"], "-f", tiny["ft_rank2"], "-o", out, "--scorer", "magnitude", "--unit", "element"), 3,
+    assert_error(run_cli_in_process("realign", "nlsr", *common, "--scorer", "magnitude", "--mask-ratio", "1.5"), 2, "--mask-ratio")
+    assert_error(run_cli_in_process("realign", "nlsr", *common, "-c", tiny["calib_unusable"]), 3, "no usable calibration rows")
+    assert_error(run_cli_in_process("realign", "nlsr", "-a", tiny["aligned"], "-f", tiny["ft_rank2"], "-o", out, "--scorer", "magnitude", "--unit", "element"), 3,
                  "different ranks")
-    assert_error(run_cli("realign", "nlsr", "-a", tiny["aligned"], "-f", tiny["ft_on_merged"], "-o", out, "--scorer", "magnitude", "--unit", "element"), 3, "different bases")
-    assert_error(run_cli("realign", "nlsr", "-a", tiny["aligned_full"], "--base", tiny["base"], "-f", tiny["other_arch"], "-o", out, "--scorer", "magnitude"), 3, "shape mismatch")
+    assert_error(run_cli_in_process("realign", "nlsr", "-a", tiny["aligned"], "-f", tiny["ft_on_merged"], "-o", out, "--scorer", "magnitude", "--unit", "element"), 3, "different bases")
+    assert_error(run_cli_in_process("realign", "nlsr", "-a", tiny["aligned_full"], "--base", tiny["base"], "-f", tiny["other_arch"], "-o", out, "--scorer", "magnitude"), 3, "shape mismatch")
     assert not out.exists()
     out.mkdir()
-    assert_error(run_cli("realign", "nlsr", *common, "--scorer", "magnitude"), 2, "already exists")
+    assert_error(run_cli_in_process("realign", "nlsr", *common, "--scorer", "magnitude"), 2, "already exists")
 
 
 @pytest.mark.parametrize(

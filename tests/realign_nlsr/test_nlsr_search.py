@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_utils import assert_error, run_cli
+from cli_utils import assert_error, run_cli, run_cli_in_process
 from llmguard.errors import UsageError
 from llmguard.realign.nlsr.search import SEARCH_TABLE, SearchPoint, nlsr_search, parse_grid, recommend, task_window_warning
 
@@ -126,7 +126,7 @@ def test_task_window_warning_thresholds():
 def test_cli_search_usage_errors(tiny, tmp_path, extra, needle):
     prompts, _ = _dev_files(tmp_path)
     args = [str(prompts) if a == "P" else a for a in extra]
-    r = run_cli("realign", "nlsr", "-a", tiny["aligned"], "-f", tiny["ft_lora"], "-c", tiny["calib"], "-o", tmp_path / "o", *args)
+    r = run_cli_in_process("realign", "nlsr", "-a", tiny["aligned"], "-f", tiny["ft_lora"], "-c", tiny["calib"], "-o", tmp_path / "o", *args)
     assert_error(r, 2, needle)
     assert not (tmp_path / "o").exists()
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cli_utils import assert_error, run_cli
+from cli_utils import assert_error, run_cli, run_cli_in_process
 from conftest import WORDS
 from helpers import make_llama, make_lora, make_word_tokenizer, merged
 from llmguard.realign.nlsr import nlsr
@@ -110,7 +110,7 @@ def test_guard_reverts_modules_exactly_and_the_output_scores_what_it_reports(mod
     manifest = json.loads((out / "llmguard.json").read_text())
     assert manifest["parameters"]["task_tolerance"] == 0.0 and "task_data" in manifest["inputs"]
     back = tmp_path / "back"  # the reversible patch covers exactly what was written
-    assert run_cli("realign", "revert", out, "-o", back).returncode == 0
+    assert run_cli_in_process("realign", "revert", out, "-o", back).returncode == 0
     assert all(torch.equal(_weights(back)[k], ft[k]) for k in ft)
 
 
@@ -157,15 +157,15 @@ def test_unit_guard_reverts_single_weights_until_the_tolerance_and_writes_exactl
             assert int(changed.sum()) <= row["task_guard_units_reverted"]
     assert given_back == guard["units_reverted"]
     back = tmp_path / "back"
-    assert run_cli("realign", "revert", out, "-o", back).returncode == 0
+    assert run_cli_in_process("realign", "revert", out, "-o", back).returncode == 0
     assert all(torch.equal(_weights(back)[k], ft[k]) for k in ft)
 
 
 def test_task_data_bad_input(tiny, task_pairs, tmp_path):
     out = tmp_path / "o"
     common = ("-a", tiny["aligned"], "-f", tiny["ft_lora"], "-o", out, "--scorer", "magnitude")
-    assert_error(run_cli("realign", "nlsr", *common, "--unit", "element", "--task-data", task_pairs), 2, "--unit element")
-    assert_error(run_cli("realign", "nlsr", *common, "--task-data", task_pairs), 3, "--task-data", "--task-response-field")  # no 'response' field
-    assert_error(run_cli("realign", "nlsr", *common, "--task-data", task_pairs, "--task-response-field", "answer",
+    assert_error(run_cli_in_process("realign", "nlsr", *common, "--unit", "element", "--task-data", task_pairs), 2, "--unit element")
+    assert_error(run_cli_in_process("realign", "nlsr", *common, "--task-data", task_pairs), 3, "--task-data", "--task-response-field")  # no 'response' field
+    assert_error(run_cli_in_process("realign", "nlsr", *common, "--task-data", task_pairs, "--task-response-field", "answer",
                          "--task-tolerance", "-1"), 2, "--task-tolerance")
     assert not out.exists()

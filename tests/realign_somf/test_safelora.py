@@ -8,7 +8,7 @@ import json
 import torch
 from safetensors.torch import load_file
 
-from cli_utils import assert_error, no_partial_output, run_cli
+from cli_utils import assert_error, no_partial_output, run_cli, run_cli_in_process
 from llmguard.realign.safelora.method import run_safelora
 from llmguard.realign.safelora.options import SafeLoraOptions
 
@@ -66,14 +66,14 @@ def test_cli_and_bad_input(tiny, tmp_path) -> None:
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["output"] == str(out) and (out / "adapter_config.json").is_file()
     bad = tmp_path / "bad"
-    result = run_cli("realign", "safelora", "-a", tiny["aligned_full"], "--base", tiny["base"], "-f", tiny["ft_full"], "-o", bad)
+    result = run_cli_in_process("realign", "safelora", "-a", tiny["aligned_full"], "--base", tiny["base"], "-f", tiny["ft_full"], "-o", bad)
     assert_error(result, 3, "not one")
-    result = run_cli("realign", "safelora", "-a", tiny["aligned_full"], "--base", tiny["other_arch"], "-f", tiny["ft_fresh"], "-o", bad)
+    result = run_cli_in_process("realign", "safelora", "-a", tiny["aligned_full"], "--base", tiny["other_arch"], "-f", tiny["ft_fresh"], "-o", bad)
     assert_error(result, 3, "base")
-    result = run_cli("realign", "safelora", "-a", tiny["aligned_full"], "--base", tiny["base"], "-f", tiny["ft_fresh"], "-o", bad,
+    result = run_cli_in_process("realign", "safelora", "-a", tiny["aligned_full"], "--base", tiny["base"], "-f", tiny["ft_fresh"], "-o", bad,
                      "--threshold", "2")
     assert_error(result, 2, "--threshold")
-    result = run_cli("realign", "safelora", "-a", tiny["aligned_full"], "--base", tiny["base"], "-f", tiny["ft_fresh"], "-o", bad,
+    result = run_cli_in_process("realign", "safelora", "-a", tiny["aligned_full"], "--base", tiny["base"], "-f", tiny["ft_fresh"], "-o", bad,
                      "--top-k", "0")
     assert_error(result, 2, "--top-k")
     assert no_partial_output(bad)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cli_utils import assert_error, no_partial_output, run_cli
+from cli_utils import assert_error, no_partial_output, run_cli, run_cli_in_process
 from llmguard.realign.somf.method import run_somf
 from llmguard.realign.somf.options import SomfOptions
 
@@ -125,18 +125,18 @@ def test_bad_input_one_line_exit_code_nothing_written(tiny, tmp_path) -> None:
         (["-f", tiny["aligned"], "-p", tiny["pref"]], 2, "aligned model itself"),
     ]
     for extra, code, needle in cases:
-        result = run_cli("realign", "somf", *common, *extra)
+        result = run_cli_in_process("realign", "somf", *common, *extra)
         assert_error(result, code, needle)
         assert no_partial_output(out), extra
     # a mask trained for another model
     other = tmp_path / "other"
     run_somf(SomfOptions(aligned=tiny["aligned_full"], finetuned=[tiny["ft_full"]], preference=tiny["pref"], output=other, steps=1,
                          batch_size=4, device="cpu"))
-    result = run_cli("realign", "somf", *common, "-f", tiny["ft1"], "--mask-file", other / "somf_mask.safetensors")
+    result = run_cli_in_process("realign", "somf", *common, "-f", tiny["ft1"], "--mask-file", other / "somf_mask.safetensors")
     assert_error(result, 3, "another model")
     # OUT exists without --force: refused before any training
     out.mkdir()
     (out / "keep.txt").write_text("x")
-    result = run_cli("realign", "somf", *common, "-f", tiny["ft1"], "-p", tiny["pref"])
+    result = run_cli_in_process("realign", "somf", *common, "-f", tiny["ft1"], "-p", tiny["pref"])
     assert_error(result, 2, "already exists")
     assert (out / "keep.txt").read_text() == "x"

@@ -12,7 +12,7 @@ import json
 
 import torch
 
-from cli_utils import assert_error, no_partial_output, run_cli
+from cli_utils import assert_error, no_partial_output, run_cli, run_cli_in_process
 from llmguard.realign.somf.method import run_somf
 from llmguard.realign.somf.options import SomfOptions
 
@@ -88,7 +88,7 @@ def test_bad_task_input_one_line_nothing_written(tiny, tmp_path) -> None:
         (["--task-data", task, "--mask-file", tiny["pref"]], 2, "--mask-file"),
     ]
     for extra, code, needle in cases:
-        result = run_cli("realign", "somf", *common, *extra)
+        result = run_cli_in_process("realign", "somf", *common, *extra)
         assert_error(result, code, needle)
         assert no_partial_output(out), extra
 
