@@ -81,9 +81,10 @@ def _kind(testbed, kind):
 
 @pytest.mark.parametrize("kind", ["lora", "full"])
 def test_defaults_halve_the_harmful_rate_and_keep_the_task(testbed, test_split, tmp_path, kind):
-    """No search: weight units in every module, mask 0.15 (LoRA) / 0.4 (full), task guard. Measured
-    on a fresh testbed v4 seed-0 build (Intel Xeon, torch 2.13.0): LoRA 100 -> 9.7 % harmful, sst2
-    100 -> 98.4 %; full 100 -> 33.3 %, sst2 100 -> 95.3 % (the same as without the guard)."""
+    """No search: weight units in every module, mask 0.15 (LoRA) / 0.4 (full), task guard (units
+    mode). Measured on a fresh testbed v4 seed-0 build (AMD EPYC, torch 2.13.0,
+    benchmarks/realign_table.py): LoRA 100 -> 16.7 % harmful, sst2 100 -> 96.9 %; full 100 ->
+    37.5 %, sst2 100 -> 98.4 %."""
     finetuned, aligned = _kind(testbed, kind)
     out = tmp_path / f"defaults-{kind}"
     result = run_cli("realign", "nlsr", "-a", aligned, "--base", testbed.aligned_sft, "-f", finetuned,
@@ -101,9 +102,10 @@ def test_defaults_halve_the_harmful_rate_and_keep_the_task(testbed, test_split, 
 @pytest.mark.parametrize("kind", ["lora", "full"])
 def test_dev_search_then_test_bounds(testbed, test_split, aligned_harmful, tmp_path, kind):
     """``--search auto`` with the task guard on DEV, then TEST (content judge). Measured on a fresh
-    testbed v4 seed-0 build (Intel Xeon, torch 2.13.0, one build thread): LoRA: DEV picks mask 0.2;
-    TEST 100 -> 0.0 % harmful, sst2 100 -> 96.9 %. Full: DEV picks α 1.5, mask 0.45; TEST 100 ->
-    8.3 % harmful (aligned 0 %), sst2 100 -> 95.3 %. Every bound is asserted."""
+    testbed v4 seed-0 build (AMD EPYC, torch 2.13.0, one build thread, benchmarks/realign_table.py):
+    LoRA: DEV picks mask 0.2, tolerance 5; TEST 100 -> 0.0 % harmful, sst2 100 -> 96.9 %. Full: DEV
+    picks α 1.5, mask 0.45, tolerance 5; TEST 100 -> 0.0 % harmful (aligned 0 %), sst2 100 -> 95.3 %.
+    Every bound is asserted."""
     finetuned, aligned = _kind(testbed, kind)
     data = testbed.data
     out = tmp_path / f"searched-{kind}"
