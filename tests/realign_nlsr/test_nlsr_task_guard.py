@@ -169,3 +169,27 @@ def test_task_data_bad_input(tiny, task_pairs, tmp_path):
     assert_error(run_cli_in_process("realign", "nlsr", *common, "--task-data", task_pairs, "--task-response-field", "answer",
                          "--task-tolerance", "-1"), 2, "--task-tolerance")
     assert not out.exists()
+
+
+def test_unit_guard_on_row_units_reverts_whole_rows(models, task_pairs, tmp_path):
+    """Row units: a unit step gives back whole output rows (scored by the sum over the row), and
+    every row that differs from the unguarded transplant is the fine-tune's row, bit for bit."""
+    tiny = models
+    common = dict(aligned=tiny["aligned_full"], base=tiny["base"], calibration=tiny["calib"], scorer="wanda", unit="row",
+                  mask_ratio=0.2, budget=1.0, alpha=0.9)
+    nlsr(tiny["ft_full"], tmp_path / "plain", **common)
+    result = nlsr(tiny["ft_full"], tmp_path / "out", **common, task_data=task_pairs, task_response_field="answer",
+                  task_tolerance=0.0)
+    guard = result.manifest["task_guard"]
+    assert guard["task_accuracy_patched"] < 100.0, "the transplant must cost this task, or the test shows nothing"
+    assert guard["unit_steps"] and guard["units_reverted"] > 0
+    assert guard["task_accuracy_guarded"] == pytest.approx(_accuracy(tmp_path / "out", task_pairs), abs=0.01)
+    ft, new, unguarded = _weights(tiny["ft_full"]), _weights(tmp_path / "out"), _weights(tmp_path / "plain")
+    rows_back = 0
+    for key in ft:
+        if new[key].dim() != 2:
+            continue
+        changed = (new[key] != unguarded[key]).any(dim=1)
+        assert torch.equal(new[key][changed], ft[key][changed]), key  # whole rows, the fine-tune's
+        rows_back += int(changed.sum())
+    assert 0 < rows_back <= guard["units_reverted"]
