@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cli_utils import assert_error, run_cli, run_cli_in_process
+from cli_utils import assert_error, run_cli_in_process
 from conftest import WORDS
 from helpers import make_llama, make_lora, make_word_tokenizer, merged
 from llmguard.realign.nlsr import nlsr

@@ -289,7 +289,7 @@ def record_of(manifest: Manifest, stage: str) -> dict[str, Any]:
 def realign(options: NlsrOptions, analysis: Analysis, progress: Progress) -> NlsrResult:
     """Select the modules and transplant (stages 4–5) from an :class:`Analysis` of these options."""
     o = options
-    inputs, ref, results, torch_device = analysis.inputs, analysis.reference, analysis.results, analysis.device
+    inputs, results = analysis.inputs, analysis.results
     reused = analysis.uses > 0
     analysis.uses += 1
     manifest = Manifest(verb=o.verb, parameters=o.to_manifest(), inputs=dict(analysis.manifest.inputs),

@@ -48,7 +48,7 @@ import torch
 from llmguard.errors import InvalidInputError
 from llmguard.realign.nlsr.analysis import ModuleResult
 from llmguard.realign.nlsr.inputs import NlsrInputs
-from llmguard.realign.nlsr.mask_store import MaskStore, StoredMask
+from llmguard.realign.nlsr.mask_store import MaskStore
 from llmguard.realign.nlsr.reference import Reference, source_weight
 from llmguard.realign.nlsr.transplant import transplant_delta, unit_view
 
@@ -182,8 +182,8 @@ def guard(inputs: NlsrInputs, reference: Reference, selected: list[ModuleResult]
 
     current = list(selected)
     if mode == "units" and not within() and selected:
-        current, steps = _revert_units(state, current, task_batches, safety_batches, measure, lambda t: t >= task_ft - tolerance)
-        task_now, safe_now = (steps[-1]["task"], steps[-1]["safe"]) if steps else (task_now, safe_now)
+        current, steps, last = _revert_units(state, current, task_batches, safety_batches, measure, lambda t: t >= task_ft - tolerance)
+        task_now, safe_now = last or (task_now, safe_now)
         before = sum(r.masked for r in selected)
         after = sum(r.masked for r in current)
         record["unit_steps"] = steps
@@ -207,25 +207,25 @@ def guard(inputs: NlsrInputs, reference: Reference, selected: list[ModuleResult]
                 break
     record.update(task_accuracy_guarded=round(task_now, 2), safe_accuracy_guarded=round(safe_now, 2), reverted=reverted,
                   within_tolerance=within(), seconds=round(time.perf_counter() - t0, 3))
-    kept = [_kept_result(r, masks) for r in current if r.name not in reverted]
-    del state
-    return GuardResult(reverted, record, kept)
+    return GuardResult(reverted, record, [_kept_result(r, masks) for r in current if r.name not in reverted])
 
 
 def _revert_units(state: _GuardedModel, results: list[ModuleResult], task_batches: list, safety_batches: list,
-                  measure: Callable[[], tuple[float, float]], good: Callable[[float], bool]) -> tuple[list[ModuleResult], list[dict]]:
+                  measure: Callable[[], tuple[float, float]],
+                  good: Callable[[float], bool]) -> tuple[list[ModuleResult], list[dict], tuple[float, float] | None]:
     """Units mode: revert the patched units with the largest first-order gain, a step at a time.
 
     The gain of reverting a unit is −∇L·(W_ft − W) over its weights, L the decision-token loss
     of the task pairs plus that of the refusal pairs: a revert that helps the task but costs
-    the refusal scores the difference. Returns the results with the shrunk masks (tensors) and
-    one record per step."""
+    the refusal scores the difference. Returns the results with the shrunk masks (tensors), one
+    record per step and the last (task, refusal) accuracies measured (None without a step)."""
     masks = {r.name: r.unit_mask().to(state.device).clone() for r in results}
     views = {r.name: unit_view(state.inputs, r.name, masks[r.name])[0] for r in results}
     per_step = max(1, math.ceil(REVERT_FRACTION * sum(int(m.sum()) for m in masks.values())))
     for result in results:
         state.weight(result).requires_grad_(True)
     steps: list[dict] = []
+    last: tuple[float, float] | None = None
     try:
         for step in range(1, MAX_REVERT_STEPS + 1):
             for result in results:
@@ -233,33 +233,36 @@ def _revert_units(state: _GuardedModel, results: list[ModuleResult], task_batche
             loss = decision_loss_backward(state.model, task_batches)
             if safety_batches:
                 loss += decision_loss_backward(state.model, safety_batches)
-            candidates = []  # (module, unit indices, gains), still-patched units only
+            # pass 1: each patched weight's gain −g·(W_ft − W) = g·(W − W_ft), in place of its
+            # gradient; a running top-k of the positive unit gains gives the step's threshold
+            # (memory: one module's gains and k values, never every patched unit at once)
+            top = torch.empty(0, device=state.device)
             for result in results:
-                parameter, view = state.weight(result), views[result.name]
+                parameter = state.weight(result)
                 assert parameter.grad is not None
-                gain = parameter.grad.mul_(parameter.data - state.finetuned(result))  # −g·(W_ft − W) = g·(W − W_ft)
-                unit_gain = view(gain)
-                if unit_gain.dim() == 2:
-                    unit_gain = unit_gain.sum(dim=1)
-                index = view(masks[result.name]).nonzero().squeeze(1)
-                candidates.append((result, index, unit_gain[index]))
-                parameter.grad = None
-            gains = torch.cat([c[2] for c in candidates])
-            if gains.numel() == 0 or float(gains.max()) <= 0:
+                parameter.grad.mul_(parameter.data - state.finetuned(result))
+                gains = _unit_gains(views[result.name], parameter.grad)[views[result.name](masks[result.name])]
+                gains = gains[gains > 0]
+                if gains.numel():
+                    merged = torch.cat([top, gains])
+                    top = torch.topk(merged, min(per_step, merged.numel())).values
+            if top.numel() == 0:
                 break
-            k = min(per_step, int((gains > 0).sum()))
-            threshold = torch.topk(gains, k).values[-1]
+            threshold = top.min()
             count = 0
-            with torch.no_grad():
-                for result, index, gain in candidates:
-                    chosen = index[(gain >= threshold) & (gain > 0)]
+            with torch.no_grad():  # pass 2: revert the still-patched units at or above the threshold
+                for result in results:
+                    parameter, view = state.weight(result), views[result.name]
+                    assert parameter.grad is not None
+                    gains = _unit_gains(view, parameter.grad)
+                    chosen = (view(masks[result.name]) & (gains >= threshold) & (gains > 0)).nonzero().squeeze(1)
+                    parameter.grad = None
                     if chosen.numel() == 0:
                         continue
-                    view = views[result.name]
-                    view(state.weight(result).data)[chosen] = view(state.finetuned(result))[chosen]
+                    view(parameter.data)[chosen] = view(state.finetuned(result))[chosen]
                     view(masks[result.name])[chosen] = False
                     count += int(chosen.numel())
-            task_now, safe_now = measure()
+            task_now, safe_now = last = measure()
             steps.append({"step": step, "reverted": count, "loss": round(loss, 5), "task": round(task_now, 2), "safe": round(safe_now, 2)})
             if good(task_now):
                 break
@@ -274,7 +277,13 @@ def _revert_units(state: _GuardedModel, results: list[ModuleResult], task_batche
         d_in = views[result.name](state.weight(result).data).reshape(mask.shape[0], -1).shape[1] if mask.dim() == 1 else 1
         shrunk.append(replace(result, delta_mask=mask, masked=masked,
                               parameters_masked=state.inputs.strategy.parameters_in(masked, d_in)))
-    return shrunk, steps
+    return shrunk, steps, last
+
+
+def _unit_gains(view: Callable[[torch.Tensor], torch.Tensor], gain: torch.Tensor) -> torch.Tensor:
+    """One gain per unit of a module: the weight's own (weight units) or its row's sum (row units)."""
+    units = view(gain)
+    return units.sum(dim=1) if units.dim() == 2 else units
 
 
 def _kept_result(result: ModuleResult, masks: MaskStore | None) -> ModuleResult:
