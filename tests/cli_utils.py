@@ -20,11 +20,15 @@ def run_cli(*args: object, env: dict[str, str] | None = None, timeout: float = 6
     cmd: Sequence[str] = [sys.executable, "-m", "llmguard", *map(str, args)]
     t0 = time.perf_counter()
     result = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout, input=input)
+    _log(time.perf_counter() - t0, result.returncode, args)
+    return result
+
+
+def _log(seconds: float, code: int, args: tuple[object, ...], how: str = "") -> None:
     if CLI_LOG:
         test = os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0]
         with open(CLI_LOG, "a", encoding="utf-8") as log:
-            log.write(f"{time.perf_counter() - t0:.2f}\t{result.returncode}\t{test}\t{' '.join(map(str, args))[:200]}\n")
-    return result
+            log.write(f"{seconds:.2f}\t{code}\t{test}\t{how}{' '.join(map(str, args))[:200]}\n")
 
 
 def run_cli_in_process(*args: object, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -50,10 +54,7 @@ def run_cli_in_process(*args: object, env: dict[str, str] | None = None) -> subp
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-    if CLI_LOG:
-        test = os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0]
-        with open(CLI_LOG, "a", encoding="utf-8") as log:
-            log.write(f"{time.perf_counter() - t0:.2f}\t{code}\t{test}\t[in-process] {' '.join(map(str, args))[:190]}\n")
+    _log(time.perf_counter() - t0, code, args, "[in-process] ")
     return subprocess.CompletedProcess(["llmguard", *map(str, args)], code, out, err)
 
 
