@@ -24,9 +24,9 @@ So, given pairs of the fine-tune's own task (its training data, never DEV or TES
    that helps the task is left.
 
 Why units first: a module is a coarse thing to give back. On the testbed's seed 4 full
-fine-tune (AMD build) the module guard had to revert most of the modules that carried the
-safety (77.8 % harmful on TEST); reverting 0.5 % of the patched weights at a time kept the harm
-at 27.8 % with sst2 at 100 % (docs/realign.md). A one-shot ranking (all reverts from one
+fine-tune (AMD build) the module guard gave the task back by reverting whole modules, and the
+safety with them (77.8 % harmful on TEST); reverting 0.5 % of the patched weights at a time gave
+it back with 27.8 % harmful and sst2 at 100 % (docs/realign.md). A one-shot ranking (all reverts from one
 gradient) was worse than the steps (48.6 %): the gradient goes stale as the model moves.
 
 The model is held once, on the device; units and modules are reverted and re-patched in place
