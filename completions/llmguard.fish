@@ -252,7 +252,7 @@ complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_su
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l temperature -d 'Concrete (relaxed Bernoulli) temperature.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l init-logit -d 'Initial mask logit (0: keep probability 0.5).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l beta -d 'DPO β (sigmoid loss).' -F
-complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l steps -d 'Mask training steps.' -F
+complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l steps -d 'Mask training steps (default: 150 for one fine-tune, 300 when fusing).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l lr -d 'Adam learning rate of the mask logits (the papers code: 1e-3 for one fine-tune over ~500 larger steps, 1e-2 for fusion).' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l batch-size -d 'Preference pairs per step.' -F
 complete -c llmguard -n '__fish_seen_subcommand_from realign; and __fish_seen_subcommand_from somf' -l seed -d 'Seed of the mask samples, the batches, DARE drops and --mask-mode official.' -F

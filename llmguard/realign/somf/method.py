@@ -89,10 +89,10 @@ def final_mask(tv: TaskVectors, options: SomfOptions, device: torch.device, prog
                       model_parameters=sum(p.numel() for p in masked.model.parameters()),
                       train_dtype=str(train_dtype).removeprefix("torch."))
     with manifest.stage("train mask") as record:
-        log = train_mask(masked, pairs, pad_id=tokenizer.pad_token_id, steps=options.steps, lr=options.lr,
+        log = train_mask(masked, pairs, pad_id=tokenizer.pad_token_id, steps=options.effective_steps, lr=options.lr,
                          beta=options.beta, batch_size=options.batch_size, seed=options.seed, progress=progress,
                          task=task, task_weight=options.task_weight)
-        record.update(steps=options.steps, reference_seconds=log.reference_seconds,
+        record.update(steps=options.effective_steps, reference_seconds=log.reference_seconds,
                       seconds_per_step=round(sum(log.step_seconds) / max(1, len(log.step_seconds)), 5))
     masks = mask.binary(options.mask_mode, options.effective_keep_ratio, seed=options.seed + 2)
     scales = learned.to_dict() if learned is not None else None
@@ -233,7 +233,7 @@ def _model_card(tv: TaskVectors, options: SomfOptions, overall: float, scales: d
         *[f"- fine-tuned F_{i + 1}: `{s.path}`" for i, s in enumerate(tv.finetuned)],
         f"- space: {tv.space}; granularity: {options.granularity}; mask mode: {options.mask_mode}; kept {overall:.1%} of the units",
         f"- merge: {options.merge}, λ = {options.effective_lambda}, keep ratio {options.effective_keep_ratio}" + (f", density {options.effective_density}" if options.merge in ("ties", "dare") else ""),
-        f"- DPO: β {options.beta}, {options.steps} steps, lr {options.lr}, batch {options.batch_size}, seed {options.seed}",
+        f"- DPO: β {options.beta}, {options.effective_steps} steps, lr {options.lr}, batch {options.batch_size}, seed {options.seed}",
         *([f"- learned merge scales s_i (one per tensor and fine-tune): " + "; ".join(
             f"F_{i + 1} mean {c['mean']} (min {c['min']}, max {c['max']})" for i, c in enumerate(summary(scales)))]
           if scales is not None else []),

@@ -40,6 +40,9 @@ MERGE_NAMES = ("ta", "ties", "dare", "avg")
 #: fused tasks on the testbed (docs/realign.md); pass them with --lambda to reproduce the paper.
 #: --keep-ratio by number of fine-tunes: fusing keeps more, since two task vectors share one mask
 KEEP_RATIO = {"single": 0.8, "fusion": 0.9}
+#: --steps by number of fine-tunes: a shared mask and its merge scales over two task vectors need
+#: longer (DEV, seeds 1 and 4: 300 steps lifted every merge's DEV sst2 or arith, none fell; docs/realign.md)
+STEPS = {"single": 150, "fusion": 300}
 #: --density by merge: TIES keeps half of each vector (the paper's code: 0.2), DARE keeps 0.8
 DENSITY = {"ties": 0.5, "dare": 0.8}
 
@@ -80,7 +83,8 @@ class SomfOptions(Options):
     temperature: float = option(0.5, help="Concrete (relaxed Bernoulli) temperature.", panel=PANEL_METHOD, min=0, min_exclusive=True)
     init_logit: float = option(0.0, help="Initial mask logit (0: keep probability 0.5).", panel=PANEL_METHOD)
     beta: float = option(0.1, help="DPO β (sigmoid loss).", panel=PANEL_METHOD, min=0, min_exclusive=True)
-    steps: int = option(150, help="Mask training steps.", panel=PANEL_METHOD, min=1)
+    steps: int | None = option(None, help="Mask training steps (default: 150 for one fine-tune, 300 when fusing).",
+                               panel=PANEL_METHOD, min=1)
     lr: float = option(1e-2, help="Adam learning rate of the mask logits (the paper's code: 1e-3 for one fine-tune over ~500 "
                        "larger steps, 1e-2 for fusion).", panel=PANEL_METHOD, min=0, min_exclusive=True)
     batch_size: int = option(16, help="Preference pairs per step.", panel=PANEL_METHOD, min=1)
@@ -156,6 +160,10 @@ class SomfOptions(Options):
         return "tensor" if self.fusion and self.task_data else "none"
 
     @property
+    def effective_steps(self) -> int:
+        return self.steps if self.steps is not None else STEPS["fusion" if self.fusion else "single"]
+
+    @property
     def effective_keep_ratio(self) -> float:
         return self.keep_ratio if self.keep_ratio is not None else KEEP_RATIO["fusion" if self.fusion else "single"]
 
@@ -163,4 +171,5 @@ class SomfOptions(Options):
         """The manifest's parameters: every option plus the effective λ, density and keep ratio."""
         return {**self.to_manifest(), "effective_lambda": self.effective_lambda,
                 "effective_density": self.effective_density if self.merge in ("ties", "dare") else None,
-                "effective_keep_ratio": self.effective_keep_ratio, "effective_task_scales": self.effective_task_scales}
+                "effective_keep_ratio": self.effective_keep_ratio, "effective_task_scales": self.effective_task_scales,
+                "effective_steps": self.effective_steps}
