@@ -77,9 +77,10 @@ def test_fusion_meets_the_fusion_bounds(testbed, tmp_path) -> None:
     """``finetuned-lora`` + ``finetuned-arith-lora`` fused with one mask, the default merge (``ta``),
     the fusion defaults and both training files (so the merge scales are learned too:
     ``--task-scales auto``): harmful ≤ aligned + 10, sst2 and arith each within 10 points of its own
-    fine-tune. Measured on fresh AMD EPYC v4 builds (docs/realign.md): seed 0 0.0 % harmful, sst2
-    100 (fine-tune 100), arith 94.1 (100); without the scales arith was 85.3 there. ``ta`` meets the
-    bounds on seeds 0-4 of those builds."""
+    fine-tune. Measured on fresh AMD EPYC v4 builds (docs/realign.md, benchmarks/realign_table.py):
+    seed 0 0.0 % harmful, sst2 100 (fine-tune 100), arith 100 (100) with the fusion default of 300
+    steps (94.1 at 150 steps; 85.3 without the scales). ``ta`` meets the bounds on seeds 0-4 of
+    those builds."""
     from llmguard.realign.somf.method import run_somf
     from llmguard.realign.somf.options import SomfOptions
 
