@@ -177,12 +177,15 @@ def guard(inputs: NlsrInputs, reference: Reference, selected: list[ModuleResult]
     record: dict[str, Any] = {"mode": mode, "task_accuracy_finetuned": round(task_ft, 2), "task_accuracy_patched": round(task_now, 2),
                               "safe_accuracy_patched": round(safe_now, 2), "tolerance": tolerance}
 
+    def good(task: float) -> bool:
+        return task >= task_ft - tolerance
+
     def within() -> bool:
-        return task_now >= task_ft - tolerance
+        return good(task_now)
 
     current = list(selected)
     if mode == "units" and not within() and selected:
-        current, steps, last = _revert_units(state, current, task_batches, safety_batches, measure, lambda t: t >= task_ft - tolerance)
+        current, steps, last = _revert_units(state, current, task_batches, safety_batches, measure, good)
         task_now, safe_now = last or (task_now, safe_now)
         before = sum(r.masked for r in selected)
         after = sum(r.masked for r in current)
@@ -207,7 +210,8 @@ def guard(inputs: NlsrInputs, reference: Reference, selected: list[ModuleResult]
                 break
     record.update(task_accuracy_guarded=round(task_now, 2), safe_accuracy_guarded=round(safe_now, 2), reverted=reverted,
                   within_tolerance=within(), seconds=round(time.perf_counter() - t0, 3))
-    return GuardResult(reverted, record, [_kept_result(r, masks) for r in current if r.name not in reverted])
+    spill = masks if inputs.strategy.spills_masks else None
+    return GuardResult(reverted, record, [_kept_result(r, spill) for r in current if r.name not in reverted])
 
 
 def _revert_units(state: _GuardedModel, results: list[ModuleResult], task_batches: list, safety_batches: list,
@@ -274,7 +278,7 @@ def _revert_units(state: _GuardedModel, results: list[ModuleResult], task_batche
     for result in results:
         mask = masks[result.name].cpu()
         masked = int(mask.sum())
-        d_in = views[result.name](state.weight(result).data).reshape(mask.shape[0], -1).shape[1] if mask.dim() == 1 else 1
+        d_in = state.weight(result).numel() // mask.numel()  # a row unit's width (1 for weight units)
         shrunk.append(replace(result, delta_mask=mask, masked=masked,
                               parameters_masked=state.inputs.strategy.parameters_in(masked, d_in)))
     return shrunk, steps, last
@@ -287,7 +291,7 @@ def _unit_gains(view: Callable[[torch.Tensor], torch.Tensor], gain: torch.Tensor
 
 
 def _kept_result(result: ModuleResult, masks: MaskStore | None) -> ModuleResult:
-    """Spill a shrunk weight mask where the analysis keeps its own (memory stays independent of size)."""
-    if masks is not None and isinstance(result.delta_mask, torch.Tensor) and result.delta_mask.dim() == 2:
+    """Spill a shrunk mask to ``masks`` (given for units that spill theirs, as the analysis does)."""
+    if masks is not None and isinstance(result.delta_mask, torch.Tensor):
         return replace(result, delta_mask=masks.put(result.delta_mask))
     return result
