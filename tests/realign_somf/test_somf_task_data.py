@@ -148,3 +148,56 @@ def test_task_scales_usage_errors(tiny, tmp_path) -> None:
                 "--task-scales", "tensor")
     assert_error(r, 2, "two or more --finetuned")
     assert not (tmp_path / "y").exists()
+
+
+def test_scale_calibration_trains_the_scales_on_the_written_model(tiny, tmp_path) -> None:
+    """--scale-steps: once the mask is binary, the merge scales alone are trained on the model that
+    is written. The mask is the one training chose (calibration never touches it), the first
+    calibration step's loss is the loss of the uncalibrated output, recomputed here from the written
+    files (so the phase really runs on the binary mask, merged as written: TIES here), and the
+    full-batch, deterministic phase lowers that loss."""
+    from peft import PeftModel
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from llmguard.realign.somf.dpo import mean_token_nll, pair_logprobs
+    from llmguard.realign.somf.mask import load_mask
+    from llmguard.realign.somf.preference import encode, encode_task, load_preference, load_task
+    from llmguard.realign.somf.task_vectors import open_task_vectors
+
+    task = _task_file(tmp_path)
+    common = dict(finetuned=[tiny["ft1"], tiny["ft2"]], steps=20, lr=0.05, seed=4, task_data=[task, task],
+                  task_response_field="answer", batch_size=len(TASK) * 8, merge="ties")  # every pair in every batch
+    run_somf(_options(tiny, tmp_path / "plain", scale_steps=0, **common))
+    run_somf(_options(tiny, tmp_path / "cal", scale_steps=8, **common))
+    plain = json.loads((tmp_path / "plain" / "llmguard.json").read_text())
+    cal = json.loads((tmp_path / "cal" / "llmguard.json").read_text())
+    assert "scale_calibration" not in plain["training"] and cal["parameters"]["effective_scale_steps"] == 8
+    log = cal["training"]["scale_calibration"]
+    assert len(log["loss_per_step"]) == len(log["task_loss_per_step"]) == 8
+    assert any(s["name"] == "calibrate merge scales" for s in cal["stages"])
+    assert cal["training"]["loss_per_step"] == plain["training"]["loss_per_step"]  # the same mask training
+    tv = open_task_vectors(tiny["aligned"], [tiny["ft1"], tiny["ft2"]])
+    m_plain, _ = load_mask(tmp_path / "plain" / "somf_mask.safetensors", tv.shapes, "element")
+    m_cal, meta = load_mask(tmp_path / "cal" / "somf_mask.safetensors", tv.shapes, "element")
+    assert all(torch.equal(m_plain[n], m_cal[n]) for n in tv.names)
+    assert meta["task_scales"] != plain["task_scales"]["per_tensor"]
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny["base"])
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    pairs = encode(tokenizer, load_preference(tiny["pref"], prompt_field="prompt", chosen_field="chosen",
+                                              rejected_field="rejected"), template="auto", max_length=256)
+    rows = load_task(task, prompt_field="prompt", response_field="answer", limit=512, seed=4)
+    task_seqs = encode_task(tokenizer, rows + rows, template="auto", max_length=256)
+    cpu = torch.device("cpu")
+    reference = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(tiny["base"]), tiny["aligned"]).eval()
+    written = LlamaForCausalLM.from_pretrained(str(tmp_path / "plain")).eval()
+    with torch.no_grad():
+        ref, pol = pair_logprobs(reference, pairs, tokenizer.pad_token_id, cpu), pair_logprobs(written, pairs, tokenizer.pad_token_id, cpu)
+        margin = 0.1 * ((pol[:, 0] - ref[:, 0]) - (pol[:, 1] - ref[:, 1]))
+        dpo = float(-torch.nn.functional.logsigmoid(margin).mean())
+        nll = float(mean_token_nll(written, task_seqs, tokenizer.pad_token_id, cpu))
+    assert abs(log["loss_per_step"][0] - dpo) < 1e-4, (log["loss_per_step"][0], dpo)
+    assert abs(log["task_loss_per_step"][0] - nll) < 1e-4, (log["task_loss_per_step"][0], nll)
+    total = [a + b for a, b in zip(log["loss_per_step"], log["task_loss_per_step"])]
+    assert total[-1] < total[0], total

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -71,6 +71,7 @@ class TrainLog:
     step_seconds: list[float] = field(default_factory=list)
     peak_rss_bytes: list[int] = field(default_factory=list)
     reference_seconds: float = 0.0
+    reference: torch.Tensor | None = field(default=None, repr=False)  # A's pair log-probabilities
 
 
 def reference_logprobs(masked: MaskedModel, pairs: Sequence[EncodedPair], pad_id: int, chunk: int = 32) -> torch.Tensor:
@@ -95,35 +96,35 @@ class _Batches:
         return idx
 
 
-def train_mask(masked: MaskedModel, pairs: Sequence[EncodedPair], *, pad_id: int, steps: int, lr: float, beta: float,
-               batch_size: int, seed: int, progress: Progress | None = None,
-               task: Sequence[tuple[list[int], int]] = (), task_weight: float = 1.0) -> TrainLog:
-    """Adam on the mask logits (and the merge scales, when the model has them) for ``steps`` DPO
-    steps, plus the task term when ``task`` is given; returns the per-step log."""
-    progress = progress or NullProgress()
-    log = TrainLog()
-    t0 = time.perf_counter()
-    reference = reference_logprobs(masked, pairs, pad_id)
-    log.reference_seconds = round(time.perf_counter() - t0, 4)
-    trained = list(masked.mask.parameters()) + (list(masked.scales.parameters()) if masked.scales is not None else [])
+def _loss(masked: MaskedModel, pairs: Sequence[EncodedPair], reference: torch.Tensor, idx: list[int], beta: float, pad_id: int,
+          task: Sequence[tuple[list[int], int]], task_idx: list[int] | None, task_weight: float,
+          log: TrainLog) -> torch.Tensor:
+    """DPO on the pairs ``idx`` (+ ``task_weight`` × the task NLL on ``task_idx``) under the model
+    as it is now (one relaxed sample, or the fixed binary mask); the terms go into ``log``."""
+    policy = pair_logprobs(masked.model, [pairs[i] for i in idx], pad_id, masked.device)
+    ref = reference[idx].to(policy.device)
+    margin = beta * ((policy[:, 0] - ref[:, 0]) - (policy[:, 1] - ref[:, 1]))
+    loss = -torch.nn.functional.logsigmoid(margin).mean()
+    log.losses.append(round(float(loss.detach()), 6))
+    if task_idx is not None:  # the same model for both terms: one sampled mask per step
+        task_loss = mean_token_nll(masked.model, [task[i] for i in task_idx], pad_id, masked.device)
+        log.task_losses.append(round(float(task_loss.detach()), 6))
+        loss = loss + task_weight * task_loss
+    return loss
+
+
+def _optimise(masked: MaskedModel, trained: list[torch.nn.Parameter], prepare: Callable[[], None], pairs: Sequence[EncodedPair],
+              reference: torch.Tensor, *, pad_id: int, steps: int, lr: float, beta: float, batch_size: int, seed: int,
+              progress: Progress, task: Sequence[tuple[list[int], int]], task_weight: float, log: TrainLog) -> None:
+    """``steps`` Adam steps on ``trained``; ``prepare`` sets up the model of each step."""
     optimizer = torch.optim.Adam(trained, lr=lr)
     batches = _Batches(len(pairs), batch_size, seed)
     task_batches = _Batches(len(task), batch_size, seed + 3) if task else None
-    mask_gen = torch.Generator().manual_seed(seed + 1)
-    progress.stage("train mask (DPO)" + (" + task" if task else ""), steps)
     for _ in range(steps):
         t = time.perf_counter()
-        idx = batches.next()
-        masked.begin_step(mask_gen)
-        policy = pair_logprobs(masked.model, [pairs[i] for i in idx], pad_id, masked.device)
-        ref = reference[idx].to(policy.device)
-        margin = beta * ((policy[:, 0] - ref[:, 0]) - (policy[:, 1] - ref[:, 1]))
-        loss = -torch.nn.functional.logsigmoid(margin).mean()
-        log.losses.append(round(float(loss.detach()), 6))
-        if task_batches is not None:  # the same sampled mask: one relaxed model per step
-            task_loss = mean_token_nll(masked.model, [task[i] for i in task_batches.next()], pad_id, masked.device)
-            log.task_losses.append(round(float(task_loss.detach()), 6))
-            loss = loss + task_weight * task_loss
+        prepare()
+        loss = _loss(masked, pairs, reference, batches.next(), beta, pad_id, task,
+                     task_batches.next() if task_batches is not None else None, task_weight, log)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -135,5 +136,44 @@ def train_mask(masked: MaskedModel, pairs: Sequence[EncodedPair], *, pad_id: int
         note = getattr(progress, "note", None)  # optional part of the protocol: the CLI shows the loss
         if note is not None:
             note(f"loss {log.losses[-1]:.4f}")
+
+
+def train_mask(masked: MaskedModel, pairs: Sequence[EncodedPair], *, pad_id: int, steps: int, lr: float, beta: float,
+               batch_size: int, seed: int, progress: Progress | None = None,
+               task: Sequence[tuple[list[int], int]] = (), task_weight: float = 1.0) -> TrainLog:
+    """Adam on the mask logits (and the merge scales, when the model has them) for ``steps`` DPO
+    steps, plus the task term when ``task`` is given; returns the per-step log (its ``reference``
+    is kept for :func:`calibrate_scales`)."""
+    progress = progress or NullProgress()
+    log = TrainLog()
+    t0 = time.perf_counter()
+    log.reference = reference_logprobs(masked, pairs, pad_id)
+    log.reference_seconds = round(time.perf_counter() - t0, 4)
+    trained = list(masked.mask.parameters()) + (list(masked.scales.parameters()) if masked.scales is not None else [])
+    mask_gen = torch.Generator().manual_seed(seed + 1)
+    progress.stage("train mask (DPO)" + (" + task" if task else ""), steps)
+    _optimise(masked, trained, lambda: masked.begin_step(mask_gen), pairs, log.reference, pad_id=pad_id, steps=steps, lr=lr,
+              beta=beta, batch_size=batch_size, seed=seed, progress=progress, task=task, task_weight=task_weight, log=log)
+    masked.reference()
+    return log
+
+
+def calibrate_scales(masked: MaskedModel, binary: dict[str, torch.Tensor], pairs: Sequence[EncodedPair], reference: torch.Tensor, *,
+                     pad_id: int, steps: int, lr: float, beta: float, batch_size: int, seed: int,
+                     task: Sequence[tuple[list[int], int]], task_weight: float = 1.0, progress: Progress | None = None) -> TrainLog:
+    """Train the merge scales alone on the model that will be written: the final binary mask,
+    merged as written (TIES trims and elects signs, DARE drops, from the binary-masked vectors).
+
+    The mask's training sees relaxed samples, so the scales it learns fit a noisy neighbour of
+    the written model (on average half of every vector, rescaled ×2, at the start); this phase
+    fits them to the written one, with the same loss. Only the few scales move (tensors ×
+    fine-tunes), so it cannot overfit the way the mask logits could."""
+    assert masked.scales is not None
+    progress = progress or NullProgress()
+    log = TrainLog(reference=reference)
+    progress.stage("calibrate merge scales", steps)
+    _optimise(masked, list(masked.scales.parameters()), lambda: masked.use_binary(binary), pairs, reference, pad_id=pad_id,
+              steps=steps, lr=lr, beta=beta, batch_size=batch_size, seed=seed + 5, progress=progress, task=task,
+              task_weight=task_weight, log=log)
     masked.reference()
     return log

@@ -98,6 +98,9 @@ class SomfOptions(Options):
                               "mask (AdaMerging-style; an extension beyond the paper): auto (tensor when fusing with "
                               "--task-data, else none), tensor or none (the paper's fusion).", panel=PANEL_FUSION,
                               choices=TASK_SCALES)
+    scale_steps: int = option(50, help="Fusion with learned merge scales: after the mask is made binary, train the scales alone "
+                              "for this many steps on the model as written (binary mask, the merge as written); 0: no such phase.",
+                              panel=PANEL_FUSION, min=0)
     no_rescale: bool = option(False, help="Keep the masked task vector as is instead of rescaling it by 1/mean(mask) (the paper's "
                               "rule).", panel=PANEL_METHOD)
     mask_file: Path | None = option(None, help="Reuse a trained mask (somf_mask.safetensors of an earlier run) instead of training.",
@@ -160,6 +163,11 @@ class SomfOptions(Options):
         return "tensor" if self.fusion and self.task_data else "none"
 
     @property
+    def effective_scale_steps(self) -> int:
+        """Steps of the scale calibration on the binary mask (0 without learned scales)."""
+        return self.scale_steps if self.effective_task_scales == "tensor" else 0
+
+    @property
     def effective_steps(self) -> int:
         return self.steps if self.steps is not None else STEPS["fusion" if self.fusion else "single"]
 
@@ -172,4 +180,4 @@ class SomfOptions(Options):
         return {**self.to_manifest(), "effective_lambda": self.effective_lambda,
                 "effective_density": self.effective_density if self.merge in ("ties", "dare") else None,
                 "effective_keep_ratio": self.effective_keep_ratio, "effective_task_scales": self.effective_task_scales,
-                "effective_steps": self.effective_steps}
+                "effective_steps": self.effective_steps, "effective_scale_steps": self.effective_scale_steps}
