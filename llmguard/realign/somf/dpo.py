@@ -166,8 +166,8 @@ def calibrate_scales(masked: MaskedModel, binary: dict[str, torch.Tensor], pairs
 
     The mask's training sees relaxed samples, so the scales it learns fit a noisy neighbour of
     the written model (on average half of every vector, rescaled ×2, at the start); this phase
-    fits them to the written one, with the same loss. Only the few scales move (tensors ×
-    fine-tunes), so it cannot overfit the way the mask logits could."""
+    fits them to the written one, with the same loss. Only the scales move (one per tensor and
+    fine-tune); the mask stays as training chose it."""
     assert masked.scales is not None
     progress = progress or NullProgress()
     log = TrainLog(reference=reference)
