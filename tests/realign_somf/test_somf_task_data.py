@@ -148,6 +148,18 @@ def test_task_scales_usage_errors(tiny, tmp_path) -> None:
                 "--task-scales", "tensor")
     assert_error(r, 2, "two or more --finetuned")
     assert not (tmp_path / "y").exists()
+    # --scale-steps calibrates learned scales: one fine-tune, no task data or --task-scales none have none
+    with pytest.raises(UsageError, match="--scale-steps"):
+        _options(tiny, tmp_path / "x", scale_steps=10, task_data=[task])
+    with pytest.raises(UsageError, match="--scale-steps"):
+        _options(tiny, tmp_path / "x", finetuned=[tiny["ft1"], tiny["ft2"]], scale_steps=10, task_data=[task, task],
+                 task_scales="none")
+    assert _options(tiny, tmp_path / "x", scale_steps=0).effective_scale_steps == 0
+    assert _options(tiny, tmp_path / "x", finetuned=[tiny["ft1"], tiny["ft2"]], task_data=[task, task]).effective_scale_steps == 50
+    r = run_cli_in_process("realign", "somf", "-a", tiny["aligned"], "-f", tiny["ft1"], "-f", tiny["ft2"], "-p", tiny["pref"],
+                           "-o", tmp_path / "z", "--scale-steps", "5")
+    assert_error(r, 2, "--scale-steps")
+    assert not (tmp_path / "z").exists()
 
 
 def test_scale_calibration_trains_the_scales_on_the_written_model(tiny, tmp_path) -> None:

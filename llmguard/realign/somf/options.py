@@ -43,6 +43,9 @@ KEEP_RATIO = {"single": 0.8, "fusion": 0.9}
 #: --steps by number of fine-tunes: a shared mask and its merge scales over two task vectors need
 #: longer (DEV, seeds 1 and 4: 300 steps lifted every merge's DEV sst2 or arith, none fell; docs/realign.md)
 STEPS = {"single": 150, "fusion": 300}
+#: --scale-steps: calibration of the learned merge scales on the written model (DEV, seeds 0-4, every
+#: merge: the DEV arith answer NLL fell in 15 of 15 cases; docs/realign.md)
+SCALE_STEPS = 50
 #: --density by merge: TIES keeps half of each vector (the paper's code: 0.2), DARE keeps 0.8
 DENSITY = {"ties": 0.5, "dare": 0.8}
 
@@ -98,9 +101,9 @@ class SomfOptions(Options):
                               "mask (AdaMerging-style; an extension beyond the paper): auto (tensor when fusing with "
                               "--task-data, else none), tensor or none (the paper's fusion).", panel=PANEL_FUSION,
                               choices=TASK_SCALES)
-    scale_steps: int = option(50, help="Fusion with learned merge scales: after the mask is made binary, train the scales alone "
-                              "for this many steps on the model as written (binary mask, the merge as written); 0: no such phase.",
-                              panel=PANEL_FUSION, min=0)
+    scale_steps: int | None = option(None, help="Fusion with learned merge scales: after the mask is made binary, train the scales "
+                                     "alone for this many steps on the model as written (binary mask, the merge as written; "
+                                     "default 50); 0: no such phase.", panel=PANEL_FUSION, min=0)
     no_rescale: bool = option(False, help="Keep the masked task vector as is instead of rescaling it by 1/mean(mask) (the paper's "
                               "rule).", panel=PANEL_METHOD)
     mask_file: Path | None = option(None, help="Reuse a trained mask (somf_mask.safetensors of an earlier run) instead of training.",
@@ -137,6 +140,9 @@ class SomfOptions(Options):
         if self.task_scales == "tensor" and not self.task_data and self.mask_file is None:
             raise UsageError("--task-scales tensor needs --task-data (the DPO loss alone shrinks every scale towards the "
                              "aligned model)")
+        if self.scale_steps and self.effective_task_scales != "tensor":
+            raise UsageError("--scale-steps calibrates learned merge scales: it needs two or more --finetuned with --task-data "
+                             "(and no --mask-file or --task-scales none)")
         if self.density is not None and self.merge in ("ta", "avg"):
             raise UsageError(f"--density applies to --merge ties or dare, not {self.merge}")
 
@@ -165,7 +171,9 @@ class SomfOptions(Options):
     @property
     def effective_scale_steps(self) -> int:
         """Steps of the scale calibration on the binary mask (0 without learned scales)."""
-        return self.scale_steps if self.effective_task_scales == "tensor" else 0
+        if self.effective_task_scales != "tensor":
+            return 0
+        return self.scale_steps if self.scale_steps is not None else SCALE_STEPS
 
     @property
     def effective_steps(self) -> int:
