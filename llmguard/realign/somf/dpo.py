@@ -170,7 +170,7 @@ def calibrate_scales(masked: MaskedModel, binary: dict[str, torch.Tensor], pairs
     fine-tune); the mask stays as training chose it."""
     assert masked.scales is not None
     progress = progress or NullProgress()
-    log = TrainLog(reference=reference)
+    log = TrainLog()
     progress.stage("calibrate merge scales", steps)
     _optimise(masked, list(masked.scales.parameters()), lambda: masked.use_binary(binary), pairs, reference, pad_id=pad_id,
               steps=steps, lr=lr, beta=beta, batch_size=batch_size, seed=seed + 5, progress=progress, task=task,

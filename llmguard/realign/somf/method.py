@@ -95,20 +95,19 @@ def final_mask(tv: TaskVectors, options: SomfOptions, device: torch.device, prog
         record.update(steps=options.effective_steps, reference_seconds=log.reference_seconds,
                       seconds_per_step=round(sum(log.step_seconds) / max(1, len(log.step_seconds)), 5))
     masks = mask.binary(options.mask_mode, options.effective_keep_ratio, seed=options.seed + 2)
+    scales = learned.to_dict() if learned is not None else None
     calibration = None
     if learned is not None and options.effective_scale_steps:
         from llmguard.realign.somf.dpo import calibrate_scales
 
         with manifest.stage("calibrate merge scales") as record:
-            before = learned.to_dict()
             calibration = calibrate_scales(masked, masks, pairs, log.reference, pad_id=tokenizer.pad_token_id,
                                            steps=options.effective_scale_steps, lr=options.lr, beta=options.beta,
                                            batch_size=options.batch_size, seed=options.seed, task=task,
                                            task_weight=options.task_weight, progress=progress)
-            after = learned.to_dict()
+            before, scales = scales, learned.to_dict()
             record.update(steps=options.effective_scale_steps, mean_abs_change=round(
-                sum(abs(x - y) for n in after for x, y in zip(after[n], before[n])) / max(1, sum(map(len, after.values()))), 6))
-    scales = learned.to_dict() if learned is not None else None
+                sum(abs(x - y) for n in scales for x, y in zip(scales[n], before[n])) / max(1, sum(map(len, scales.values()))), 6))
     training = {
         "loss_per_step": log.losses, "task_loss_per_step": log.task_losses or None, "seconds_per_step": log.step_seconds,
         "peak_rss_bytes_per_step": log.peak_rss_bytes,
